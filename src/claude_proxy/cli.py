@@ -1,0 +1,167 @@
+"""`claude-proxy serve | emulator`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from claude_proxy import __version__
+
+DEMO_UPSTREAM_KEY = "sk-ant-demo-emulator-upstream"
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("CLAUDE_PROXY_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def _fail(message: str) -> None:
+    print(f"claude-proxy: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind and listen before workers start, so the real port is known even for --port 0."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _start_demo() -> Callable[[], None]:
+    """No upstream key: run the built-in emulator as upstream, with a printed demo key."""
+    from claude_proxy.emulator import start_in_thread
+
+    url, stop = start_in_thread("127.0.0.1", 0)
+    os.environ["ANTHROPIC_BASE_URL"] = url
+    os.environ["ANTHROPIC_API_KEY"] = DEMO_UPSTREAM_KEY
+    os.environ["CLAUDE_PROXY_DEMO"] = "true"
+    if not os.environ.get("CLAUDE_PROXY_API_KEYS", "").strip():
+        os.environ["CLAUDE_PROXY_API_KEYS"] = "sk-proxy-demo-" + secrets.token_urlsafe(18)
+    return stop
+
+
+def _demo_banner(url: str, key: str) -> str:
+    return f"""
+  claude-proxy demo mode: no ANTHROPIC_API_KEY is set, so the upstream is the
+  built-in emulator (fake answers, no cost). Set ANTHROPIC_API_KEY for the real API.
+
+  demo key: {key}
+
+  curl {url}/v1/messages \\
+    -H "x-api-key: {key}" -H "anthropic-version: 2023-06-01" \\
+    -H "content-type: application/json" \\
+    -d '{{"model":"claude-sonnet-4-6","max_tokens":256,"messages":[{{"role":"user","content":"Hello"}}]}}'
+
+  python -c 'import anthropic; c = anthropic.Anthropic(base_url="{url}", api_key="{key}"); print(c.messages.create(model="claude-sonnet-4-6", max_tokens=256, messages=[{{"role": "user", "content": "Hello"}}]).content[0].text)'
+"""
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from claude_proxy.config import Settings
+
+    _setup_logging()
+    stop_demo: Callable[[], None] | None = None
+    has_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
+    has_base = bool(os.environ.get("ANTHROPIC_BASE_URL"))
+    if not has_key and has_base:
+        _fail(
+            "ANTHROPIC_BASE_URL is set but ANTHROPIC_API_KEY is not; set both, or neither for demo mode."
+        )
+    if not has_key:
+        stop_demo = _start_demo()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        _fail(f"invalid configuration:\n{exc}")
+        raise  # unreachable; keeps type checkers sure `settings` is bound
+    keys = settings.client_keys()
+    if not keys:
+        _fail(
+            "refusing to start: no client keys are configured, and the proxy is never open by "
+            "default. Set CLAUDE_PROXY_API_KEYS=key1,key2 (or unset ANTHROPIC_API_KEY for demo mode)."
+        )
+
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}"
+    os.environ["CLAUDE_PROXY_LISTEN_URL"] = url
+    if settings.demo:
+        print(_demo_banner(url, keys[0]), flush=True)
+
+    config = uvicorn.Config(
+        "claude_proxy.app:create_app",
+        factory=True,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        log_config=None,
+        timeout_keep_alive=settings.keepalive_seconds,
+    )
+    try:
+        if args.workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if stop_demo is not None:
+            stop_demo()
+
+
+def cmd_emulator(args: argparse.Namespace) -> None:
+    from claude_proxy.emulator import run
+
+    _setup_logging()
+    run(args.host, args.port, api_key=args.api_key)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="claude-proxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"claude-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--host", default=os.environ.get("CLAUDE_PROXY_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("CLAUDE_PROXY_PORT", "8000")))
+    serve.add_argument(
+        "--workers", type=int, default=int(os.environ.get("CLAUDE_PROXY_WORKERS", "1"))
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    emu = sub.add_parser("emulator", help="run the Anthropic API emulator")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=8100)
+    emu.add_argument("--api-key", default=None, help="accept only this key (default: any key)")
+    emu.set_defaults(func=cmd_emulator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)

@@ -1,0 +1,65 @@
+"""Settings from the environment.
+
+Secrets keep their conventional names (ANTHROPIC_API_KEY, DATABASE_URL);
+every other setting is CLAUDE_PROXY_*. Each default says why it is what it is.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_UPSTREAM = "https://api.anthropic.com"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLAUDE_PROXY_", extra="ignore")
+
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str = Field(
+        default=DEFAULT_UPSTREAM, validation_alias=AliasChoices("ANTHROPIC_BASE_URL")
+    )
+    # SQLite by default so a laptop needs nothing else; postgresql://... in production.
+    database_url: str = Field(
+        default="sqlite:///claude-proxy.db", validation_alias=AliasChoices("DATABASE_URL")
+    )
+    # Comma-separated client keys (the bootstrap option; database keys come later).
+    api_keys: SecretStr = SecretStr("")
+    # Set by `claude-proxy serve` when it runs the built-in emulator as upstream.
+    demo: bool = False
+    # Set by `claude-proxy serve` once it has bound its socket; announced when ready.
+    listen_url: str = ""
+
+    # The API's own limit for /v1/messages and count_tokens (larger bodies get 413).
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Reaching api.anthropic.com takes milliseconds; 10 s only trips on a real outage.
+    connect_timeout_seconds: float = 10.0
+    # Longest silence tolerated between upstream bytes. The API pings during long
+    # thinking pauses, and Claude Code itself gives up after 300 s of silence.
+    read_timeout_seconds: float = 300.0
+    # 0 means unlimited: 1,000 concurrent streams must not queue behind a pool cap.
+    upstream_max_connections: int = 0
+    # Idle keep-alive towards clients. Must exceed the load balancer's idle timeout
+    # (ALB: 300 s here), or the ALB reuses closed connections and answers 502.
+    keepalive_seconds: int = 310
+
+    @field_validator("anthropic_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0].split("+", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("DATABASE_URL must be sqlite:///path or postgresql://...")
+        return v
+
+    def client_keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    def upstream_key(self) -> str:
+        return self.anthropic_api_key.get_secret_value() if self.anthropic_api_key else ""

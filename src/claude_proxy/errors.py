@@ -1,0 +1,71 @@
+"""Anthropic-shaped errors, as JSON responses and as SSE `error` events.
+
+Every error the proxy itself produces looks exactly like one from the API, so
+the SDKs map it to the right exception class and Claude Code's recovery logic
+keeps working. Upstream errors are never rewritten: they pass through as bytes.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from claude_proxy.types import Send
+
+# HTTP status for each Anthropic error type the proxy emits itself.
+STATUS_FOR_TYPE: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def error_body(error_type: str, message: str, request_id: str) -> bytes:
+    """The API's error envelope: `{"type":"error","error":{...},"request_id":...}`."""
+    return orjson.dumps(
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": request_id,
+        }
+    )
+
+
+def sse_error_event(error_type: str, message: str, request_id: str) -> bytes:
+    """A mid-stream `error` event; the SDKs raise on it instead of returning a truncated message."""
+    return b"event: error\ndata: " + error_body(error_type, message, request_id) + b"\n\n"
+
+
+async def send_error(
+    send: Send,
+    error_type: str,
+    message: str,
+    request_id: str,
+    *,
+    status: int | None = None,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer with a complete Anthropic-shaped JSON error response."""
+    body = error_body(error_type, message, request_id)
+    rid = request_id.encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"request-id", rid),
+        (b"x-claude-proxy-request-id", rid),
+    ]
+    if extra_headers:
+        headers.extend(extra_headers)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status if status is not None else STATUS_FOR_TYPE[error_type],
+            "headers": headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,90 @@
+"""RequestRecord: what one request leaves behind, and where it is handed over.
+
+The relay fills a record as the request moves along and hands it to a
+`RecordSink` exactly once, when the response has ended however it ended.
+The sink must not block: the request log pipeline plugs its writer in here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from claude_proxy.sse import Usage
+
+log = logging.getLogger("claude_proxy.access")
+
+
+def new_request_id() -> str:
+    """A time-ordered id (48-bit ms clock + 80 random bits) so database inserts stay local."""
+    return f"cpr_{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    id: str
+    created_at: float
+    method: str
+    endpoint: str
+    key_id: str | None = None
+    model: str | None = None
+    stream: bool = False
+    status_code: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    stop_reason: str | None = None
+    message_id: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    upstream_request_id: str | None = None
+    client_disconnected: bool = False
+    upstream_attempts: int = 0
+    client_ip: str | None = None
+    user_agent: str | None = None
+    anthropic_beta: str | None = None
+    metadata_user_id: str | None = None
+    claude_code_session_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RecordSink(Protocol):
+    """Takes finished records. `submit` is called on the event loop and must return at once."""
+
+    def submit(self, record: RequestRecord) -> None: ...
+
+
+class LogSink:
+    """Writes one access line per request; the database writer replaces it later."""
+
+    def submit(self, record: RequestRecord) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        u = record.usage
+        log.info(
+            "request id=%s key=%s %s %s model=%s stream=%s status=%s error=%s stop=%s "
+            "in=%s out=%s cache_write=%s cache_read=%s latency_ms=%.1f ttft_ms=%s "
+            "upstream_request_id=%s disconnected=%s",
+            record.id,
+            record.key_id,
+            record.method,
+            record.endpoint,
+            record.model,
+            record.stream,
+            record.status_code,
+            record.error_type,
+            record.stop_reason,
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_creation_input_tokens,
+            u.cache_read_input_tokens,
+            record.latency_ms or 0.0,
+            None if record.ttft_ms is None else round(record.ttft_ms, 1),
+            record.upstream_request_id,
+            record.client_disconnected,
+        )

@@ -1,0 +1,301 @@
+"""The /v1 relay: forward one request upstream and relay its response.
+
+Flow: headers split → key check → body read (size-capped) → upstream request
+with the real key → response headers and bytes relayed unchanged as they
+arrive, while a ResponseObserver reads a copy → one RequestRecord handed to
+the sink, however the request ended.
+
+A client that goes away cancels the request's task, which closes the upstream
+connection at once; an upstream that dies mid-stream gets an SSE `error` event
+so the SDK raises instead of returning a silently truncated message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from claude_proxy.auth import KeyStore
+from claude_proxy.errors import STATUS_FOR_TYPE, send_error, sse_error_event
+from claude_proxy.headers import ClientHeaders, filter_response_headers, split_request_headers
+from claude_proxy.records import RecordSink, RequestRecord, new_request_id
+from claude_proxy.sse import ResponseObserver
+from claude_proxy.types import Receive, Scope, Send
+from claude_proxy.upstream import Upstream
+
+log = logging.getLogger("claude_proxy.relay")
+
+# Endpoints whose request body must be a JSON object (the proxy reads model/stream from it).
+_JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+_UNSET = object()
+
+
+class ClientGone(Exception):
+    """The client disconnected; the request's task was cancelled to stop upstream work."""
+
+
+def endpoint_label(path: str) -> str:
+    """A low-cardinality name for records and metrics: ids in /v1/models/{id} are folded."""
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
+    if path.startswith("/v1/messages/batches/"):
+        return "/v1/messages/batches/{id}" + ("/results" if path.endswith("/results") else "")
+    return path
+
+
+class Relay:
+    def __init__(self, keys: KeyStore, upstream: Upstream, sink: RecordSink, max_body: int) -> None:
+        self.keys = keys
+        self.upstream = upstream
+        self.sink = sink
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path: str = scope["path"]
+        client = scope.get("client")
+        record = RequestRecord(
+            id=new_request_id(),
+            created_at=time.time(),
+            method=scope["method"],
+            endpoint=endpoint_label(path),
+            client_ip=client[0] if client else None,
+        )
+        try:
+            await self._handle(scope, receive, send, record, started)
+        except ClientGone:
+            # Nothing more can be said to this client; the server closes the connection.
+            record.client_disconnected = record.error_type is None
+        finally:
+            record.latency_ms = (time.perf_counter() - started) * 1000.0
+            self.sink.submit(record)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, record: RequestRecord, started: float
+    ) -> None:
+        rid = record.id
+        hdrs = split_request_headers(scope["headers"], self.upstream.api_key)
+        record.user_agent = hdrs.user_agent
+        record.anthropic_beta = hdrs.anthropic_beta
+        record.claude_code_session_id = hdrs.claude_code_session_id
+
+        if not await self._authenticate(hdrs, record, send):
+            return
+
+        if hdrs.content_length is not None and hdrs.content_length > self.max_body:
+            return await self._refuse(send, record, "request_too_large", self._too_large_msg())
+        body = await self._read_body(receive)
+        if body is None:
+            return await self._refuse(send, record, "request_too_large", self._too_large_msg())
+
+        if record.method == "POST" and record.endpoint in _JSON_ENDPOINTS:
+            parsed = _parse_json_object(body)
+            if parsed is _UNSET:
+                return await self._refuse(
+                    send, record, "invalid_request_error", "The request body is not valid JSON."
+                )
+            assert isinstance(parsed, dict)
+            _note_request(record, parsed)
+
+        # From here on a client disconnect must stop upstream work: watch for it.
+        task = asyncio.current_task()
+        assert task is not None
+        state = _Watch()
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(lambda _f: state.client_gone(task))
+        try:
+            await self._forward(scope, send, record, hdrs, body, started, state)
+        except asyncio.CancelledError:
+            if not state.gone:
+                raise
+            task.uncancel()
+            record.client_disconnected = True
+            record.error_type = record.error_type or "client_disconnected"
+            log.info("client disconnected request_id=%s", rid)
+        finally:
+            state.finished = True
+            if not watcher.done():
+                watcher.cancel()
+
+    async def _authenticate(self, hdrs: ClientHeaders, record: RequestRecord, send: Send) -> bool:
+        for cred in (hdrs.api_key, hdrs.bearer):
+            if cred:
+                info = self.keys.authenticate(cred)
+                if info is not None:
+                    record.key_id = info.key_id
+                    return True
+        msg = (
+            "invalid x-api-key" if (hdrs.api_key or hdrs.bearer) else "x-api-key header is required"
+        )
+        await self._refuse(send, record, "authentication_error", msg)
+        return False
+
+    def _too_large_msg(self) -> str:
+        return f"Request exceeds the maximum allowed number of bytes ({self.max_body})."
+
+    async def _refuse(self, send: Send, record: RequestRecord, error_type: str, msg: str) -> None:
+        """Answer a request the proxy itself rejects; nothing is sent upstream."""
+        await self._fail(send, record, error_type, msg, STATUS_FOR_TYPE[error_type])
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole request body, or None when it exceeds the cap."""
+        first = await receive()
+        body: bytes = first.get("body", b"")
+        if not first.get("more_body", False):
+            return body if len(body) <= self.max_body else None
+        parts = [body]
+        size = len(body)
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            parts.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(parts)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        send: Send,
+        record: RequestRecord,
+        hdrs: ClientHeaders,
+        body: bytes,
+        started: float,
+        state: _Watch,
+    ) -> None:
+        rid = record.id
+        url = self.upstream.url(scope["raw_path"], scope["query_string"])
+        record.upstream_attempts = 1
+        try:
+            resp = await self.upstream.request(record.method, url, hdrs.forward, body)
+        except TimeoutError:
+            msg = "Timeout: connecting to the upstream API timed out"
+            log.error("%s request_id=%s", msg, rid)
+            return await self._fail(send, record, "timeout_error", msg, 504)
+        except aiohttp.ClientError as exc:
+            msg = f"Upstream connection failed: {type(exc).__name__}"
+            log.error("%s request_id=%s", msg, rid)
+            return await self._fail(send, record, "api_error", msg, 502)
+
+        async with resp:
+            status = resp.status
+            record.status_code = status
+            record.upstream_request_id = resp.headers.get("request-id")
+            ctype = resp.headers.get("content-type", "")
+            is_sse = ctype.startswith("text/event-stream")
+            observer = ResponseObserver(resp.headers.get("content-encoding"))
+            # Plain JSON is observed for messages and for every error body.
+            observe_json = not is_sse and (record.endpoint in _JSON_ENDPOINTS or status >= 400)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": filter_response_headers(resp.raw_headers, rid.encode()),
+                }
+            )
+            try:
+                async for chunk in resp.content.iter_any():
+                    if record.ttft_ms is None:
+                        record.ttft_ms = (time.perf_counter() - started) * 1000.0
+                    if is_sse:
+                        observer.feed_sse(chunk)
+                    elif observe_json:
+                        observer.feed_json(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                reason = _describe_break(exc)
+                _finish_observation(record, observer, is_sse)
+                if not is_sse:
+                    # Without SSE there is no in-band way to say so: cut the connection so
+                    # the client sees an incomplete body rather than a valid-looking one.
+                    log.error("Streaming error: %s request_id=%s", reason, rid)
+                    record.error_type = "api_error"
+                    record.error_message = f"Streaming error: {reason}"
+                    raise ClientGone() from exc
+                await self._break_stream(send, record, f"Streaming error: {reason}")
+                return
+            _finish_observation(record, observer, is_sse)
+            if is_sse and status == 200 and not observer.stream_complete and not state.gone:
+                await self._break_stream(
+                    send, record, "Streaming error: upstream closed the stream before message_stop"
+                )
+                return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _break_stream(self, send: Send, record: RequestRecord, message: str) -> None:
+        """End a broken SSE stream with an `error` event the SDK raises on."""
+        log.error("%s request_id=%s", message, record.id)
+        record.error_type = "api_error"
+        record.error_message = message
+        event = sse_error_event("api_error", message, record.id)
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+
+    async def _fail(
+        self, send: Send, record: RequestRecord, error_type: str, msg: str, status: int
+    ) -> None:
+        """Answer with a proxy-made Anthropic-shaped error and note it on the record."""
+        await send_error(send, error_type, msg, record.id, status=status)
+        record.status_code = status
+        record.error_type = error_type
+        record.error_message = msg
+
+
+class _Watch:
+    """Links the disconnect watcher to the request task without racing the normal end."""
+
+    __slots__ = ("finished", "gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.finished = False
+
+    def client_gone(self, task: asyncio.Task[Any]) -> None:
+        if self.finished:
+            return
+        self.gone = True
+        task.cancel()
+
+
+def _parse_json_object(body: bytes) -> object:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _UNSET
+    return obj if isinstance(obj, dict) else _UNSET
+
+
+def _note_request(record: RequestRecord, req: dict[str, Any]) -> None:
+    model = req.get("model")
+    if isinstance(model, str):
+        record.model = model
+    record.stream = req.get("stream") is True
+    meta = req.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
+        record.metadata_user_id = meta["user_id"][:256]
+
+
+def _finish_observation(record: RequestRecord, obs: ResponseObserver, is_sse: bool) -> None:
+    if not is_sse:
+        obs.finish_json()
+    record.model = obs.model or record.model
+    record.message_id = obs.message_id
+    record.stop_reason = obs.stop_reason
+    record.usage = obs.usage
+    if obs.error_type is not None:
+        record.error_type = obs.error_type
+        record.error_message = obs.error_message
+
+
+def _describe_break(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "Timeout: no data from the upstream API within the read timeout"
+    return f"upstream connection lost ({type(exc).__name__})"

@@ -1,0 +1,220 @@
+"""Watch a response on the side: model, message id, stop reason, usage, errors.
+
+The relay forwards upstream bytes untouched; this observer reads a copy.
+For SSE it splits events at blank lines and JSON-decodes only the few events
+that carry something we record (message_start, message_delta, error), so the
+per-event cost stays around a microsecond. Hand-written on purpose: it runs for
+every chunk of every stream.
+
+Usage follows the API's cumulative semantics: message_start carries the input
+and cache counts plus a placeholder output count; each message_delta carries
+cumulative totals and overwrites whatever fields it has (non-null).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_creation_5m_input_tokens: int | None = None
+    cache_creation_1h_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+    def merge(self, usage: dict[str, Any]) -> None:
+        """Overwrite with every non-null cumulative field present in an API usage object."""
+        v = usage.get("input_tokens")
+        if v is not None:
+            self.input_tokens = v
+        v = usage.get("output_tokens")
+        if v is not None:
+            self.output_tokens = v
+        v = usage.get("cache_creation_input_tokens")
+        if v is not None:
+            self.cache_creation_input_tokens = v
+        v = usage.get("cache_read_input_tokens")
+        if v is not None:
+            self.cache_read_input_tokens = v
+        cc = usage.get("cache_creation")
+        if isinstance(cc, dict):
+            v = cc.get("ephemeral_5m_input_tokens")
+            if v is not None:
+                self.cache_creation_5m_input_tokens = v
+            v = cc.get("ephemeral_1h_input_tokens")
+            if v is not None:
+                self.cache_creation_1h_input_tokens = v
+
+
+_PARSED_EVENTS = (b"message_start", b"message_delta", b"error")
+# An observer never buffers more than this for one unfinished event (huge server-tool
+# result blocks are skipped, not parsed); past it, observation stops, forwarding does not.
+_MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class ResponseObserver:
+    """Accumulates what the record needs from a streamed or plain JSON response."""
+
+    __slots__ = (
+        "_buf",
+        "_decoder",
+        "_json",
+        "error_message",
+        "error_type",
+        "events",
+        "gave_up",
+        "message_id",
+        "message_stop",
+        "model",
+        "stop_reason",
+        "usage",
+    )
+
+    def __init__(self, content_encoding: str | None = None) -> None:
+        self._buf = b""
+        self._json = bytearray()
+        self._decoder: Any = None
+        if content_encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif content_encoding == "deflate":
+            self._decoder = zlib.decompressobj()
+        self.gave_up = content_encoding not in (None, "", "identity", "gzip", "x-gzip", "deflate")
+        self.model: str | None = None
+        self.message_id: str | None = None
+        self.stop_reason: str | None = None
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.usage = Usage()
+        self.message_stop = False
+        self.events = 0
+
+    @property
+    def stream_complete(self) -> bool:
+        """True once the stream ended the way the API ends one: message_stop or an error event."""
+        return self.message_stop or self.error_type is not None
+
+    def _plain(self, chunk: bytes) -> bytes:
+        if self._decoder is None:
+            return chunk
+        try:
+            out: bytes = self._decoder.decompress(chunk)
+        except zlib.error:
+            self.gave_up = True
+            return b""
+        return out
+
+    # --- SSE -------------------------------------------------------------------------
+
+    def feed_sse(self, chunk: bytes) -> None:
+        if self.gave_up:
+            return
+        data = self._buf + self._plain(chunk) if self._buf else self._plain(chunk)
+        if b"\r" in data:
+            # The API sends LF; tolerate CRLF/CR framing without splitting a CRLF pair.
+            hold = data.endswith(b"\r")
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if hold:
+                data = data[:-1] + b"\r"
+        start = 0
+        while True:
+            end = data.find(b"\n\n", start)
+            if end < 0:
+                break
+            self._event(data[start:end])
+            start = end + 2
+        self._buf = data[start:] if start < len(data) else b""
+        if len(self._buf) > _MAX_EVENT_BYTES:
+            self.gave_up = True
+            self._buf = b""
+
+    def _event(self, block: bytes) -> None:
+        name = b""
+        data = b""
+        for line in block.split(b"\n"):
+            if line.startswith(b"event:"):
+                name = line[6:].strip()
+            elif line.startswith(b"data:"):
+                part = line[5:]
+                if part[:1] == b" ":
+                    part = part[1:]
+                data = part if not data else data + b"\n" + part
+        if not name:
+            return
+        self.events += 1
+        if name == b"message_stop":
+            self.message_stop = True
+            return
+        if name not in _PARSED_EVENTS:
+            return
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(obj, dict):
+            return
+        if name == b"message_start":
+            msg = obj.get("message")
+            if isinstance(msg, dict):
+                self._message(msg)
+        elif name == b"message_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason") is not None:
+                self.stop_reason = delta["stop_reason"]
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                self.usage.merge(usage)
+        else:
+            self._error(obj)
+
+    # --- plain JSON ------------------------------------------------------------------
+
+    def feed_json(self, chunk: bytes) -> None:
+        """Collect a copy of a JSON body (capped); `finish_json` parses it once at the end."""
+        if self.gave_up:
+            return
+        self._json += self._plain(chunk)
+        if len(self._json) > _MAX_EVENT_BYTES:
+            self.gave_up = True
+            self._json = bytearray()
+
+    def finish_json(self) -> None:
+        if self.gave_up or not self._json:
+            return
+        try:
+            obj = orjson.loads(self._json)
+        except orjson.JSONDecodeError:
+            return
+        finally:
+            self._json = bytearray()
+        if not isinstance(obj, dict):
+            return
+        if obj.get("type") == "message":
+            self._message(obj)
+        elif obj.get("type") == "error":
+            self._error(obj)
+
+    # --- shared ----------------------------------------------------------------------
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        self.model = msg.get("model") or self.model
+        self.message_id = msg.get("id") or self.message_id
+        if msg.get("stop_reason") is not None:
+            self.stop_reason = msg["stop_reason"]
+        usage = msg.get("usage")
+        if isinstance(usage, dict):
+            self.usage.merge(usage)
+
+    def _error(self, obj: dict[str, Any]) -> None:
+        err = obj.get("error")
+        if isinstance(err, dict):
+            self.error_type = str(err.get("type") or "api_error")
+            self.error_message = str(err.get("message") or "")[:1000]
+        else:
+            self.error_type = "api_error"

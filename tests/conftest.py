@@ -1,0 +1,171 @@
+"""Shared fixtures: real processes over real sockets.
+
+The emulator and the proxy run as subprocesses, exactly as a user starts them.
+Readiness is an event (the process prints its ready line), never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+READY_TIMEOUT = 20.0
+UPSTREAM_KEY = "sk-ant-api03-upstream-secret-0123456789"
+PROXY_KEY = "sk-proxy-test-client-key-abcdef"
+
+
+@dataclass
+class Process:
+    """A child process whose merged output is captured line by line."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def start_reader(self) -> None:
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+            with self._cond:
+                self._cond.notify_all()
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def wait_for(self, pattern: str, timeout: float = READY_TIMEOUT) -> re.Match[str]:
+        """Block until a line matching `pattern` is printed (or fail with the output so far)."""
+        rx = re.compile(pattern)
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                if self.proc.poll() is not None and seen == len(self.lines):
+                    raise AssertionError(f"process exited; output:\n{self.output()}")
+                if not self._cond.wait(timeout):
+                    raise AssertionError(
+                        f"timed out waiting for {pattern!r}; output:\n{self.output()}"
+                    )
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def spawn(args: list[str], env: dict[str, str] | None = None) -> Process:
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_PROXY_"))
+    }
+    full_env["PYTHONUNBUFFERED"] = "1"
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "claude_proxy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+    )
+    p = Process(proc)
+    p.start_reader()
+    return p
+
+
+@dataclass
+class Emulator:
+    process: Process
+    url: str
+    upstream_key: str = UPSTREAM_KEY
+
+    def requests(self) -> list[dict[str, Any]]:
+        """What the emulator received (method, path, query, headers, outcome), oldest first."""
+        with urllib.request.urlopen(f"{self.url}/_emulator/requests") as r:
+            data: list[dict[str, Any]] = orjson.loads(r.read())["data"]
+            return data
+
+    def wait_request(self, request_id: str, state: str, timeout: float = 5.0) -> dict[str, Any]:
+        """Long-poll until the emulator request `request_id` reaches `state`."""
+        url = f"{self.url}/_emulator/wait?request_id={request_id}&state={state}&timeout={timeout}"
+        with urllib.request.urlopen(url, timeout=timeout + 5) as r:
+            data: dict[str, Any] = orjson.loads(r.read())
+            return data
+
+
+def start_emulator(extra_args: list[str] | None = None) -> Emulator:
+    p = spawn(
+        [
+            "emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--api-key",
+            UPSTREAM_KEY,
+            *(extra_args or []),
+        ]
+    )
+    m = p.wait_for(r"listening on (http://\S+)")
+    return Emulator(process=p, url=m.group(1))
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    emu = start_emulator()
+    yield emu
+    emu.process.stop()
+
+
+@dataclass
+class Proxy:
+    process: Process
+    url: str
+    key: str = PROXY_KEY
+
+    def output(self) -> str:
+        return self.process.output()
+
+
+def start_proxy(
+    upstream_url: str, env: dict[str, str] | None = None, tmp: Path | None = None
+) -> Proxy:
+    base_env = {
+        "ANTHROPIC_API_KEY": UPSTREAM_KEY,
+        "ANTHROPIC_BASE_URL": upstream_url,
+        "CLAUDE_PROXY_API_KEYS": PROXY_KEY,
+    }
+    if tmp is not None:
+        base_env["DATABASE_URL"] = f"sqlite:///{tmp / 'proxy.db'}"
+    base_env.update(env or {})
+    p = spawn(["serve", "--host", "127.0.0.1", "--port", "0"], base_env)
+    m = p.wait_for(r"claude-proxy ready on (http://\S+)")
+    return Proxy(process=p, url=m.group(1))
+
+
+@pytest.fixture(scope="session")
+def proxy(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    px = start_proxy(emulator.url, tmp=tmp_path_factory.mktemp("proxy"))
+    yield px
+    px.process.stop()
