@@ -45,16 +45,21 @@ class Process:
 
         threading.Thread(target=pump, daemon=True).start()
 
-    def wait_for(self, pattern: str, timeout: float = READY_TIMEOUT) -> re.Match[str]:
-        """Block until a line matching `pattern` is printed (or fail with the output so far)."""
+    def wait_for(
+        self, pattern: str, timeout: float = READY_TIMEOUT, count: int = 1
+    ) -> re.Match[str]:
+        """Block until the `count`-th line matching `pattern` is printed; fail with the output."""
         rx = re.compile(pattern)
         seen = 0
+        found = 0
         with self._cond:
             while True:
                 for line in self.lines[seen:]:
                     m = rx.search(line)
                     if m:
-                        return m
+                        found += 1
+                        if found == count:
+                            return m
                 seen = len(self.lines)
                 if self.proc.poll() is not None and seen == len(self.lines):
                     raise AssertionError(f"process exited; output:\n{self.output()}")

@@ -7,6 +7,7 @@ Components are built once in the lifespan and passed in; nothing is global.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from claude_proxy.errors import send_error
 from claude_proxy.records import LogSink, RecordSink, new_request_id
 from claude_proxy.relay import Relay
 from claude_proxy.types import Receive, Scope, Send
-from claude_proxy.upstream import Upstream
+from claude_proxy.upstream import UpstreamPool
 
 log = logging.getLogger("claude_proxy.app")
 
@@ -31,7 +32,7 @@ _HEALTH_HEADERS = [
 
 @dataclass
 class Components:
-    upstream: Upstream
+    upstream: UpstreamPool
     relay: Relay
 
 
@@ -82,7 +83,7 @@ class ProxyApp:
                 return
 
     async def startup(self) -> None:
-        upstream = Upstream(self.settings)
+        upstream = UpstreamPool(self.settings, asyncio.get_running_loop())
         relay = Relay(self.keys, upstream, self.sink, self.settings.max_body_bytes)
         self.components = Components(upstream=upstream, relay=relay)
         if self.settings.listen_url:

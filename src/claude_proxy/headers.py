@@ -35,7 +35,7 @@ _DROP_FROM_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 class ClientHeaders:
     """The request headers, split into what goes upstream and what the proxy reads."""
 
-    forward: list[tuple[str, str]]
+    forward: list[tuple[bytes, bytes]]
     api_key: bytes | None = None
     bearer: bytes | None = None
     content_length: int | None = None
@@ -44,8 +44,11 @@ class ClientHeaders:
     claude_code_session_id: str | None = None
 
 
-def split_request_headers(raw: list[tuple[bytes, bytes]], upstream_key: str) -> ClientHeaders:
-    """Filter the client's headers for the upstream hop and pick out credentials and labels."""
+def split_request_headers(raw: list[tuple[bytes, bytes]]) -> ClientHeaders:
+    """Filter the client's headers for the upstream hop and pick out credentials and labels.
+
+    The upstream client adds `host`, `content-length` and the real key itself.
+    """
     out = ClientHeaders(forward=[])
     forward = out.forward
     extra_hop: set[bytes] = set()
@@ -65,26 +68,22 @@ def split_request_headers(raw: list[tuple[bytes, bytes]], upstream_key: str) -> 
             elif name == b"content-length" and value.isdigit():
                 out.content_length = int(value)
             continue
-        sname = name.decode("latin-1")
-        svalue = value.decode("latin-1")
         if name == b"user-agent":
-            out.user_agent = svalue
+            out.user_agent = value.decode("latin-1")
         elif name == b"anthropic-beta":
-            out.anthropic_beta = svalue
+            out.anthropic_beta = value.decode("latin-1")
         elif name == b"x-claude-code-session-id":
-            out.claude_code_session_id = svalue
-        forward.append((sname, svalue))
+            out.claude_code_session_id = value.decode("latin-1")
+        forward.append((name, value))
     if extra_hop:
-        out.forward = [(n, v) for n, v in forward if n.encode("latin-1") not in extra_hop]
-    if upstream_key:
-        out.forward.append(("x-api-key", upstream_key))
+        out.forward = [(n, v) for n, v in forward if n not in extra_hop]
     return out
 
 
 def filter_response_headers(
-    raw: tuple[tuple[bytes, bytes], ...], request_id: bytes
+    raw: list[tuple[bytes, bytes]], request_id: bytes
 ) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones, plus the proxy's request id."""
-    out = [(n.lower(), v) for n, v in raw if n.lower() not in HOP_BY_HOP]
+    """Upstream response headers (names lowercased) minus hop-by-hop ones, plus our request id."""
+    out = [(n, v) for n, v in raw if n not in HOP_BY_HOP]
     out.append((b"x-claude-proxy-request-id", request_id))
     return out

@@ -17,7 +17,6 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from claude_proxy.auth import KeyStore
@@ -26,7 +25,7 @@ from claude_proxy.headers import ClientHeaders, filter_response_headers, split_r
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.sse import ResponseObserver
 from claude_proxy.types import Receive, Scope, Send
-from claude_proxy.upstream import Upstream
+from claude_proxy.upstream import BodyError, ConnectError, UpstreamPool
 
 log = logging.getLogger("claude_proxy.relay")
 
@@ -49,7 +48,9 @@ def endpoint_label(path: str) -> str:
 
 
 class Relay:
-    def __init__(self, keys: KeyStore, upstream: Upstream, sink: RecordSink, max_body: int) -> None:
+    def __init__(
+        self, keys: KeyStore, upstream: UpstreamPool, sink: RecordSink, max_body: int
+    ) -> None:
         self.keys = keys
         self.upstream = upstream
         self.sink = sink
@@ -79,7 +80,7 @@ class Relay:
         self, scope: Scope, receive: Receive, send: Send, record: RequestRecord, started: float
     ) -> None:
         rid = record.id
-        hdrs = split_request_headers(scope["headers"], self.upstream.api_key)
+        hdrs = split_request_headers(scope["headers"])
         record.user_agent = hdrs.user_agent
         record.anthropic_beta = hdrs.anthropic_beta
         record.claude_code_session_id = hdrs.claude_code_session_id
@@ -109,7 +110,7 @@ class Relay:
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(lambda _f: state.client_gone(task))
         try:
-            await self._forward(scope, send, record, hdrs, body, started, state)
+            await self._forward(scope, send, record, hdrs, body, started)
         except asyncio.CancelledError:
             if not state.gone:
                 raise
@@ -170,40 +171,40 @@ class Relay:
         hdrs: ClientHeaders,
         body: bytes,
         started: float,
-        state: _Watch,
     ) -> None:
         rid = record.id
-        url = self.upstream.url(scope["raw_path"], scope["query_string"])
+        target: bytes = scope["raw_path"]
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
         record.upstream_attempts = 1
         try:
-            resp = await self.upstream.request(record.method, url, hdrs.forward, body)
-        except TimeoutError:
-            msg = "Timeout: connecting to the upstream API timed out"
-            log.error("%s request_id=%s", msg, rid)
-            return await self._fail(send, record, "timeout_error", msg, 504)
-        except aiohttp.ClientError as exc:
-            msg = f"Upstream connection failed: {type(exc).__name__}"
-            log.error("%s request_id=%s", msg, rid)
-            return await self._fail(send, record, "api_error", msg, 502)
+            resp = await self.upstream.request(record.method.encode(), target, hdrs.forward, body)
+        except ConnectError as exc:
+            log.error("%s request_id=%s", exc, rid)
+            if exc.timeout:
+                return await self._fail(send, record, "timeout_error", str(exc), 504)
+            return await self._fail(send, record, "api_error", f"Upstream error: {exc}", 502)
 
-        async with resp:
+        try:
             status = resp.status
             record.status_code = status
-            record.upstream_request_id = resp.headers.get("request-id")
-            ctype = resp.headers.get("content-type", "")
-            is_sse = ctype.startswith("text/event-stream")
-            observer = ResponseObserver(resp.headers.get("content-encoding"))
+            upstream_rid = resp.header(b"request-id")
+            record.upstream_request_id = upstream_rid.decode("latin-1") if upstream_rid else None
+            ctype = resp.header(b"content-type") or b""
+            is_sse = ctype.startswith(b"text/event-stream")
+            encoding = resp.header(b"content-encoding")
+            observer = ResponseObserver(encoding.decode("latin-1") if encoding else None)
             # Plain JSON is observed for messages and for every error body.
             observe_json = not is_sse and (record.endpoint in _JSON_ENDPOINTS or status >= 400)
             await send(
                 {
                     "type": "http.response.start",
                     "status": status,
-                    "headers": filter_response_headers(resp.raw_headers, rid.encode()),
+                    "headers": filter_response_headers(resp.headers, rid.encode()),
                 }
             )
             try:
-                async for chunk in resp.content.iter_any():
+                while chunk := await resp.read():
                     if record.ttft_ms is None:
                         record.ttft_ms = (time.perf_counter() - started) * 1000.0
                     if is_sse:
@@ -211,25 +212,26 @@ class Relay:
                     elif observe_json:
                         observer.feed_json(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-                reason = _describe_break(exc)
+            except BodyError as exc:
                 _finish_observation(record, observer, is_sse)
                 if not is_sse:
                     # Without SSE there is no in-band way to say so: cut the connection so
                     # the client sees an incomplete body rather than a valid-looking one.
-                    log.error("Streaming error: %s request_id=%s", reason, rid)
+                    log.error("Streaming error: %s request_id=%s", exc, rid)
                     record.error_type = "api_error"
-                    record.error_message = f"Streaming error: {reason}"
+                    record.error_message = f"Streaming error: {exc}"
                     raise ClientGone() from exc
-                await self._break_stream(send, record, f"Streaming error: {reason}")
+                await self._break_stream(send, record, f"Streaming error: {exc}")
                 return
             _finish_observation(record, observer, is_sse)
-            if is_sse and status == 200 and not observer.stream_complete and not state.gone:
+            if is_sse and status == 200 and not observer.stream_complete:
                 await self._break_stream(
                     send, record, "Streaming error: upstream closed the stream before message_stop"
                 )
                 return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            resp.release()
 
     async def _break_stream(self, send: Send, record: RequestRecord, message: str) -> None:
         """End a broken SSE stream with an `error` event the SDK raises on."""
@@ -293,9 +295,3 @@ def _finish_observation(record: RequestRecord, obs: ResponseObserver, is_sse: bo
     if obs.error_type is not None:
         record.error_type = obs.error_type
         record.error_message = obs.error_message
-
-
-def _describe_break(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "Timeout: no data from the upstream API within the read timeout"
-    return f"upstream connection lost ({type(exc).__name__})"

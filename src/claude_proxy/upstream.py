@@ -1,66 +1,394 @@
-"""The pooled HTTP client towards the Anthropic API.
+"""The pooled HTTP/1.1 client towards the Anthropic API.
 
-aiohttp's client was measured as an order of magnitude cheaper than httpx or
-httpcore at concurrency (docs/benchmarks.md), so it carries the hot path. It is
-set up to change nothing on the wire: no automatic decompression, no default
-User-Agent/Accept headers, no cookies, no redirects, no URL re-quoting.
+Hand-written on asyncio protocols with httptools' parser, on purpose: this is
+the hot path, and every general-purpose client measured here (httpx, httpcore,
+niquests, aiohttp) spent more CPU per request than the whole proxy budget
+(docs/benchmarks.md). It does exactly what a transparent relay needs and no more:
+- request bytes are written as given: method, raw path and query, client
+  headers in order, body; nothing is re-quoted, decompressed or invented;
+- response headers come back raw (names lowercased) and the body comes back
+  as the chunks that arrived, with transfer-encoding removed;
+- keep-alive connections are pooled (LIFO) and reused;
+- reading pauses when the consumer lags (backpressure to the upstream);
+- a per-pool watchdog enforces the idle-read timeout without per-chunk timers.
 """
 
 from __future__ import annotations
 
-import aiohttp
-from yarl import URL
+import asyncio
+import ssl
+from collections import deque
+from urllib.parse import urlsplit
+
+import httptools
 
 from claude_proxy.config import Settings
 
-# Headers aiohttp would otherwise invent; the client's own values go through instead.
-_SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+# Pause reading from the upstream when this much is buffered for a slow client.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+_WATCHDOG_SECONDS = 1.0
 
 
-class Upstream:
-    """One keep-alive connection pool per process, built in the app's lifespan."""
+class UpstreamError(Exception):
+    """Base of the transport-level failures the relay turns into Anthropic-shaped errors."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.base_url = settings.anthropic_base_url
-        self.api_key = settings.upstream_key()
-        connector = aiohttp.TCPConnector(
-            limit=settings.upstream_max_connections,
-            limit_per_host=0,
-            keepalive_timeout=60,
-            ttl_dns_cache=60,
-            enable_cleanup_closed=False,
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class ConnectError(UpstreamError):
+    """No response headers arrived: refused, reset, closed early or timed out."""
+
+
+class BodyError(UpstreamError):
+    """The response started but its body broke off (reset, idle timeout, bad framing)."""
+
+
+class UpstreamResponse:
+    """A response being received. `read()` returns the next chunk, b"" at the end."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_conn",
+        "_waiter",
+        "complete",
+        "error",
+        "headers",
+        "status",
+        "until_close",
+    )
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self.complete = False
+        self.error: UpstreamError | None = None
+        self.until_close = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    async def read(self) -> bytes:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < _LOW_WATER:
+                    self._conn.resume()
+                return chunk
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b""
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def release(self) -> None:
+        """Give the connection back when the body was fully read, otherwise close it."""
+        conn = self._conn
+        if self.complete and not self._chunks and self.error is None and not self.until_close:
+            conn.finished()
+        else:
+            conn.abort()
+
+    # --- called by the connection ------------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _push(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > _HIGH_WATER:
+            self._conn.pause()
+        self._wake()
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def _fail(self, err: UpstreamError) -> None:
+        if not self.complete:
+            self.error = err
+        self._wake()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; parser callbacks feed the current response."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.resp: UpstreamResponse | None = None
+        self.headers_ready: asyncio.Future[None] | None = None
+        self.closed = False
+        self.paused = False
+        self.got_bytes = False
+        self.last_io = 0.0
+        self.keep_alive = True
+        self.head = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.last_io = self.loop.time()
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._broken(f"invalid HTTP from upstream: {exc}")
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        resp = self.resp
+        if resp is not None and not resp.complete:
+            if resp.until_close and resp.status:
+                resp._finish()  # body delimited by connection close: this is its end
+            else:
+                self._broken("upstream connection lost")
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.resp is not None
+        self.resp.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        resp = self.resp
+        assert resp is not None
+        resp.status = self.parser.get_status_code()
+        if resp.status < 200:  # 1xx interim response: wait for the real one
+            resp.headers.clear()
+            return
+        self.keep_alive = self.parser.should_keep_alive()
+        has_length = any(n in (b"content-length", b"transfer-encoding") for n, _ in resp.headers)
+        resp.until_close = not has_length and resp.status not in (204, 304)
+        fut = self.headers_ready
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        if self.head or resp.status in (204, 304):
+            resp._finish()
+            self.keep_alive = False  # the parser can't be told about HEAD: don't reuse
+
+    def on_body(self, body: bytes) -> None:
+        if self.resp is not None:
+            self.resp._push(bytes(body))
+
+    def on_message_complete(self) -> None:
+        if self.resp is not None and self.resp.status >= 200:
+            self.resp._finish()
+
+    # used by the pool and the response
+
+    def _broken(self, message: str, *, timeout: bool = False) -> None:
+        resp = self.resp
+        fut = self.headers_ready
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectError(message, timeout=timeout))
+        elif resp is not None:
+            resp._fail(BodyError(message, timeout=timeout))
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.last_io = self.loop.time()
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def finished(self) -> None:
+        self.resp = None
+        self.headers_ready = None
+        if self.keep_alive and not self.closed:
+            self.pool.put_back(self)
+        else:
+            self.abort()
+
+    async def send(self, data: bytes, head: bool) -> UpstreamResponse:
+        assert self.transport is not None
+        self.head = head
+        self.got_bytes = False
+        self.resp = UpstreamResponse(self)
+        self.headers_ready = self.loop.create_future()
+        self.last_io = self.loop.time()
+        self.transport.write(data)
+        if self._write_paused:  # a large body: wait until the kernel took it
+            self._drain = self.loop.create_future()
+            await self._drain
+        await self.headers_ready
+        return self.resp
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream origin; built in the app's lifespan."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        parts = urlsplit(settings.anthropic_base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"ANTHROPIC_BASE_URL must be an http(s) URL, got {parts.scheme!r}")
+        self.loop = loop
+        self.host = parts.hostname
+        tls = parts.scheme == "https"
+        self.port = parts.port or (443 if tls else 80)
+        self.prefix = parts.path.rstrip("/").encode()
+        default_port = self.port == (443 if tls else 80)
+        host_header = self.host if default_port else f"{self.host}:{self.port}"
+        self.host_line = b"host: " + host_header.encode("idna") + b"\r\n"
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
+        self.api_key_line = (
+            b"x-api-key: " + settings.upstream_key().encode() + b"\r\n"
+            if settings.upstream_key()
+            else b""
         )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=settings.connect_timeout_seconds,
-                sock_read=settings.read_timeout_seconds,
-            ),
-            read_bufsize=2**16,
-        )
-
-    def url(self, raw_path: bytes, query: bytes) -> URL:
-        path = raw_path.decode("latin-1")
-        if query:
-            path += "?" + query.decode("latin-1")
-        return URL(self.base_url + path, encoded=True)
+        self.connect_timeout = settings.connect_timeout_seconds
+        self.read_timeout = settings.read_timeout_seconds
+        self.max_idle = 256
+        self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._watchdog = loop.create_task(self._watch())
 
     async def request(
-        self, method: str, url: URL, headers: list[tuple[str, str]], body: bytes
-    ) -> aiohttp.ClientResponse:
-        return await self.session.request(
-            method,
-            url,
-            headers=headers,
-            data=body if body else None,
-            allow_redirects=False,
-            compress=None,
-            chunked=None,
-        )
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> UpstreamResponse:
+        """Send one request and return once its response headers arrived.
+
+        A pooled connection the server already closed fails before any byte comes
+        back; the request is then sent once more on a fresh connection, which is
+        safe because the server never saw it.
+        """
+        parts = [method, b" ", self.prefix, target, b" HTTP/1.1\r\n", self.host_line]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(self.api_key_line)
+        if body or method in (b"POST", b"PUT", b"PATCH"):
+            parts.append(b"content-length: %d\r\n" % len(body))
+        parts += (b"\r\n", body)
+        data = b"".join(parts)
+        head = method == b"HEAD"
+        while True:
+            conn = self._take_idle()
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect()
+            self._busy.add(conn)
+            try:
+                return await conn.send(data, head)
+            except ConnectError:
+                if reused and not conn.got_bytes:
+                    continue
+                raise
+            except BaseException:
+                conn.abort()  # cancelled while waiting: the upstream must see the close
+                raise
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def _connect(self) -> _Connection:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, proto = await self.loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                )
+        except TimeoutError:
+            raise ConnectError("Timeout: connecting to the upstream API", timeout=True) from None
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot connect to the upstream API: {exc.strerror or exc}"
+            ) from None
+        assert isinstance(proto, _Connection)
+        return proto
+
+    def put_back(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        if len(self._idle) < self.max_idle:
+            conn.last_io = self.loop.time()
+            self._idle.append(conn)
+        else:
+            conn.abort()
+
+    def forget(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+
+    async def _watch(self) -> None:
+        """Once a second: time out silent upstreams and drop long-idle connections."""
+        while True:
+            await asyncio.sleep(_WATCHDOG_SECONDS)
+            now = self.loop.time()
+            for conn in list(self._busy):
+                resp = conn.resp
+                if (
+                    resp is not None
+                    and not resp.complete
+                    and not conn.paused
+                    and now - conn.last_io > self.read_timeout
+                ):
+                    conn._broken(
+                        f"Timeout: no data from the upstream API for {self.read_timeout:g}s",
+                        timeout=True,
+                    )
+                    conn.abort()
+            if self._idle and now - self._idle[0].last_io > 60:
+                keep = [c for c in self._idle if now - c.last_io <= 60]
+                for c in self._idle:
+                    if now - c.last_io > 60:
+                        c.abort()
+                self._idle = keep
 
     async def close(self) -> None:
-        await self.session.close()
+        self._watchdog.cancel()
+        for conn in self._idle + list(self._busy):
+            conn.abort()
+        self._idle.clear()
+        self._busy.clear()

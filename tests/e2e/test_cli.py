@@ -1,0 +1,118 @@
+"""How `claude-proxy serve` starts: demo mode, refusing to run open, several workers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import anthropic
+import httpx2
+import pytest
+
+from tests.conftest import PROXY_KEY, UPSTREAM_KEY, Emulator, spawn, start_proxy
+
+pytestmark = pytest.mark.e2e
+
+
+def test_refuses_to_start_without_client_keys(emulator: Emulator) -> None:
+    p = spawn(
+        ["serve", "--port", "0"],
+        {"ANTHROPIC_API_KEY": UPSTREAM_KEY, "ANTHROPIC_BASE_URL": emulator.url},
+    )
+    assert p.proc.wait(20) == 2
+    assert "no client keys are configured" in p.output()
+
+
+def test_refuses_base_url_without_upstream_key(emulator: Emulator) -> None:
+    p = spawn(
+        ["serve", "--port", "0"],
+        {"ANTHROPIC_BASE_URL": emulator.url, "CLAUDE_PROXY_API_KEYS": PROXY_KEY},
+    )
+    assert p.proc.wait(20) == 2
+    assert "ANTHROPIC_API_KEY" in p.output()
+
+
+def test_bad_database_url_is_a_clear_error() -> None:
+    p = spawn(["serve", "--port", "0"], {"DATABASE_URL": "mysql://x", "CLAUDE_PROXY_API_KEYS": "k"})
+    assert p.proc.wait(20) == 2
+    assert "DATABASE_URL must be sqlite:///path or postgresql://" in p.output()
+
+
+def test_database_urls_are_accepted_as_written() -> None:
+    from claude_proxy.config import Settings
+
+    for url in (
+        "sqlite:///tmp/x.db",
+        "postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres",
+    ):
+        assert Settings(DATABASE_URL=url).database_url == url  # type: ignore[call-arg]
+
+
+def test_demo_mode_prints_a_working_key_and_snippets(tmp_path: object) -> None:
+    p = spawn(["serve", "--host", "127.0.0.1", "--port", "0"])
+    try:
+        m = p.wait_for(r"claude-proxy ready on (http://\S+)")
+        url = m.group(1)
+        out = p.output()
+        key = re.search(r"demo key: (\S+)", out)
+        assert key, out
+        # The printed curl line works as printed.
+        curl = out[out.index("curl ") : out.index("python -c")].strip()
+        run = subprocess.run(
+            ["bash", "-c", curl + " -s"], capture_output=True, text=True, timeout=20
+        )
+        assert '"type":"message"' in run.stdout.replace(" ", ""), run.stdout
+        # So does the SDK snippet.
+        snippet = out[out.index("python -c") :].splitlines()[0]
+        snippet = snippet.replace("python -c", f"{sys.executable} -c", 1)
+        run = subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, timeout=20)
+        assert run.returncode == 0 and run.stdout.strip(), run.stderr
+        with anthropic.Anthropic(base_url=url, api_key="wrong", max_retries=0) as c:
+            with pytest.raises(anthropic.AuthenticationError):
+                c.models.list()
+    finally:
+        p.stop()
+
+
+def test_several_workers_serve(emulator: Emulator) -> None:
+    p = spawn(
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--workers", "2"],
+        {
+            "ANTHROPIC_API_KEY": UPSTREAM_KEY,
+            "ANTHROPIC_BASE_URL": emulator.url,
+            "CLAUDE_PROXY_API_KEYS": PROXY_KEY,
+        },
+    )
+    try:
+        url = p.wait_for(r"claude-proxy ready on (http://\S+)").group(1)
+        p.wait_for(r"claude-proxy ready on", count=2)  # both workers announce themselves
+        with anthropic.Anthropic(base_url=url, api_key=PROXY_KEY, max_retries=0) as c:
+            for _ in range(4):
+                assert c.messages.count_tokens(
+                    model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}]
+                ).input_tokens
+    finally:
+        p.stop()
+
+
+def test_python_dash_m_and_console_script_both_work() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "claude_proxy", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.startswith("claude-proxy ")
+    exe = sys.executable.rsplit("/", 1)[0] + "/claude-proxy"
+    run = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True, check=True)
+    assert "--workers" in run.stdout
+
+
+def test_health_is_fast_under_load(emulator: Emulator) -> None:
+    px = start_proxy(emulator.url)
+    try:
+        with httpx2.Client(base_url=px.url) as c:
+            assert all(c.get("/health").status_code == 200 for _ in range(200))
+    finally:
+        px.process.stop()
