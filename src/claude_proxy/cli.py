@@ -121,6 +121,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         date_header=False,
         log_config=None,
         timeout_keep_alive=settings.keepalive_seconds,
+        # X-Forwarded-For is trusted only from the load balancer's addresses; off otherwise
+        # (uvicorn's default trusts 127.0.0.1 and costs a middleware hop per request).
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
     try:
         if args.workers > 1:

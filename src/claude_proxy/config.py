@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # Idle keep-alive towards clients. Must exceed the load balancer's idle timeout
     # (ALB: 300 s here), or the ALB reuses closed connections and answers 502.
     keepalive_seconds: int = 310
+    # Addresses whose X-Forwarded-For/-Proto are trusted (the ALB's subnets, e.g. "10.0.0.0/16"
+    # or "*" inside a VPC where only the ALB can reach the task). Empty: headers ignored.
+    forwarded_allow_ips: str = ""
 
     @field_validator("anthropic_base_url")
     @classmethod

@@ -72,6 +72,12 @@ class Relay:
         except ClientGone:
             # Nothing more can be said to this client; the server closes the connection.
             record.client_disconnected = record.error_type is None
+        except Exception:
+            log.exception("unexpected error in the relay request_id=%s", record.id)
+            if record.status_code is None:  # nothing sent yet: answer in the API's shape
+                await self._fail(send, record, "api_error", "Internal proxy error.", 500)
+            else:
+                raise
         finally:
             record.latency_ms = (time.perf_counter() - started) * 1000.0
             self.sink.submit(record)

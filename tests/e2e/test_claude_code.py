@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 CLAUDE_CODE_DIR = Path(__file__).parent / "claude_code"
 INSTALL_COMMAND = "npm ci --prefix tests/e2e/claude_code"
 PACKAGE = "@anthropic-ai/claude-code"
-RUN_TIMEOUT = 90.0
+RUN_TIMEOUT = 60.0
 PROMPT = "Say hello"
 
 # Keep Claude Code off the network except for ANTHROPIC_BASE_URL (nothing else is reachable
@@ -46,6 +46,10 @@ QUIET_ENV = {
     "DISABLE_ERROR_REPORTING": "1",
     "DISABLE_AUTOUPDATER": "1",
     "DISABLE_BUG_COMMAND": "1",
+    # Fail fast and visibly: no client retries (up to 10 by default, with backoff), and a
+    # client-side request timeout well inside RUN_TIMEOUT.
+    "CLAUDE_CODE_MAX_RETRIES": "0",
+    "API_TIMEOUT_MS": "30000",
     # Opt-in gateway hint headers: more x-claude-code-* headers the proxy must pass through.
     "CLAUDE_CODE_GATEWAY_HINT_HEADERS": "1",
 }
@@ -100,6 +104,20 @@ class Run:
     stdout: str
     stderr: str
     result: dict[str, Any]  # the `--output-format json` result object
+    proxy: Proxy | None = None
+
+    def __str__(self) -> str:
+        """What a failed assertion shows: the outcome, Claude Code's stderr, the proxy's log."""
+        r = self.result
+        text = (
+            f"claude exit {self.returncode}: is_error={r.get('is_error')} "
+            f"api_error_status={r.get('api_error_status')} result={r.get('result')!r}"
+        )
+        if self.stderr.strip():
+            text += f"\nclaude stderr:\n{self.stderr[-4000:]}"
+        if self.proxy is not None:
+            text += f"\nproxy output (tail):\n{self.proxy.output()[-6000:]}"
+        return text
 
 
 def run_claude(
@@ -110,7 +128,7 @@ def run_claude(
     session_id: str,
     prompt: str = PROMPT,
     extra_env: dict[str, str] | None = None,
-    context: str = "",
+    proxy: Proxy | None = None,
 ) -> Run:
     home = workdir / "home"
     cwd = workdir / "cwd"
@@ -138,6 +156,10 @@ def run_claude(
         session_id,
         "--no-session-persistence",
     ]
+
+    def context() -> str:
+        return f"\nproxy output:\n{proxy.output()}" if proxy is not None else ""
+
     try:
         proc = subprocess.run(
             cmd,
@@ -152,7 +174,7 @@ def run_claude(
     except subprocess.TimeoutExpired as exc:
         pytest.fail(
             f"claude -p did not finish in {RUN_TIMEOUT}s\nstdout: {exc.stdout!r}\n"
-            f"stderr: {exc.stderr!r}{context}",
+            f"stderr: {exc.stderr!r}{context()}",
             pytrace=False,
         )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
@@ -161,10 +183,10 @@ def run_claude(
     except (IndexError, ValueError):
         pytest.fail(
             f"claude -p printed no JSON result (exit {proc.returncode})\n"
-            f"stdout: {proc.stdout!r}\nstderr: {proc.stderr!r}{context}",
+            f"stdout: {proc.stdout!r}\nstderr: {proc.stderr!r}{context()}",
             pytrace=False,
         )
-    return Run(proc.returncode, proc.stdout, proc.stderr, result)
+    return Run(proc.returncode, proc.stdout, proc.stderr, result, proxy)
 
 
 def headers_of(record: dict[str, Any]) -> dict[str, str]:
@@ -287,7 +309,7 @@ def reference(
             tmp_path_factory.mktemp("ref"),
             str(uuid.uuid4()),
         )
-        assert run.returncode == 0 and run.result["result"] == "ok", run
+        assert run.returncode == 0 and run.result["result"] == "ok", str(run)
         yield seen
     finally:
         server.shutdown()
@@ -311,18 +333,21 @@ def test_claude_code_prompt_through_proxy(
         proxy.key,
         tmp_path,
         session_id,
-        context=f"\nproxy output:\n{proxy.output()}",
+        proxy=proxy,
     )
     res = run.result
-    assert run.returncode == 0, (run, proxy.output())
-    assert res["type"] == "result" and res["subtype"] == "success", res
-    assert res["is_error"] is False and res["api_error_status"] is None, res
+    assert run.returncode == 0, str(run)
+    assert res["type"] == "result" and res["subtype"] == "success", str(run)
+    assert res["is_error"] is False and res["api_error_status"] is None, str(run)
     assert res["session_id"] == session_id
     assert res["num_turns"] == 1 and res["stop_reason"] == "end_turn"
     # The emulator's deterministic reply (its thinking block is not part of the result).
     assert res["result"].strip() == text_for(DEFAULT_EVENTS, DEFAULT_TEXT_BYTES).strip(), res
     usage = res["usage"]
-    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0, usage
+    prompt_tokens = sum(
+        usage[k] for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+    assert prompt_tokens > 0 and usage["output_tokens"] > 0, usage
     assert isinstance(res["total_cost_usd"], (int, float)) and res["total_cost_usd"] >= 0
 
     # Claude Code's traffic, directly and through the proxy: the same requests.
@@ -332,6 +357,8 @@ def test_claude_code_prompt_through_proxy(
     assert [(r["method"], r["path"], r["query"]) for r in seen] == [
         ("POST", "/v1/messages", "beta=true")
     ], seen
+
+    assert seen[0]["status"] == 200 and seen[0]["state"] == "completed", seen
 
     want = ref[0].headers
     got = headers_of(seen[0])
@@ -367,18 +394,17 @@ def test_claude_code_reports_upstream_overload(
         tmp_path,
         session_id,
         prompt=f"{PROMPT} <<emulator: status=529>>",
-        # One attempt from Claude Code: its own retries add seconds and prove nothing here.
-        extra_env={"CLAUDE_CODE_MAX_RETRIES": "0"},
-        context=f"\nproxy output:\n{proxy.output()}",
+        proxy=proxy,
     )
     res = run.result
-    assert run.returncode == 1, run
-    assert res["is_error"] is True, res
-    assert res["api_error_status"] == 529, res
-    assert res["api_error_type"] == "overloaded_error", res
+    assert run.returncode == 1, str(run)
+    assert res["is_error"] is True, str(run)
+    assert res["api_error_status"] == 529, str(run)
+    assert res["api_error_type"] == "overloaded_error", str(run)
     assert "529" in res["result"]
     seen = session_requests(emulator, session_id)
     assert seen and all(r["path"] == "/v1/messages" for r in seen), seen
+    assert all(r["status"] == 529 for r in seen), seen
     assert all(headers_of(r).get("x-api-key") == UPSTREAM_KEY for r in seen)
     assert PROXY_KEY not in json.dumps(seen)
 
@@ -396,11 +422,11 @@ def test_claude_code_recovers_from_transient_overload(
         session_id,
         prompt=f"{PROMPT} <<emulator: status=529 times=1 key={session_id}>>",
         extra_env={"CLAUDE_CODE_MAX_RETRIES": "1"},
-        context=f"\nproxy output:\n{proxy.output()}",
+        proxy=proxy,
     )
     res = run.result
-    assert run.returncode == 0, (run, proxy.output())
-    assert res["is_error"] is False, res
+    assert run.returncode == 0, str(run)
+    assert res["is_error"] is False, str(run)
     assert res["result"].strip() == text_for(DEFAULT_EVENTS, DEFAULT_TEXT_BYTES).strip(), res
     seen = session_requests(emulator, session_id)
-    assert len(seen) == 2, seen
+    assert [r["status"] for r in seen] == [529, 200], seen

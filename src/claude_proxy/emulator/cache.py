@@ -26,7 +26,7 @@ TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 _PRUNE_AT = 100_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputUsage:
     input_tokens: int
     cache_creation_5m: int = 0

@@ -330,8 +330,49 @@ def message(r: Reply) -> dict[str, Any]:
     }
 
 
+_MESSAGE_TEMPLATE = (
+    b'{"model":%b,"id":"%b","type":"message","role":"assistant","content":%b,'
+    b'"container":null,"stop_reason":"%b","stop_sequence":null,"stop_details":null,'
+    b'"usage":{"input_tokens":%d,"cache_creation_input_tokens":%d,"cache_read_input_tokens":%d,'
+    b'"cache_creation":{"ephemeral_5m_input_tokens":%d,"ephemeral_1h_input_tokens":%d},'
+    b'"output_tokens":%d,"output_tokens_details":{"thinking_tokens":%d},'
+    b'"server_tool_use":{"web_search_requests":0,"web_fetch_requests":0},'
+    b'"service_tier":"%b","inference_geo":"not_available"%b},'
+    b'"diagnostics":null,"context_management":null}'
+)
+
+
+@lru_cache(maxsize=256)
+def _content_json(thinking: bool, thinking_tokens: int, text_key: tuple[int, int]) -> bytes:
+    probe = Reply(
+        "", "", thinking, thinking_tokens, _deltas(*text_key), text_key, None, "", _NO_USAGE, 0
+    )
+    return orjson.dumps(content_blocks(probe))
+
+
+_NO_USAGE = InputUsage(0)
+
+
 def message_json(r: Reply) -> bytes:
-    return orjson.dumps(message(r))
+    """`orjson.dumps(message(r))`, from a template when the content is the cached kind."""
+    if r.tool is not None or r.text_key is None:
+        return orjson.dumps(message(r))
+    u = r.usage
+    return _MESSAGE_TEMPLATE % (
+        orjson.dumps(r.model),
+        r.id.encode(),
+        _content_json(r.thinking, r.thinking_tokens, r.text_key),
+        r.stop_reason.encode(),
+        u.input_tokens,
+        u.cache_creation_5m + u.cache_creation_1h,
+        u.cache_read,
+        u.cache_creation_5m,
+        u.cache_creation_1h,
+        r.output_tokens,
+        r.thinking_tokens,
+        r.service_tier.encode(),
+        b',"speed":"%b"' % r.speed.encode() if r.speed is not None else b"",
+    )
 
 
 def sse_frames(r: Reply) -> list[bytes]:

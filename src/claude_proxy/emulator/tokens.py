@@ -115,6 +115,27 @@ def _content(w: _Walker, content: Any, where: str) -> None:
         w.block(block)
 
 
+def fast_tokens(params: dict[str, Any]) -> int | None:
+    """measure() for the common simple shape (string contents, no tools); None otherwise."""
+    if "tools" in params:
+        return None
+    system = params.get("system")
+    if system is None:
+        chars = 0
+    elif type(system) is str:
+        chars = len(system)
+    else:
+        return None
+    for message in params["messages"]:
+        if type(message) is not dict:
+            return None
+        content = message.get("content")
+        if type(content) is not str or message.get("role") not in ROLES:
+            return None
+        chars += len(content) + MESSAGE_OVERHEAD_CHARS
+    return max(1, tokens_for(chars))
+
+
 def measure(params: dict[str, Any], *, hashing: bool) -> InputShape:
     """Walk tools → system → messages, validating shapes on the way (raises ApiError 400)."""
     w = _Walker(hashing)

@@ -7,7 +7,7 @@ shared by every response in that second; per response only `request-id` and the 
 
 from __future__ import annotations
 
-import itertools
+import random
 import secrets
 import time
 import uuid
@@ -54,23 +54,16 @@ def chunk(data: bytes) -> bytes:
 
 # --- ids ----------------------------------------------------------------------------------------
 
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_PAIRS = [a + b for a in BASE62 for b in BASE62]  # 3844 two-char digits: half the divmods
-_PROCESS_PART = "".join(secrets.choice(BASE62) for _ in range(10))
-# itertools.count is atomic under the GIL, so emulators on several threads never share an id.
-_COUNTER = itertools.count(secrets.randbelow(62**8))
+BASE62 = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Random bytes mapped onto base62 by one translate(): 20 chars of (near-uniform) randomness make
+# collisions practically impossible, at a fraction of the cost of divmod-based encoding.
+_TO_BASE62 = bytes(BASE62[i % 62] for i in range(256))
+_RANDOM = random.Random(secrets.randbits(128))
 
 
 def new_id(prefix: str) -> str:
-    """`<prefix>011C` + 20 base62 chars: unique per process, shaped like the real API's ids."""
-    n = next(_COUNTER)
-    pairs = _PAIRS
-    n, a = divmod(n, 3844)
-    n, b = divmod(n, 3844)
-    n, c = divmod(n, 3844)
-    n, d = divmod(n, 3844)
-    e = n % 3844
-    return f"{prefix}011C{_PROCESS_PART}{pairs[e]}{pairs[d]}{pairs[c]}{pairs[b]}{pairs[a]}"
+    """`<prefix>011C` + 20 random base62 chars, shaped like the real API's ids."""
+    return prefix + "011C" + _RANDOM.randbytes(20).translate(_TO_BASE62).decode()
 
 
 def rfc3339(ts: float, *, micros: bool = False) -> str:

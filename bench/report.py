@@ -1,0 +1,214 @@
+"""Targets, pass/fail checks and the markdown rendering of one benchmark run.
+
+The targets come from shared/reference/performance.md (stated in quantities that do not depend on
+how fast the emulator is) and from issue 2's ratio targets; both sets are checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _get(d: dict[str, Any], *path: str) -> Any:
+    cur: Any = d
+    for key in path:
+        if not isinstance(cur, dict) or key not in cur:
+            return None
+        cur = cur[key]
+    return cur
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def _check(
+    measure: str, value: float | None, unit: str, target: str, ok: Callable[[float], bool]
+) -> Row:
+    return {
+        "measure": measure,
+        "value": value,
+        "unit": unit,
+        "target": target,
+        "pass": None if value is None else bool(ok(value)),
+    }
+
+
+def checks(r: dict[str, Any]) -> list[Row]:
+    """Every target, with the measured value and pass/fail (None when not measured)."""
+    ns, s1k, s500, mem = r["nonstream"], r["streams_1000"], r["streams_500"], r["memory"]
+    added_c1 = _sub(_get(ns, "proxy", "c1", "p50_ms"), _get(ns, "direct", "c1", "p50_ms"))
+    added_c5 = _sub(_get(ns, "proxy", "c5", "p50_ms"), _get(ns, "direct", "c5", "p50_ms"))
+    added_c1_info = _sub(_get(ns, "proxy_info", "c1", "p50_ms"), _get(ns, "direct", "c1", "p50_ms"))
+    tput = _ratio(_get(ns, "proxy", "c50", "rps"), _get(ns, "direct", "c50", "rps"))
+    ev = _ratio(_get(s500, "proxy", "events_per_s"), _get(s500, "direct", "events_per_s"))
+    fe99 = _ratio(
+        _get(s500, "proxy", "first_event_p99_ms"), _get(s500, "direct", "first_event_p99_ms")
+    )
+    ttfb = _sub(_get(s1k, "proxy", "ttfb_p50_ms"), _get(s1k, "direct", "ttfb_p50_ms"))
+    gap99 = _sub(
+        _get(s1k, "proxy", "inter_event_p99_ms"), _get(s1k, "direct", "inter_event_p99_ms")
+    )
+    bad = r.get("errors_total")
+    return [
+        _check(
+            "CPU per proxied request, c=50 (log WARNING)",
+            _get(ns, "proxy", "cpu_us_per_req"),
+            "µs",
+            "≤ 250 µs",
+            lambda v: v <= 250,
+        ),
+        _check(
+            "CPU per proxied request, c=50 (access log on, INFO)",
+            _get(ns, "proxy_info", "cpu_us_per_req"),
+            "µs",
+            "≤ 250 µs",
+            lambda v: v <= 250,
+        ),
+        _check("added p50 latency, c=1", added_c1, "ms", "≤ 0.25 ms", lambda v: v <= 0.25),
+        _check(
+            "added p50 latency, c=1 (access log on)",
+            added_c1_info,
+            "ms",
+            "≤ 0.25 ms",
+            lambda v: v <= 0.25,
+        ),
+        _check("added p50 latency, c=5", added_c5, "ms", "≤ 0.3 ms", lambda v: v <= 0.3),
+        _check("throughput c=50, proxy / direct", tput, "x", "≥ 0.70", lambda v: v >= 0.70),
+        _check("500 streams: events/s, proxy / direct", ev, "x", "≥ 0.90", lambda v: v >= 0.90),
+        _check(
+            "500 streams: first-event p99, proxy / direct", fe99, "x", "≤ 2.0", lambda v: v <= 2.0
+        ),
+        _check("1,000 streams: added TTFB p50", ttfb, "ms", "≤ 1 ms", lambda v: v <= 1.0),
+        _check("1,000 streams: added inter-event p99", gap99, "ms", "≤ 2 ms", lambda v: v <= 2.0),
+        _check("RSS at idle", _get(mem, "idle_mb"), "MB", "≤ 100 MB", lambda v: v <= 100),
+        _check(
+            "RSS growth, 100 slow readers",
+            _get(mem, "slow_readers", "growth_mb"),
+            "MB",
+            "≤ 5 MB",
+            lambda v: v <= 5,
+        ),
+        _check("errors, non-2xx, cut streams (all runs)", bad, "", "0", lambda v: v == 0),
+    ]
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            text = f"{v:,.0f}"
+        elif abs(v) >= 10:
+            text = f"{v:.1f}"
+        else:
+            text = f"{v:.3f}".rstrip("0").rstrip(".") if v != 0 else "0"
+    elif isinstance(v, int):
+        text = f"{v:,}"
+    else:
+        text = str(v)
+    if not unit:
+        return text
+    return text + unit if unit == "x" else f"{text} {unit}"
+
+
+def _measure_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(measure, direct, proxy, nginx, proxy vs direct) rows of the results table."""
+    ns, s1k, s500, mem = r["nonstream"], r["streams_1000"], r["streams_500"], r["memory"]
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def add(
+        label: str, section: dict[str, Any], path: tuple[str, ...], unit: str, cmp: str
+    ) -> None:
+        d = _get(section, "direct", *path)
+        p = _get(section, "proxy", *path)
+        n = _get(section, "nginx", *path)
+        if cmp == "none":
+            rel_s = "-"
+        elif cmp == "added":
+            rel = _sub(p, d)
+            rel_s = "-" if rel is None else f"{rel:+.3f} {unit}".rstrip()
+        else:
+            rel = _ratio(p, d)
+            rel_s = "-" if rel is None else f"{rel:.2f}x"
+        rows.append((label, _fmt(d, unit), _fmt(p, unit), _fmt(n, unit), rel_s))
+
+    for c in ("c1", "c5", "c50"):
+        n = c[1:]
+        add(f"non-streaming c={n}: p50", ns, (c, "p50_ms"), "ms", "added")
+        add(f"non-streaming c={n}: p99", ns, (c, "p99_ms"), "ms", "added")
+        add(f"non-streaming c={n}: req/s", ns, (c, "rps"), "", "ratio")
+    rows.append(
+        (
+            "CPU per request at c=50 (server process)",
+            _fmt(_get(ns, "direct", "emulator_cpu_us_per_req"), "µs") + " (emulator)",
+            _fmt(_get(ns, "proxy", "cpu_us_per_req"), "µs"),
+            _fmt(_get(ns, "nginx", "cpu_us_per_req"), "µs"),
+            "-",
+        )
+    )
+    rows.append(
+        (
+            "proxy with access log (INFO): c=1 p50 / CPU per request",
+            "-",
+            f"{_fmt(_get(ns, 'proxy_info', 'c1', 'p50_ms'), 'ms')} / "
+            f"{_fmt(_get(ns, 'proxy_info', 'cpu_us_per_req'), 'µs')}",
+            "-",
+            "-",
+        )
+    )
+    for label, key in (("1,000x200", "1000"), ("500x50", "500")):
+        sec = s1k if key == "1000" else s500
+        add(f"{label} streams: TTFB p50", sec, ("ttfb_p50_ms",), "ms", "added")
+        add(f"{label} streams: TTFB p99", sec, ("ttfb_p99_ms",), "ms", "added")
+        add(f"{label} streams: first event p50", sec, ("first_event_p50_ms",), "ms", "added")
+        add(f"{label} streams: first event p99", sec, ("first_event_p99_ms",), "ms", "added")
+        if key == "1000":  # the 500-stream run has no per-event delay, so no gaps to compare
+            add(f"{label} streams: inter-event p50", sec, ("inter_event_p50_ms",), "ms", "added")
+            add(f"{label} streams: inter-event p99", sec, ("inter_event_p99_ms",), "ms", "added")
+        add(f"{label} streams: events/s", sec, ("events_per_s",), "", "ratio")
+        add(
+            f"{label} streams: server CPU per event",
+            sec,
+            ("server_cpu_us_per_event",),
+            "µs",
+            "none",
+        )
+    rows.append(("proxy RSS: idle after start", "-", _fmt(mem.get("idle_mb"), "MB"), "-", "-"))
+    rows.append(
+        (
+            "proxy RSS: peak with 1,000 streams open",
+            "-",
+            _fmt(mem.get("streams_1000_peak_mb"), "MB"),
+            "-",
+            "-",
+        )
+    )
+    rows.append(
+        (
+            "proxy RSS: growth with 100 slow readers",
+            "-",
+            _fmt(_get(mem, "slow_readers", "growth_mb"), "MB"),
+            "-",
+            "-",
+        )
+    )
+    return rows
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """Two ready-to-paste tables: the measurements, then the targets with pass/fail."""
+    out = ["| measure | direct | proxy | nginx | proxy vs direct |", "|---|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in _measure_rows(r)]
+    out += ["", "| target | measured | target | result |", "|---|---|---|---|"]
+    for c in r["checks"]:
+        res = "n/a" if c["pass"] is None else ("pass" if c["pass"] else "**FAIL**")
+        out.append(f"| {c['measure']} | {_fmt(c['value'], c['unit'])} | {c['target']} | {res} |")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,602 @@
+"""Routing and endpoint handlers: the emulated Anthropic API, the echo aid, the debug endpoints.
+
+Routing is on the path only (query strings such as `?beta=true` are accepted everywhere).
+Order of checks on `/v1/*`, as the real API: credential (`x-api-key` or `Authorization: Bearer`),
+then `anthropic-version`, then the body. Faults from `x-emulator-fault` (or a `<<emulator: ...>>`
+marker in the messages) are applied after validation.
+
+The hot path (a plain non-streaming `POST /v1/messages`) answers synchronously from
+`data_received`: no task, one orjson parse, one dumps, one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from claude_proxy.emulator import catalog
+from claude_proxy.emulator.batches import BatchStore
+from claude_proxy.emulator.cache import InputUsage, PromptCache
+from claude_proxy.emulator.faults import (
+    MARKER,
+    Fault,
+    FaultCounters,
+    FaultSpecError,
+    marker_spec,
+    parse_fault,
+)
+from claude_proxy.emulator.journal import STATES, Journal
+from claude_proxy.emulator.messages import (
+    build_reply,
+    error_frame,
+    message,
+    message_json,
+    sse_frames,
+)
+from claude_proxy.emulator.server import Request
+from claude_proxy.emulator.tokens import InputShape, fast_tokens, measure
+from claude_proxy.emulator.wire import (
+    CT_JSON,
+    CT_JSONL,
+    CT_OCTETS,
+    CT_SSE,
+    ERROR_MESSAGES,
+    ApiError,
+    CommonHeaders,
+    chunk,
+    error_body,
+    error_message_for,
+    error_type_for,
+    new_id,
+    request_id_line,
+)
+
+Coro = Coroutine[Any, Any, None]
+MESSAGES_LIMIT = 32 * 1024 * 1024
+BATCHES_LIMIT = 256 * 1024 * 1024
+RESULTS_CHUNK = 64 * 1024
+MAX_WAIT_SECONDS = 300.0
+
+
+def _bearer(value: bytes | None) -> bytes | None:
+    if value is not None and value[:7].lower() == b"bearer ":
+        token = value[7:].strip()
+        return token or None
+    return None
+
+
+def _query(req: Request) -> dict[str, str]:
+    return dict(parse_qsl(req.query.decode("latin-1"), keep_blank_values=True))
+
+
+def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}: Input should be a valid integer") from None
+    if value < lo:
+        raise ApiError(400, f"{name}: Input should be greater than or equal to {lo}")
+    if value > hi:
+        raise ApiError(400, f"{name}: Input should be less than or equal to {hi}")
+    return value
+
+
+def paginate(items: list[dict[str, Any]], q: dict[str, str]) -> bytes:
+    """The `{data, has_more, first_id, last_id}` page of items (already newest first)."""
+    limit = _int_param(q, "limit", 20, 1, 1000)
+    after, before = q.get("after_id"), q.get("before_id")
+    ids = [item["id"] for item in items]
+    if before:
+        end = ids.index(before) if before in ids else 0
+        start = max(0, end - limit)
+        page, has_more = items[start:end], start > 0
+    else:
+        start = ids.index(after) + 1 if after and after in ids else (len(ids) if after else 0)
+        page, has_more = items[start : start + limit], start + limit < len(items)
+    return orjson.dumps(
+        {
+            "data": page,
+            "has_more": has_more,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+        }
+    )
+
+
+def _validate(params: dict[str, Any], *, max_tokens: bool = True) -> str:
+    """Required fields and their types, as the API reports them; returns the model id."""
+    model = params.get("model")
+    if model is None:
+        raise ApiError(400, "model: Field required")
+    if not isinstance(model, str):
+        raise ApiError(400, "model: Input should be a valid string")
+    if max_tokens:
+        value = params.get("max_tokens")
+        if value is None:
+            raise ApiError(400, "max_tokens: Field required")
+        if type(value) is not int:
+            raise ApiError(400, "max_tokens: Input should be a valid integer")
+        if value < 1:
+            raise ApiError(400, "max_tokens: Input should be greater than or equal to 1")
+    messages = params.get("messages")
+    if messages is None:
+        raise ApiError(400, "messages: Field required")
+    if not isinstance(messages, list):
+        raise ApiError(400, "messages: Input should be a valid list")
+    if not messages:
+        raise ApiError(400, "messages: at least one message is required")
+    stream = params.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, "stream: Input should be a valid boolean")
+    if not model.startswith("claude-"):
+        raise ApiError(404, f"model: {model}")
+    return model
+
+
+class EmulatorApp:
+    """All emulator state (journal, prompt cache, fault counters, batches) and the handlers."""
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key.encode() if api_key else None
+        self.common = CommonHeaders()
+        self.journal = Journal()
+        self.cache = PromptCache()
+        self.counters = FaultCounters()
+        self.batches = BatchStore()
+        self.base_url = "http://127.0.0.1"
+        self._models_pages: dict[bytes, bytes] = {}
+
+    # --- entry points called by the server ------------------------------------------------------
+
+    def handle(self, req: Request) -> Coro | None:
+        path = req.path
+        if path.startswith(b"/_emulator/"):
+            return self._debug(req)
+        rid = req.request_id = new_id("req_")
+        req.entry = self.journal.add(rid, req.method, path, req.query, req.headers, len(req.body))
+        if path == b"/v1/messages":
+            return self._messages(req)
+        if path.startswith(b"/v1/messages/"):
+            rest = path[13:]
+            if rest == b"count_tokens":
+                return self._guarded(req, self._count_tokens)
+            if rest == b"batches" or rest.startswith(b"batches/"):
+                return self._guarded(req, self._batches)
+        elif path == b"/v1/models" or path.startswith(b"/v1/models/"):
+            return self._guarded(req, self._models)
+        elif path == b"/v1/emulator/echo" or path.startswith(b"/v1/emulator/echo/"):
+            return self._guarded(req, self._echo, version=False)
+        raise ApiError(404, "Not found")
+
+    def error(self, req: Request, exc: ApiError) -> None:
+        self._error(req, exc.status, exc.error_type, exc.message)
+
+    # --- response helpers -----------------------------------------------------------------------
+
+    def _error(
+        self, req: Request, status: int, error_type: str, message: str, extra: bytes = b""
+    ) -> None:
+        if not req.request_id:
+            req.request_id = new_id("req_")
+        rid = req.request_id
+        common = self.common.success() if status == 429 else self.common.basic()
+        head = CT_JSON + request_id_line(rid) + common + extra
+        req.conn.respond(req, status, head, error_body(error_type, message, rid))
+
+    def _ok(self, req: Request, body: bytes, status: int = 200) -> None:
+        head = CT_JSON + request_id_line(req.request_id) + self.common.success()
+        req.conn.respond(req, status, head, body)
+
+    def _auth(self, req: Request, *, version: bool = True) -> None:
+        wanted = req.wanted
+        key = wanted.get(b"x-api-key") or None
+        bearer = _bearer(wanted.get(b"authorization"))
+        if key is None and bearer is None:
+            raise ApiError(401, "x-api-key header is required", "authentication_error")
+        if self.api_key is not None and self.api_key != key and self.api_key != bearer:
+            raise ApiError(401, "invalid x-api-key", "authentication_error")
+        if version and b"anthropic-version" not in wanted:
+            raise ApiError(400, "anthropic-version: header is required")
+
+    @staticmethod
+    def _json(req: Request, limit: int) -> dict[str, Any]:
+        if req.too_large or len(req.body) > limit:
+            raise ApiError(413, ERROR_MESSAGES[413], "request_too_large")
+        try:
+            params = orjson.loads(req.body)
+        except orjson.JSONDecodeError:
+            raise ApiError(
+                400,
+                "There was an error parsing the body of your request. "
+                "Please ensure that it is valid JSON.",
+            ) from None
+        if not isinstance(params, dict):
+            raise ApiError(400, "Input should be a valid dictionary")
+        return params
+
+    @staticmethod
+    def _header_fault(req: Request) -> Fault | None:
+        raw = req.wanted.get(b"x-emulator-fault")
+        if raw is None:
+            return None
+        try:
+            return parse_fault(raw.decode("latin-1"))
+        except FaultSpecError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def _fault_error(self, req: Request, fault: Fault) -> None:
+        status = fault.status
+        assert status is not None
+        extra = b""
+        if fault.retry_after is not None:
+            extra += b"retry-after: %d\r\n" % fault.retry_after
+        if fault.retry_after_ms is not None:
+            extra += b"retry-after-ms: %d\r\n" % fault.retry_after_ms
+        if fault.should_retry is not None:
+            extra += b"x-should-retry: " + fault.should_retry.encode() + b"\r\n"
+        message = error_message_for(status)
+        self._error(req, status, error_type_for(status), message, extra)
+
+    def _guarded(
+        self,
+        req: Request,
+        handler: Callable[[Request], Coro | None],
+        *,
+        version: bool = True,
+    ) -> Coro | None:
+        """Auth, then the header fault (failure, delay), then the handler."""
+        self._auth(req, version=version)
+        fault = self._header_fault(req)
+        if fault is None:
+            return handler(req)
+        failing = self.counters.should_fail(fault)
+        if not failing and not fault.first_byte_ms:
+            return handler(req)
+        return self._faulted(req, fault, failing, handler)
+
+    async def _faulted(
+        self,
+        req: Request,
+        fault: Fault,
+        failing: bool,
+        handler: Callable[[Request], Coro | None],
+    ) -> None:
+        if fault.first_byte_ms:
+            await asyncio.sleep(fault.first_byte_ms / 1000)
+        if failing and fault.close_before_headers:
+            req.conn.drop(req)
+        elif failing and fault.status is not None:
+            self._fault_error(req, fault)
+        else:
+            coro = handler(req)
+            if coro is not None:
+                await coro
+
+    # --- /v1/messages ---------------------------------------------------------------------------
+
+    def _messages(self, req: Request) -> Coro | None:
+        self._auth(req)
+        if req.method != b"POST":
+            raise ApiError(405, "Method Not Allowed", "invalid_request_error")
+        fault = self._header_fault(req)
+        params = self._json(req, MESSAGES_LIMIT)
+        model = _validate(params)
+        hashing = b"cache_control" in req.body
+        simple = None if hashing else fast_tokens(params)
+        shape = measure(params, hashing=hashing) if simple is None else None
+        if fault is None and MARKER in req.body:
+            spec = marker_spec(params)
+            if spec is not None:
+                try:
+                    fault = parse_fault(spec)
+                except FaultSpecError as exc:
+                    raise ApiError(400, str(exc)) from None
+        stream = params.get("stream") is True
+        if fault is None:
+            reply = build_reply(params, self._usage(model, shape, simple))
+            if stream:
+                return self._stream(req, sse_frames(reply), 0, -1, None)
+            self._ok(req, message_json(reply))
+            return None
+        failing = self.counters.should_fail(fault)
+        if failing and (fault.close_before_headers or fault.status is not None):
+            if fault.first_byte_ms:
+                return self._faulted(req, fault, True, lambda r: None)
+            if fault.close_before_headers:
+                req.conn.drop(req)
+            else:
+                self._fault_error(req, fault)
+            return None
+        reply = build_reply(
+            params,
+            self._usage(model, shape, simple),
+            events=fault.events,
+            text_bytes=fault.text_bytes,
+            force_tool=fault.tool,
+        )
+        midstream = fault.midstream if failing else None
+        if stream:
+            return self._stream(
+                req, sse_frames(reply), fault.first_byte_ms, fault.event_ms, midstream, fault.after
+            )
+        if midstream is None and not fault.first_byte_ms:
+            self._ok(req, message_json(reply))
+            return None
+        return self._message_slow(req, message_json(reply), fault.first_byte_ms, midstream)
+
+    def _usage(self, model: str, shape: InputShape | None, simple: int | None) -> InputUsage:
+        if shape is None:
+            assert simple is not None
+            return InputUsage(simple)
+        if shape.has_breakpoints:
+            return self.cache.account(model, shape)
+        return InputUsage(shape.tokens)
+
+    async def _stream(
+        self,
+        req: Request,
+        frames: list[bytes],
+        first_byte_ms: int,
+        event_ms: int,
+        midstream: str | None,
+        after: int = 3,
+    ) -> None:
+        conn = req.conn
+        if first_byte_ms:
+            await asyncio.sleep(first_byte_ms / 1000)
+        head = CT_SSE + request_id_line(req.request_id) + self.common.success()
+        conn.start_stream(req, 200, head)
+        delay = event_ms / 1000
+        cut = min(after, len(frames) - 1) if midstream is not None else -1
+        for i, frame in enumerate(frames):
+            if delay and i:
+                await asyncio.sleep(delay)
+            if i == cut:
+                await self._cut_stream(req, midstream)
+                return
+            conn.send(frame)
+            if conn.paused:
+                await conn.drain()
+        conn.end_stream(req)
+
+    async def _cut_stream(self, req: Request, mode: str | None) -> None:
+        conn = req.conn
+        if mode == "error":
+            conn.send(error_frame(req.request_id))
+            conn.end_stream(req)
+        elif mode == "reset":
+            conn.abort(req)
+        elif mode == "eof":
+            conn.end_stream(req)
+        else:  # stall: nothing more until the client goes away (the task is cancelled then)
+            await conn.wait_closed()
+
+    async def _message_slow(
+        self, req: Request, body: bytes, first_byte_ms: int, midstream: str | None
+    ) -> None:
+        """Non-streaming with a delay or a cut: half the body, then RST / FIN / stall."""
+        conn = req.conn
+        if first_byte_ms:
+            await asyncio.sleep(first_byte_ms / 1000)
+        if midstream is None:
+            self._ok(req, body)
+            return
+        if midstream == "error":
+            self._error(req, 529, "overloaded_error", "Overloaded")
+            return
+        head = CT_JSON + request_id_line(req.request_id) + self.common.success()
+        conn.start_raw(req, 200, head, len(body))
+        conn.send(body[: len(body) // 2])
+        if midstream == "reset":
+            conn.abort(req)
+        elif midstream == "eof":
+            conn.drop(req)
+        else:
+            await conn.wait_closed()
+
+    # --- count_tokens, models, batches ----------------------------------------------------------
+
+    def _count_tokens(self, req: Request) -> Coro | None:
+        if req.method != b"POST":
+            raise ApiError(405, "Method Not Allowed", "invalid_request_error")
+        params = self._json(req, MESSAGES_LIMIT)
+        _validate(params, max_tokens=False)
+        tokens = fast_tokens(params)
+        if tokens is None:
+            tokens = measure(params, hashing=False).tokens
+        self._ok(req, b'{"input_tokens":%d}' % tokens)
+        return None
+
+    def _models(self, req: Request) -> Coro | None:
+        if req.method not in (b"GET", b"HEAD"):
+            raise ApiError(405, "Method Not Allowed", "invalid_request_error")
+        if req.path == b"/v1/models":
+            body = self._models_pages.get(req.query)
+            if body is None:
+                body = self._models_page(req)
+                if len(self._models_pages) < 1024:
+                    self._models_pages[req.query] = body
+            self._ok(req, body)
+            return None
+        model_id = req.path[11:].decode("latin-1")
+        model = catalog.lookup(model_id)
+        if model is None:
+            raise ApiError(404, f"model: {model_id}")
+        self._ok(req, catalog.info_json(model))
+        return None
+
+    @staticmethod
+    def _models_page(req: Request) -> bytes:
+        pairs = parse_qsl(req.query.decode("latin-1"), keep_blank_values=True)
+        q = dict(pairs)
+        lifecycles = frozenset(v for k, v in pairs if k in ("lifecycle[]", "lifecycle"))
+        unknown = lifecycles - {"active", "deprecated", "retired"}
+        if unknown:
+            raise ApiError(400, f"lifecycle: unknown value {sorted(unknown)[0]!r}")
+        return paginate(catalog.listing(lifecycles or catalog.DEFAULT_LIFECYCLES), q)
+
+    def _batch_reply(self, params: dict[str, Any]) -> dict[str, Any]:
+        model = _validate(params)
+        hashing = b"cache_control" in orjson.dumps(params)
+        shape = measure(params, hashing=hashing)
+        reply = build_reply(params, self._usage(model, shape, None), service_tier="batch")
+        return message(reply)
+
+    def _batches(self, req: Request) -> Coro | None:
+        parts = req.path[13:].split(b"/")  # [b"batches", id?, action?]
+        method = req.method
+        if len(parts) == 1:
+            if method == b"POST":
+                body = self._json(req, BATCHES_LIMIT)
+                host = req.wanted.get(b"host")
+                base = f"http://{host.decode('latin-1')}" if host else self.base_url
+                batch = self.batches.create(body, base, self._batch_reply)
+                self._ok(req, orjson.dumps(batch.to_json()))
+                return None
+            if method == b"GET":
+                self._ok(req, paginate(self.batches.newest_first(), _query(req)))
+                return None
+            raise ApiError(405, "Method Not Allowed", "invalid_request_error")
+        batch_id = parts[1].decode("latin-1")
+        action = parts[2] if len(parts) == 3 else None
+        if len(parts) > 3 or not batch_id:
+            raise ApiError(404, "Not found")
+        if action is None and method == b"GET":
+            self._ok(req, orjson.dumps(self.batches.get(batch_id).to_json()))
+        elif action is None and method == b"DELETE":
+            self._ok(req, orjson.dumps(self.batches.delete(batch_id)))
+        elif action == b"cancel" and method == b"POST":
+            self._ok(req, orjson.dumps(self.batches.cancel(batch_id).to_json()))
+        elif action == b"results" and method == b"GET":
+            batch = self.batches.get(batch_id)
+            if batch.ended_at is None:
+                raise ApiError(400, f"Batch {batch_id} has not finished processing")
+            return self._results(req, batch.lines)
+        else:
+            raise ApiError(404, "Not found")
+        return None
+
+    async def _results(self, req: Request, lines: list[bytes]) -> None:
+        conn = req.conn
+        conn.start_stream(
+            req, 200, CT_JSONL + request_id_line(req.request_id) + self.common.basic()
+        )
+        buf: list[bytes] = []
+        size = 0
+        for line in lines:
+            buf.append(line)
+            buf.append(b"\n")
+            size += len(line) + 1
+            if size >= RESULTS_CHUNK:
+                conn.send(chunk(b"".join(buf)))
+                buf, size = [], 0
+                if conn.paused:
+                    await conn.drain()
+        if buf:
+            conn.send(chunk(b"".join(buf)))
+        conn.end_stream(req)
+
+    # --- echo -----------------------------------------------------------------------------------
+
+    def _echo(self, req: Request) -> Coro | None:
+        q = _query(req)
+        head = CT_JSON + request_id_line(req.request_id) + self.common.basic()
+        if "chunks" in q:
+            n = _int_param(q, "chunks", 1, 0, 1_000_000)
+            size = _int_param(q, "chunk_size", 1024, 1, 16 * 1024 * 1024)
+            delay = _int_param(q, "chunk_ms", 0, 0, 3_600_000)
+            return self._echo_stream(req, n, size, delay)
+        status = _int_param(q, "status", 200, 200, 599)
+        if status in (204, 205, 304):
+            raise ApiError(400, f"status: {status} cannot carry the echo body")
+        body = orjson.dumps(
+            {
+                "method": req.method.decode("latin-1"),
+                "path": req.path.decode("latin-1"),
+                "query": req.query.decode("latin-1"),
+                "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in req.headers],
+                "body_b64": base64.b64encode(req.body).decode(),
+            }
+        )
+        if "status" in q:
+            head += b"x-echo: yes\r\n"
+        req.conn.respond(req, status, head, body)
+        return None
+
+    async def _echo_stream(self, req: Request, n: int, size: int, delay_ms: int) -> None:
+        conn = req.conn
+        conn.start_stream(
+            req, 200, CT_OCTETS + request_id_line(req.request_id) + self.common.basic()
+        )
+        frame = chunk(b"x" * size)
+        for i in range(n):
+            if delay_ms and i:
+                await asyncio.sleep(delay_ms / 1000)
+            conn.send(frame)
+            if conn.paused:
+                await conn.drain()
+        conn.end_stream(req)
+
+    # --- debug endpoints (no auth) --------------------------------------------------------------
+
+    def _debug(self, req: Request) -> Coro | None:
+        req.request_id = new_id("req_")
+        path, method = req.path, req.method
+        if path == b"/_emulator/requests":
+            if method == b"GET":
+                data = [e.to_json() for e in self.journal.entries()]
+                self._ok(req, orjson.dumps({"data": data}))
+                return None
+            if method == b"DELETE":
+                self.journal.clear()
+                self._ok(req, b'{"deleted":true}')
+                return None
+        elif path == b"/_emulator/wait" and method == b"GET":
+            return self._wait(req)
+        elif path == b"/_emulator/reset" and method == b"POST":
+            self.journal.clear()
+            self.cache.clear()
+            self.counters.clear()
+            self.batches.clear()
+            self._models_pages.clear()
+            self._ok(req, b'{"reset":true}')
+            return None
+        raise ApiError(404, "Not found", "not_found_error")
+
+    def _wait(self, req: Request) -> Coro:
+        q = _query(req)
+        request_id = q.get("request_id")
+        state = q.get("state", "completed")
+        if not request_id:
+            raise ApiError(400, "request_id: Field required")
+        if state not in STATES:
+            raise ApiError(400, f"state: Input should be one of {', '.join(STATES)}")
+        try:
+            timeout = min(float(q.get("timeout", "5")), MAX_WAIT_SECONDS)
+        except ValueError:
+            raise ApiError(400, "timeout: Input should be a valid number") from None
+        return self._wait_for(req, request_id, state, timeout)
+
+    async def _wait_for(self, req: Request, request_id: str, state: str, timeout: float) -> None:
+        entry = await self.journal.wait(request_id, state, timeout)
+        if entry is None:
+            seen = self.journal.find(request_id)
+            message = f"request {request_id} did not reach state {state!r} within {timeout}s"
+            if seen is not None:
+                message += f" (it is {seen.state!r})"
+            self._error(req, 408, "timeout_error", message)
+        elif entry.state != state:
+            body = orjson.dumps(entry.to_json())
+            req.conn.respond(
+                req, 409, CT_JSON + request_id_line(req.request_id) + self.common.basic(), body
+            )
+        else:
+            self._ok(req, orjson.dumps(entry.to_json()))
