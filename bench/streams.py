@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -41,7 +42,7 @@ def request_bytes(host: str, port: int, key: str, fault: str, max_tokens: int) -
 
 @dataclass
 class Stream:
-    """What one stream saw. Times are loop.time() seconds; `start` is just before connect."""
+    """What one stream saw. Times are time.monotonic() seconds; `start` is just before connect."""
 
     start: float = 0.0
     first_byte: float | None = None
@@ -72,7 +73,7 @@ class _SSEProtocol(asyncio.Protocol):
         self.transport.write(self.req)
 
     def data_received(self, data: bytes) -> None:
-        now = self.loop.time()
+        now = time.monotonic()  # not loop.time(): uvloop's has 1 ms resolution
         st = self.st
         if st.first_byte is None:
             st.first_byte = now
@@ -173,7 +174,7 @@ async def one_stream(
     loop = asyncio.get_running_loop()
     if delay > 0:
         await asyncio.sleep(delay)
-    st.start = loop.time()
+    st.start = time.monotonic()
     proto = _SSEProtocol(req, st, loop)
     try:
         await asyncio.wait_for(
@@ -224,8 +225,8 @@ async def run_streams(
     fault = f"events={events} event-ms={event_ms} text-bytes={TEXT_BYTES}"
     req = request_bytes(host, port, key, fault, max_tokens=events * TEXT_BYTES // 4 + 64)
     streams = [Stream() for _ in range(n)]
-    t0 = loop.time()
-    deadline = t0 + timeout_s
+    t0 = time.monotonic()
+    deadline = loop.time() + timeout_s
     tasks = [
         asyncio.ensure_future(one_stream(host, port, req, st, deadline, ramp_s * i / n))
         for i, st in enumerate(streams)

@@ -357,7 +357,6 @@ def test_claude_code_prompt_through_proxy(
     assert [(r["method"], r["path"], r["query"]) for r in seen] == [
         ("POST", "/v1/messages", "beta=true")
     ], seen
-
     assert seen[0]["status"] == 200 and seen[0]["state"] == "completed", seen
 
     want = ref[0].headers

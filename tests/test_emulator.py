@@ -1,0 +1,875 @@
+"""The Anthropic API emulator, driven by the official SDK (and raw HTTP) over real sockets.
+
+The emulator runs in-process on its own event loop thread (`start_in_thread`), so these tests do
+not depend on the CLI. Waiting is always on events (the journal's long-poll), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+import orjson
+import pytest
+
+from claude_proxy.emulator import start, start_in_thread
+from claude_proxy.emulator.cache import MIN_CACHEABLE_TOKENS
+from claude_proxy.emulator.catalog import MODELS
+from claude_proxy.emulator.messages import DEFAULT_EVENTS, DEFAULT_TEXT_BYTES, text_for
+from claude_proxy.emulator.tokens import fast_tokens, measure
+
+KEY = "sk-ant-api03-emulator-test-key"
+MODEL = "claude-sonnet-4-6"
+HELLO: list[Any] = [{"role": "user", "content": "Hello there"}]
+V = {"anthropic-version": "2023-06-01"}
+TOOLS: list[Any] = [
+    {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "input_schema": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["location", "unit"],
+        },
+    },
+    {"name": "noop", "input_schema": {"type": "object", "properties": {}}},
+]
+
+
+class Emu:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=30) as r:
+                return r.status, orjson.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, orjson.loads(e.read())
+
+    def requests(self) -> list[dict[str, Any]]:
+        status, body = self.get("/_emulator/requests")
+        assert status == 200
+        data: list[dict[str, Any]] = body["data"]
+        return data
+
+    def wait(self, request_id: str, state: str, timeout: float = 5.0) -> tuple[int, Any]:
+        return self.get(f"/_emulator/wait?request_id={request_id}&state={state}&timeout={timeout}")
+
+    def tagged(self, tag: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests() if ["x-tag", tag] in r["headers"]]
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emu]:
+    url, stop = start_in_thread("127.0.0.1", 0, api_key=KEY)
+    yield Emu(url)
+    stop()
+
+
+@pytest.fixture
+def client(emu: Emu) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=emu.url, api_key=KEY, max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+def http(emu: Emu) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=emu.url, headers={"x-api-key": KEY, **V}, timeout=10) as c:
+        yield c
+
+
+def fault(spec: str, **extra: str) -> dict[str, str]:
+    return {"x-emulator-fault": spec, **extra}
+
+
+def tag() -> str:
+    return f"t{time.time_ns()}"
+
+
+def sse_events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """Parse an SSE body strictly: every event is exactly `event:` + `data:` + blank line."""
+    assert b"\r" not in raw
+    out = []
+    assert raw.endswith(b"\n\n")
+    for block in raw[:-2].split(b"\n\n"):
+        lines = block.split(b"\n")
+        assert len(lines) == 2, block
+        assert lines[0].startswith(b"event: ") and lines[1].startswith(b"data: "), block
+        name = lines[0][7:].decode()
+        data = orjson.loads(lines[1][6:])
+        assert data["type"] == name
+        out.append((name, data))
+    return out
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_non_streaming_create(client: anthropic.Anthropic) -> None:
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, messages=HELLO)
+    msg = raw.parse()
+    assert msg.type == "message" and msg.role == "assistant" and msg.model == MODEL
+    assert msg.id.startswith("msg_011C") and len(msg.id) == 28
+    assert [b.type for b in msg.content] == ["text"]
+    assert msg.content[0].type == "text"
+    assert msg.content[0].text == text_for(DEFAULT_EVENTS, DEFAULT_TEXT_BYTES)
+    assert msg.stop_reason == "end_turn" and msg.stop_sequence is None
+    u = msg.usage
+    assert u.input_tokens > 0 and u.output_tokens > 0
+    assert u.cache_read_input_tokens == 0 and u.cache_creation_input_tokens == 0
+    assert u.service_tier == "standard" and u.inference_geo == "not_available"
+    assert u.output_tokens_details is not None and u.output_tokens_details.thinking_tokens == 0
+    # Headers: request id, organization, the full rate-limit set, JSON with a length.
+    h = raw.headers
+    assert h["request-id"].startswith("req_011C") and len(h["request-id"]) >= 28
+    assert raw.request_id == h["request-id"]
+    assert len(h["anthropic-organization-id"]) == 36
+    for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
+        assert int(h[f"anthropic-ratelimit-{kind}-limit"]) > 0
+        assert int(h[f"anthropic-ratelimit-{kind}-remaining"]) > 0
+        assert h[f"anthropic-ratelimit-{kind}-reset"].endswith("Z")
+    assert h["content-type"] == "application/json"
+    assert int(h["content-length"]) == len(raw.http_response.content)
+    # Key order as the real API: model first.
+    assert list(json.loads(raw.http_response.content)) == [
+        "model",
+        "id",
+        "type",
+        "role",
+        "content",
+        "container",
+        "stop_reason",
+        "stop_sequence",
+        "stop_details",
+        "usage",
+        "diagnostics",
+        "context_management",
+    ]
+
+
+def test_stream_thinking_text_and_tool_use(client: anthropic.Anthropic) -> None:
+    with client.messages.stream(
+        model=MODEL,
+        max_tokens=2048,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        tools=TOOLS,
+        tool_choice={"type": "any"},
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+        headers = stream.response.headers
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert headers["cache-control"] == "no-cache"
+    assert headers["transfer-encoding"] == "chunked"
+    assert headers["request-id"].startswith("req_")
+    assert "anthropic-ratelimit-requests-remaining" in headers
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert {"thinking", "signature", "text", "input_json"} <= set(kinds)
+    assert [b.type for b in final.content] == ["thinking", "text", "tool_use"]
+    thinking, text, tool = final.content
+    assert thinking.type == "thinking" and thinking.thinking and thinking.signature
+    assert text.type == "text" and text.text == text_for(DEFAULT_EVENTS, DEFAULT_TEXT_BYTES)
+    assert tool.type == "tool_use" and tool.name == "get_weather"
+    assert tool.id.startswith("toolu_")
+    assert tool.input == {"location": "San Francisco, CA", "unit": "c"}
+    assert final.stop_reason == "tool_use"
+    # Usage: final, cumulative values (not the message_start placeholder), input as counted.
+    counted = client.messages.count_tokens(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=TOOLS,
+    )
+    assert final.usage.input_tokens == counted.input_tokens
+    assert final.usage.output_tokens > 1
+    # The same request without streaming gives the same blocks and usage.
+    same = client.messages.create(
+        model=MODEL,
+        max_tokens=2048,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        tools=TOOLS,
+        tool_choice={"type": "any"},
+    )
+    assert [b.type for b in same.content] == ["thinking", "text", "tool_use"]
+    assert same.usage.output_tokens == final.usage.output_tokens
+    assert same.usage.input_tokens == final.usage.input_tokens
+    assert same.content[2].type == "tool_use" and same.content[2].input == tool.input
+
+
+def test_sse_wire_format_is_exact(http: httpx2.Client) -> None:
+    body = {
+        "model": MODEL,
+        "max_tokens": 512,
+        "stream": True,
+        "messages": HELLO,
+        "tools": TOOLS,
+        "tool_choice": {"type": "tool", "name": "noop"},
+        "thinking": {"type": "adaptive"},
+    }
+    with http.stream("POST", "/v1/messages?beta=true", json=body) as r:
+        assert r.status_code == 200
+        raw = r.read()
+    assert b'event: ping\ndata: {"type": "ping"}\n\n' in raw
+    events = sse_events(raw)
+    names = [n for n, _ in events]
+    assert names[:3] == ["message_start", "content_block_start", "ping"]
+    assert names.count("ping") == 1 and names.count("message_delta") == 1
+    assert names[-2:] == ["message_delta", "message_stop"]
+    start = events[0][1]["message"]
+    assert list(start)[:2] == ["model", "id"]
+    assert start["content"] == [] and start["stop_reason"] is None
+    assert start["usage"]["output_tokens"] == 1
+    # Blocks: contiguous indexes, start ... deltas ... stop; the signature just before the stop.
+    blocks: list[list[tuple[str, dict[str, Any]]]] = []
+    for name, data in events:
+        if name == "content_block_start":
+            assert data["index"] == len(blocks)
+            blocks.append([])
+        if name.startswith("content_block"):
+            assert data["index"] == len(blocks) - 1
+            blocks[-1].append((name, data))
+    assert [b[0][1]["content_block"]["type"] for b in blocks] == ["thinking", "text", "tool_use"]
+    assert blocks[0][-2][1]["delta"]["type"] == "signature_delta"
+    tool = blocks[2]
+    assert tool[0][1]["content_block"]["caller"] == {"type": "direct"}
+    assert tool[0][1]["content_block"]["name"] == "noop"
+    assert tool[1][1]["delta"] == {"type": "input_json_delta", "partial_json": ""}
+    partial = "".join(d["delta"]["partial_json"] for n, d in tool if n == "content_block_delta")
+    assert json.loads(partial) == {}
+    delta = events[-2][1]
+    assert delta["delta"]["stop_reason"] == "tool_use"
+    assert delta["usage"]["input_tokens"] == start["usage"]["input_tokens"]
+    assert delta["usage"]["output_tokens"] > 1
+
+
+def test_tool_only_when_forced(client: anthropic.Anthropic) -> None:
+    auto = client.messages.create(
+        model=MODEL, max_tokens=256, messages=HELLO, tools=TOOLS, tool_choice={"type": "auto"}
+    )
+    assert [b.type for b in auto.content] == ["text"] and auto.stop_reason == "end_turn"
+    forced = client.messages.create(
+        model=MODEL, max_tokens=256, messages=HELLO, extra_headers=fault("tool")
+    )
+    assert [b.type for b in forced.content] == ["text", "tool_use"]
+    assert forced.content[1].type == "tool_use" and forced.content[1].name == "get_weather"
+    assert forced.content[1].input == {"location": "San Francisco, CA"}
+    assert forced.stop_reason == "tool_use"
+
+
+def test_max_tokens_truncates(client: anthropic.Anthropic) -> None:
+    msg = client.messages.create(
+        model=MODEL, max_tokens=5, messages=HELLO, tools=TOOLS, tool_choice={"type": "any"}
+    )
+    assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 5
+    assert [b.type for b in msg.content] == ["text"]
+    assert msg.content[0].type == "text" and len(msg.content[0].text) == 20
+    with client.messages.stream(model=MODEL, max_tokens=5, messages=HELLO) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "max_tokens" and streamed.usage.output_tokens == 5
+    assert [(b.type, getattr(b, "text", None)) for b in streamed.content] == [
+        ("text", msg.content[0].text)
+    ]
+
+
+def test_events_and_text_bytes(http: httpx2.Client) -> None:
+    body = {"model": MODEL, "max_tokens": 10_000, "stream": True, "messages": HELLO}
+    r = http.post("/v1/messages", json=body, headers=fault("events=200 text-bytes=7"))
+    deltas = [d for n, d in sse_events(r.content) if n == "content_block_delta"]
+    assert len(deltas) == 200
+    assert all(len(d["delta"]["text"]) == 7 for d in deltas)
+    assert "".join(d["delta"]["text"] for d in deltas) == text_for(200, 7)
+
+
+def test_validation_errors(http: httpx2.Client) -> None:
+    def post(body: Any, content: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        r = http.post(
+            "/v1/messages", content=content if content is not None else orjson.dumps(body)
+        )
+        data = r.json()
+        assert data["request_id"] == r.headers["request-id"]
+        assert list(data) == ["type", "error", "request_id"]
+        assert list(data["error"]) == ["type", "message"]
+        return r.status_code, data["error"]
+
+    assert post(None, b"{not json") == (400, post(None, b"")[1])
+    assert post({"model": MODEL, "messages": HELLO}) == (
+        400,
+        {"type": "invalid_request_error", "message": "max_tokens: Field required"},
+    )
+    assert post({"model": MODEL, "max_tokens": 5})[1]["message"] == "messages: Field required"
+    assert post({"max_tokens": 5, "messages": HELLO})[1]["message"] == "model: Field required"
+    assert post({"model": MODEL, "max_tokens": "x", "messages": HELLO})[0] == 400
+    assert post({"model": "gpt-4o", "max_tokens": 5, "messages": HELLO}) == (
+        404,
+        {"type": "not_found_error", "message": "model: gpt-4o"},
+    )
+    bad_role = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "bot", "content": "x"}]}
+    assert post(bad_role)[0] == 400
+    r = http.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_count_tokens_matches_messages(client: anthropic.Anthropic) -> None:
+    for kwargs in (
+        {"messages": HELLO},
+        {"messages": HELLO, "system": "Be brief."},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]},
+        {"messages": HELLO, "tools": TOOLS},
+    ):
+        counted = client.messages.count_tokens(model=MODEL, **kwargs)  # type: ignore[arg-type]
+        msg = client.messages.create(model=MODEL, max_tokens=64, **kwargs)  # type: ignore[arg-type]
+        assert counted.input_tokens == msg.usage.input_tokens > 0
+    # The fast path agrees with the full walk.
+    params: dict[str, Any] = {"messages": HELLO * 3, "system": "x" * 33}
+    assert fast_tokens(params) == measure(params, hashing=True).tokens
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_models_list_paginates_and_retrieves(client: anthropic.Anthropic) -> None:
+    page = client.models.list(limit=2)
+    assert len(page.data) == 2 and page.has_more
+    assert page.first_id == page.data[0].id and page.last_id == page.data[1].id
+    every = [m.id for m in client.models.list(limit=3)]  # auto-pagination across pages
+    listed = [m.id for m in MODELS if m.lifecycle != "retired"]
+    assert every == listed
+    assert every[0] == "claude-fable-5-2"
+    big = client.models.list(limit=1000)
+    assert [m.id for m in big.data] == listed and not big.has_more
+    back = client.models.list(limit=2, before_id=every[3])
+    assert [m.id for m in back.data] == every[1:3] and back.has_more
+    retired = client.models.list(extra_query={"lifecycle[]": "retired"})
+    assert retired.data and all(m.lifecycle == "retired" for m in retired.data)
+    model = client.models.retrieve("claude-opus-5-5")
+    assert model.type == "model" and model.display_name == "Claude Opus 5.5"
+    assert model.capabilities is not None and model.capabilities.thinking.types.adaptive.supported
+    alias = client.models.retrieve("claude-sonnet-4-5")
+    assert alias.id == "claude-sonnet-4-5-20250929" and alias.lifecycle == "deprecated"
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("claude-nope-1")
+    with pytest.raises(anthropic.BadRequestError):
+        client.models.list(limit=1001)
+
+
+# --------------------------------------------------------------------------- prompt caching
+
+
+def test_cache_write_then_read(client: anthropic.Anthropic) -> None:
+    system: list[Any] = [
+        {
+            "type": "text",
+            "text": f"{time.time_ns()} You are a careful assistant. " * 200,
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        }
+    ]
+    first = client.messages.create(model=MODEL, max_tokens=64, system=system, messages=HELLO)
+    c = first.usage
+    assert c.cache_creation_input_tokens and c.cache_creation_input_tokens >= MIN_CACHEABLE_TOKENS
+    assert c.cache_creation is not None
+    assert c.cache_creation.ephemeral_1h_input_tokens == c.cache_creation_input_tokens
+    assert c.cache_creation.ephemeral_5m_input_tokens == 0 and c.cache_read_input_tokens == 0
+    with client.messages.stream(model=MODEL, max_tokens=64, system=system, messages=HELLO) as s:
+        second = s.get_final_message()
+    r = second.usage
+    assert r.cache_read_input_tokens == c.cache_creation_input_tokens
+    assert r.cache_creation_input_tokens == 0 and r.input_tokens == c.input_tokens
+    counted = client.messages.count_tokens(model=MODEL, system=system, messages=HELLO)
+    assert counted.input_tokens == c.input_tokens + c.cache_creation_input_tokens
+    # Another model has its own cache.
+    other = client.messages.create(
+        model="claude-opus-5", max_tokens=8, system=system, messages=HELLO
+    )
+    assert other.usage.cache_read_input_tokens == 0
+
+
+def test_cache_follows_a_moving_breakpoint(client: anthropic.Anthropic) -> None:
+    """Claude Code moves the breakpoint to the newest message each turn; the old prefix hits."""
+    big = f"{time.time_ns()} " + "All work and no play. " * 300
+
+    def turn(messages: list[Any]) -> anthropic.types.Usage:
+        return client.messages.create(model=MODEL, max_tokens=8, messages=messages).usage
+
+    cc = {"type": "ephemeral"}
+    u1 = turn([{"role": "user", "content": [{"type": "text", "text": big, "cache_control": cc}]}])
+    assert u1.cache_creation_input_tokens and u1.cache_creation is not None
+    assert u1.cache_creation.ephemeral_5m_input_tokens == u1.cache_creation_input_tokens
+    u2 = turn(
+        [
+            {"role": "user", "content": [{"type": "text", "text": big}]},
+            {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": [{"type": "text", "text": "More", "cache_control": cc}]},
+        ]
+    )
+    assert u2.cache_read_input_tokens == u1.cache_creation_input_tokens
+    assert u2.cache_creation_input_tokens and u2.cache_creation_input_tokens > 0
+    # Below the minimum cacheable length nothing is cached.
+    small = [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": cc}]}]
+    assert turn(small).cache_creation_input_tokens == 0
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def test_auth(emu: Emu, http: httpx2.Client) -> None:
+    with anthropic.Anthropic(base_url=emu.url, api_key="sk-wrong", max_retries=0) as bad:
+        with pytest.raises(anthropic.AuthenticationError) as exc:
+            bad.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
+    assert exc.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+        "request_id": exc.value.request_id,
+    }
+    body = {"model": MODEL, "max_tokens": 8, "messages": HELLO}
+    r = httpx2.post(f"{emu.url}/v1/messages", json=body, headers=V)
+    assert r.status_code == 401
+    assert r.json()["error"] == {
+        "type": "authentication_error",
+        "message": "x-api-key header is required",
+    }
+    assert r.headers["request-id"].startswith("req_") and "anthropic-organization-id" in r.headers
+    # Legacy x-api-key (SDK 0.x) and Bearer (SDK 2.x) both work.
+    assert httpx2.post(f"{emu.url}/v1/messages", json=body, headers={"x-api-key": KEY, **V})
+    bearer = {"authorization": f"Bearer {KEY}", **V}
+    assert httpx2.post(f"{emu.url}/v1/messages", json=body, headers=bearer).status_code == 200
+    r = httpx2.post(f"{emu.url}/v1/messages", json=body, headers={"x-api-key": KEY})
+    assert r.status_code == 400
+    assert r.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "anthropic-version: header is required",
+    }
+
+
+async def test_any_key_when_unconfigured_and_async_sdk() -> None:
+    emulator = await start("127.0.0.1", 0)
+    try:
+        async with anthropic.AsyncAnthropic(
+            base_url=emulator.url, api_key="anything", max_retries=0
+        ) as c:
+            msg = await c.messages.create(model=MODEL, max_tokens=64, messages=HELLO)
+            assert msg.content[0].type == "text"
+            async with c.messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as s:
+                text = "".join([t async for t in s.text_stream])
+            assert text == msg.content[0].text
+        async with anthropic.AsyncAnthropic(base_url=emulator.url, api_key="", max_retries=0) as c:
+            with pytest.raises(anthropic.AuthenticationError):
+                await c.messages.create(model=MODEL, max_tokens=64, messages=HELLO)
+    finally:
+        await emulator.close()
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("status", "exc_type", "error_type"),
+    [
+        (400, anthropic.BadRequestError, "invalid_request_error"),
+        (403, anthropic.PermissionDeniedError, "permission_error"),
+        (413, anthropic.APIStatusError, "request_too_large"),
+        (500, anthropic.InternalServerError, "api_error"),
+        (504, anthropic.InternalServerError, "timeout_error"),
+        (529, anthropic.OverloadedError, "overloaded_error"),
+    ],
+)
+def test_status_faults(
+    client: anthropic.Anthropic, status: int, exc_type: type[Exception], error_type: str
+) -> None:
+    with pytest.raises(exc_type) as exc:
+        client.messages.create(
+            model=MODEL, max_tokens=8, messages=HELLO, extra_headers=fault(f"status={status}")
+        )
+    err = exc.value
+    assert isinstance(err, anthropic.APIStatusError)
+    assert err.status_code == status and err.type == error_type
+    assert isinstance(err.body, dict) and err.body["request_id"] == err.request_id
+    if status == 529:
+        assert err.body["error"]["message"] == "Overloaded"
+
+
+def test_rate_limit_retry_after_then_success(emu: Emu, client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.RateLimitError) as exc:
+        client.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=HELLO,
+            extra_headers=fault("status=429 retry-after=1"),
+        )
+    assert exc.value.response.headers["retry-after"] == "1"
+    assert "anthropic-ratelimit-requests-limit" in exc.value.response.headers
+    key = tag()
+    with anthropic.Anthropic(base_url=emu.url, api_key=KEY, max_retries=3) as c:
+        t0 = time.monotonic()
+        msg = c.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=HELLO,
+            extra_headers=fault(f"status=429 retry-after=1 times=2 key={key}", **{"x-tag": key}),
+        )
+        elapsed = time.monotonic() - t0
+    assert msg.content
+    assert elapsed >= 1.9  # two honoured retry-after waits of 1 s
+    tries = emu.tagged(key)
+    assert [r["status"] for r in tries] == [429, 429, 200]
+    retry_counts = [
+        dict((k.lower(), v) for k, v in r["headers"])["x-stainless-retry-count"] for r in tries
+    ]
+    assert retry_counts == ["0", "1", "2"]
+
+
+def test_retry_after_ms_and_times_per_key(emu: Emu) -> None:
+    key = tag()
+    with anthropic.Anthropic(base_url=emu.url, api_key=KEY, max_retries=2) as c:
+        t0 = time.monotonic()
+        c.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=HELLO,
+            extra_headers=fault(
+                f"status=529 retry-after-ms=200 times=1 key={key}", **{"x-tag": key}
+            ),
+        )
+        assert 0.2 <= time.monotonic() - t0 < 0.9
+        # The same spec with the same key is used up; another key fails afresh.
+        c.with_options(max_retries=0).messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=HELLO,
+            extra_headers=fault(f"status=529 retry-after-ms=200 times=1 key={key}"),
+        )
+        with pytest.raises(anthropic.OverloadedError):
+            c.with_options(max_retries=0).messages.create(
+                model=MODEL,
+                max_tokens=8,
+                messages=HELLO,
+                extra_headers=fault(f"status=529 retry-after-ms=200 times=1 key={key}-other"),
+            )
+    assert [r["status"] for r in emu.tagged(key)] == [529, 200]
+
+
+def test_should_retry_false_suppresses_retries(emu: Emu) -> None:
+    key = tag()
+    with anthropic.Anthropic(base_url=emu.url, api_key=KEY, max_retries=2) as c:
+        with pytest.raises(anthropic.InternalServerError) as exc:
+            c.messages.create(
+                model=MODEL,
+                max_tokens=8,
+                messages=HELLO,
+                extra_headers=fault("status=500 should-retry=false", **{"x-tag": key}),
+            )
+    assert exc.value.response.headers["x-should-retry"] == "false"
+    assert len(emu.tagged(key)) == 1
+
+
+def test_midstream_error_is_api_status_error_200(emu: Emu, client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.APIStatusError) as exc:
+        with client.messages.stream(
+            model=MODEL,
+            max_tokens=64,
+            messages=HELLO,
+            extra_headers=fault("midstream=error after=3"),
+        ) as stream:
+            rid = stream.response.headers["request-id"]
+            stream.get_final_message()
+    assert exc.value.status_code == 200 and exc.value.type == "overloaded_error"
+    assert isinstance(exc.value.body, dict) and exc.value.body["request_id"] == rid
+    assert emu.wait(rid, "completed")[0] == 200
+
+
+def test_midstream_error_on_the_wire(http: httpx2.Client) -> None:
+    body = {"model": MODEL, "max_tokens": 64, "stream": True, "messages": HELLO}
+    r = http.post("/v1/messages", json=body, headers=fault("midstream=error after=4"))
+    events = sse_events(r.content)
+    assert [n for n, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "error",
+    ]
+    assert events[-1][1] == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+        "request_id": r.headers["request-id"],
+    }
+
+
+def test_midstream_eof_gives_a_partial_message(client: anthropic.Anthropic) -> None:
+    with client.messages.stream(
+        model=MODEL, max_tokens=64, messages=HELLO, extra_headers=fault("midstream=eof after=5")
+    ) as stream:
+        partial = stream.get_final_message()
+    assert partial.stop_reason is None
+    assert partial.usage.output_tokens == 1  # the message_start placeholder
+    assert partial.content[0].type == "text"
+    assert partial.content[0].text == text_for(DEFAULT_EVENTS, DEFAULT_TEXT_BYTES)[:24]
+
+
+def test_midstream_reset_is_a_transport_error(emu: Emu, client: anthropic.Anthropic) -> None:
+    with pytest.raises((httpx2.RemoteProtocolError, httpx2.ReadError)):
+        with client.messages.stream(
+            model=MODEL,
+            max_tokens=64,
+            messages=HELLO,
+            extra_headers=fault("midstream=reset after=4"),
+        ) as stream:
+            rid = stream.response.headers["request-id"]
+            stream.get_final_message()
+    assert emu.wait(rid, "aborted")[1]["state"] == "aborted"
+
+
+def test_non_streaming_midstream_faults(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.OverloadedError):
+        client.messages.create(
+            model=MODEL, max_tokens=8, messages=HELLO, extra_headers=fault("midstream=error")
+        )
+    for mode in ("reset", "eof"):
+        with pytest.raises(anthropic.APIConnectionError):
+            client.messages.create(
+                model=MODEL, max_tokens=8, messages=HELLO, extra_headers=fault(f"midstream={mode}")
+            )
+
+
+def test_close_before_headers(emu: Emu, client: anthropic.Anthropic) -> None:
+    key = tag()
+    with pytest.raises(anthropic.APIConnectionError):
+        client.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=HELLO,
+            extra_headers=fault("close-before-headers", **{"x-tag": key}),
+        )
+    (seen,) = emu.tagged(key)
+    assert seen["state"] == "aborted" and seen["status"] is None
+    # Retried by the SDK as a connection error: the second attempt succeeds.
+    with anthropic.Anthropic(base_url=emu.url, api_key=KEY, max_retries=1) as c:
+        msg = c.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=HELLO,
+            extra_headers=fault(f"close-before-headers times=1 key={key}"),
+        )
+    assert msg.content
+
+
+def test_marker_in_message_text(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.OverloadedError):
+        client.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=[{"role": "user", "content": "Hi <<emulator: status=529>> there"}],
+        )
+    blocks: list[Any] = [{"type": "text", "text": "<<emulator: tool events=2 text-bytes=3>>"}]
+    msg = client.messages.create(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": blocks}]
+    )
+    assert [b.type for b in msg.content] == ["text", "tool_use"]
+    assert msg.content[0].type == "text" and msg.content[0].text == text_for(2, 3)
+    # A marker inside a tool result (e.g. a file Claude Code read) does not count.
+    tool_result: list[Any] = [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "<<emulator: status=500>>"}
+    ]
+    history: list[Any] = [
+        {"role": "user", "content": "go"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "read", "input": {}}],
+        },
+        {"role": "user", "content": tool_result},
+    ]
+    assert client.messages.create(model=MODEL, max_tokens=8, messages=history).content
+
+
+def test_bad_fault_spec_is_400(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        client.messages.create(
+            model=MODEL, max_tokens=8, messages=HELLO, extra_headers=fault("status=abc")
+        )
+    assert "status=abc" in str(exc.value)
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(
+            model=MODEL, max_tokens=8, messages=HELLO, extra_headers=fault("explode")
+        )
+
+
+def test_delays(http: httpx2.Client) -> None:
+    t0 = time.monotonic()
+    r = http.post(
+        "/v1/messages",
+        json={"model": MODEL, "max_tokens": 8, "messages": HELLO},
+        headers=fault("first-byte-ms=300"),
+    )
+    assert r.status_code == 200 and time.monotonic() - t0 >= 0.3
+    arrivals = []
+    body = {"model": MODEL, "max_tokens": 64, "stream": True, "messages": HELLO}
+    with http.stream(
+        "POST", "/v1/messages", json=body, headers=fault("event-ms=100 events=3")
+    ) as s:
+        for line in s.iter_lines():
+            if line == "event: content_block_delta":
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == 3
+    assert min(b - a for a, b in itertools.pairwise(arrivals)) > 0.08
+
+
+def test_client_disconnect_is_recorded(emu: Emu, http: httpx2.Client) -> None:
+    body = {"model": MODEL, "max_tokens": 64, "stream": True, "messages": HELLO}
+    with http.stream(
+        "POST", "/v1/messages", json=body, headers=fault("midstream=stall after=2")
+    ) as r:
+        rid = r.headers["request-id"]
+        assert b"message_start" in next(r.iter_raw())
+        assert emu.wait(rid, "completed", timeout=0.2)[0] == 408  # still open: stalled
+        closed_at = time.monotonic()
+    status, rec = emu.wait(rid, "client_closed", timeout=2)
+    assert status == 200 and rec["state"] == "client_closed"
+    assert time.monotonic() - closed_at < 1.0
+    assert rec["path"] == "/v1/messages" and rec["status"] == 200
+
+
+def test_slow_reader_is_backpressured(emu: Emu) -> None:
+    """A reader that stops reading holds the stream open; nothing is buffered without bound."""
+    body = orjson.dumps({"model": MODEL, "max_tokens": 10**9, "stream": True, "messages": HELLO})
+    host, port = emu.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: %b\r\nanthropic-version: 1\r\n"
+        b"x-emulator-fault: events=100000 text-bytes=500\r\ncontent-length: %d\r\n\r\n%b"
+        % (KEY.encode(), len(body), body)
+    )
+    head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200")
+    rid = head.split(b"request-id: ")[1].split(b"\r\n")[0].decode()
+    # 50 MB would be written at once without backpressure; paused, it cannot complete.
+    assert emu.wait(rid, "completed", timeout=0.3)[0] == 408
+    sock.close()
+    assert emu.wait(rid, "client_closed")[1]["state"] == "client_closed"
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_batches(emu: Emu, client: anthropic.Anthropic) -> None:
+    batch = client.messages.batches.create(
+        requests=[
+            {"custom_id": "a", "params": {"model": MODEL, "max_tokens": 64, "messages": HELLO}},
+            {"custom_id": "b", "params": {"model": "gpt-x", "max_tokens": 64, "messages": HELLO}},
+        ]
+    )
+    assert batch.id.startswith("msgbatch_") and batch.type == "message_batch"
+    assert batch.processing_status == "ended"
+    assert batch.request_counts.succeeded == 1 and batch.request_counts.errored == 1
+    assert batch.results_url == f"{emu.url}/v1/messages/batches/{batch.id}/results"
+    assert client.messages.batches.retrieve(batch.id).id == batch.id
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    ok, bad = results["a"], results["b"]
+    assert ok.type == "succeeded" and ok.message.usage.service_tier == "batch"
+    assert ok.message.content[0].type == "text"
+    assert bad.type == "errored" and bad.error.error.type == "not_found_error"
+    listed = [b.id for b in client.messages.batches.list(limit=100)]
+    assert listed[0] == batch.id
+    assert client.messages.batches.cancel(batch.id).processing_status == "ended"
+    assert client.messages.batches.delete(batch.id).type == "message_batch_deleted"
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.batches.retrieve(batch.id)
+
+
+# --------------------------------------------------------------------------- echo, debug, HTTP
+
+
+def test_echo(http: httpx2.Client) -> None:
+    r = http.put(
+        "/v1/emulator/echo/a%2Fb/c?x=1&y=a%20b",
+        content=b"\x00\x01body",
+        headers={"X-Mixed-Case": "Value"},
+    )
+    assert r.status_code == 200
+    echo = r.json()
+    assert echo["method"] == "PUT" and echo["path"] == "/v1/emulator/echo/a%2Fb/c"
+    assert echo["query"] == "x=1&y=a%20b"
+    assert ["X-Mixed-Case", "Value"] in echo["headers"]
+    assert echo["body_b64"] == "AAFib2R5"
+    r = http.post("/v1/emulator/echo?status=418", content=b"{}")
+    assert r.status_code == 418 and r.headers["x-echo"] == "yes" and r.json()["method"] == "POST"
+    with http.stream("GET", "/v1/emulator/echo?chunks=50&chunk_size=1000") as s:
+        assert s.headers["content-type"] == "application/octet-stream"
+        assert s.headers["transfer-encoding"] == "chunked"
+        assert s.read() == b"x" * 50_000
+
+
+def test_debug_endpoints(emu: Emu, http: httpx2.Client) -> None:
+    key = tag()
+    r = http.post(
+        "/v1/messages?beta=true",
+        json={"model": MODEL, "max_tokens": 8, "messages": HELLO},
+        headers={"x-tag": key},
+    )
+    (rec,) = emu.tagged(key)
+    assert rec["request_id"] == r.headers["request-id"]
+    assert rec["method"] == "POST" and rec["path"] == "/v1/messages" and rec["query"] == "beta=true"
+    assert rec["body_len"] == len(r.request.content) and rec["state"] == "completed"
+    assert emu.wait(rec["request_id"], "completed") == (200, rec)
+    status, body = emu.wait("req_missing", "completed", timeout=0.05)
+    assert status == 408 and body["error"]["type"] == "timeout_error"
+    assert emu.wait(rec["request_id"], "client_closed", timeout=1)[0] == 409  # already final
+    req = urllib.request.Request(f"{emu.url}/_emulator/requests", method="DELETE")
+    with urllib.request.urlopen(req) as resp:
+        assert resp.status == 200
+    assert emu.requests() == []
+
+
+def test_keep_alive_pipelining_and_head(emu: Emu) -> None:
+    host, port = emu.url.removeprefix("http://").split(":")
+    body = orjson.dumps({"model": MODEL, "max_tokens": 8, "messages": HELLO})
+    one = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: %b\r\nanthropic-version: 1\r\n"
+        b"content-length: %d\r\n\r\n%b" % (KEY.encode(), len(body), body)
+    )
+    head = b"HEAD /api/hello HTTP/1.1\r\nhost: x\r\n\r\n"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            one + head + one + b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    statuses = [
+        line.split(b" ")[1] for line in data.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")
+    ]
+    assert statuses == [b"200", b"404", b"200", b"401"]
+    last = orjson.loads(data.rsplit(b"\r\n\r\n", 1)[1])
+    assert last["error"]["message"] == "x-api-key header is required"
+
+
+def test_cli_emulator_prints_ready_line() -> None:
+    """`python -m claude_proxy emulator` (what conftest's fixture runs) starts and stops."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "claude_proxy", "emulator", "--port", "0", "--api-key", KEY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("claude-proxy emulator listening on http://127.0.0.1:")
+        url = line.split()[-1]
+        models = httpx2.get(f"{url}/v1/models", headers={"x-api-key": KEY, **V})
+        assert models.status_code == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
