@@ -210,6 +210,7 @@ class Relay:
                 }
             )
             try:
+                ended = False
                 while chunk := await resp.read():
                     if record.ttft_ms is None:
                         record.ttft_ms = (time.perf_counter() - started) * 1000.0
@@ -217,7 +218,13 @@ class Relay:
                         observer.feed_sse(chunk)
                     elif observe_json:
                         observer.feed_json(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    # The last chunk carries the end of the response: one write, not two.
+                    ended = resp.at_end and (not is_sse or observer.stream_complete)
+                    await send(
+                        {"type": "http.response.body", "body": chunk, "more_body": not ended}
+                    )
+                    if ended:
+                        break
             except BodyError as exc:
                 _finish_observation(record, observer, is_sse)
                 if not is_sse:
@@ -230,12 +237,13 @@ class Relay:
                 await self._break_stream(send, record, f"Streaming error: {exc}")
                 return
             _finish_observation(record, observer, is_sse)
-            if is_sse and status == 200 and not observer.stream_complete:
+            if is_sse and status == 200 and not observer.stream_complete and not ended:
                 await self._break_stream(
                     send, record, "Streaming error: upstream closed the stream before message_stop"
                 )
                 return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             resp.release()
 

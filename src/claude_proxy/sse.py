@@ -54,6 +54,8 @@ class Usage:
 
 
 _PARSED_EVENTS = (b"message_start", b"message_delta", b"error")
+# Byte strings whose presence means a chunk may hold an event worth parsing.
+_MARKERS = (b"message_", b"error")
 # An observer never buffers more than this for one unfinished event (huge server-tool
 # result blocks are skipped, not parsed); past it, observation stops, forwarding does not.
 _MAX_EVENT_BYTES = 4 * 1024 * 1024
@@ -68,7 +70,6 @@ class ResponseObserver:
         "_json",
         "error_message",
         "error_type",
-        "events",
         "gave_up",
         "message_id",
         "message_stop",
@@ -93,7 +94,6 @@ class ResponseObserver:
         self.error_message: str | None = None
         self.usage = Usage()
         self.message_stop = False
-        self.events = 0
 
     @property
     def stream_complete(self) -> bool:
@@ -122,14 +122,19 @@ class ResponseObserver:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             if hold:
                 data = data[:-1] + b"\r"
-        start = 0
-        while True:
-            end = data.find(b"\n\n", start)
-            if end < 0:
-                break
-            self._event(data[start:end])
-            start = end + 2
-        self._buf = data[start:] if start < len(data) else b""
+        last = data.rfind(b"\n\n")
+        if last < 0:
+            self._buf = data
+        else:
+            # Fast path: most chunks hold only content deltas and pings, which carry
+            # nothing we record; split and parse only when an interesting name is present.
+            if any(m in data[:last] for m in _MARKERS):
+                start = 0
+                while start <= last:
+                    end = data.find(b"\n\n", start)
+                    self._event(data[start:end])
+                    start = end + 2
+            self._buf = data[last + 2 :]
         if len(self._buf) > _MAX_EVENT_BYTES:
             self.gave_up = True
             self._buf = b""
@@ -147,7 +152,6 @@ class ResponseObserver:
                 data = part if not data else data + b"\n" + part
         if not name:
             return
-        self.events += 1
         if name == b"message_stop":
             self.message_stop = True
             return

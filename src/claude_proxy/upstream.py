@@ -25,9 +25,10 @@ import httptools
 
 from claude_proxy.config import Settings
 
-# Pause reading from the upstream when this much is buffered for a slow client.
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+# Pause reading from the upstream when this much is buffered for a slow client; small so
+# that 100 slow readers cost a few MB (events are ~100-500 bytes, so streams never notice).
+_HIGH_WATER = 32 * 1024
+_LOW_WATER = 8 * 1024
 _WATCHDOG_SECONDS = 1.0
 
 
@@ -82,7 +83,12 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
+                # Under load several chunks wait here: relay them as one write, not many.
+                if len(self._chunks) == 1:
+                    chunk = self._chunks.popleft()
+                else:
+                    chunk = b"".join(self._chunks)
+                    self._chunks.clear()
                 self._buffered -= len(chunk)
                 if self._buffered < _LOW_WATER:
                     self._conn.resume()
@@ -96,6 +102,11 @@ class UpstreamResponse:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    @property
+    def at_end(self) -> bool:
+        """The body is complete and every chunk of it has been read."""
+        return self.complete and not self._chunks and self.error is None
 
     def release(self) -> None:
         """Give the connection back when the body was fully read, otherwise close it."""
