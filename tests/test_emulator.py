@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -288,6 +289,61 @@ def test_events_and_text_bytes(http: httpx2.Client) -> None:
     assert len(deltas) == 200
     assert all(len(d["delta"]["text"]) == 7 for d in deltas)
     assert "".join(d["delta"]["text"] for d in deltas) == text_for(200, 7)
+    # Beyond the cached size, deltas are generated lazily: same shape, thinking first.
+    big = {**body, "max_tokens": 100_000, "thinking": {"type": "adaptive"}}
+    r = http.post("/v1/messages", json=big, headers=fault("events=100 text-bytes=1000"))
+    events = sse_events(r.content)
+    text = [d for n, d in events if n == "content_block_delta" and d["index"] == 1]
+    assert len(text) == 100 and "".join(d["delta"]["text"] for d in text) == text_for(100, 1000)
+
+
+def test_repeated_body_gets_fresh_ids(http: httpx2.Client) -> None:
+    """Identical bodies are answered from the replay cache: same content, new message ids."""
+    body = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": tag()}]}
+    first, second = (http.post("/v1/messages", json=body).json() for _ in range(2))
+    assert first["id"] != second["id"]
+    assert {**first, "id": None} == {**second, "id": None}
+    stream = {**body, "stream": True}
+    a, b = (sse_events(http.post("/v1/messages", json=stream).content) for _ in range(2))
+    assert a[0][1]["message"]["id"] != b[0][1]["message"]["id"]
+    assert a[1:] == b[1:]
+    assert a[0][1]["message"]["usage"]["input_tokens"] == first["usage"]["input_tokens"]
+    assert a[-2][1]["usage"]["output_tokens"] == first["usage"]["output_tokens"]
+
+
+def test_structured_output_is_json(client: anthropic.Anthropic) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "count": {"type": "integer"}},
+        "required": ["title", "count"],
+        "additionalProperties": False,
+    }
+    msg = client.messages.create(
+        model=MODEL,
+        max_tokens=256,
+        messages=HELLO,
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+    )
+    assert msg.content[0].type == "text"
+    assert json.loads(msg.content[0].text) == {"title": "example", "count": 1}
+    with client.messages.stream(
+        model=MODEL,
+        max_tokens=256,
+        messages=HELLO,
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+    ) as stream:
+        assert "".join(stream.text_stream) == msg.content[0].text
+
+
+def test_malformed_http_is_400_and_closed(emu: Emu) -> None:
+    host, port = emu.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close" in data and b"request-id: req_" in data
 
 
 def test_validation_errors(http: httpx2.Client) -> None:
@@ -326,8 +382,8 @@ def test_count_tokens_matches_messages(client: anthropic.Anthropic) -> None:
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]},
         {"messages": HELLO, "tools": TOOLS},
     ):
-        counted = client.messages.count_tokens(model=MODEL, **kwargs)  # type: ignore[arg-type]
-        msg = client.messages.create(model=MODEL, max_tokens=64, **kwargs)  # type: ignore[arg-type]
+        counted = client.messages.count_tokens(model=MODEL, **kwargs)
+        msg = client.messages.create(model=MODEL, max_tokens=64, **kwargs)
         assert counted.input_tokens == msg.usage.input_tokens > 0
     # The fast path agrees with the full walk.
     params: dict[str, Any] = {"messages": HELLO * 3, "system": "x" * 33}
@@ -461,9 +517,10 @@ async def test_any_key_when_unconfigured_and_async_sdk() -> None:
             async with c.messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as s:
                 text = "".join([t async for t in s.text_stream])
             assert text == msg.content[0].text
-        async with anthropic.AsyncAnthropic(base_url=emulator.url, api_key="", max_retries=0) as c:
-            with pytest.raises(anthropic.AuthenticationError):
-                await c.messages.create(model=MODEL, max_tokens=64, messages=HELLO)
+        async with httpx2.AsyncClient(base_url=emulator.url) as http:
+            body = {"model": MODEL, "max_tokens": 8, "messages": HELLO}
+            r = await http.post("/v1/messages", json=body, headers={"x-api-key": "", **V})
+            assert r.status_code == 401
     finally:
         await emulator.close()
 
@@ -539,7 +596,7 @@ def test_retry_after_ms_and_times_per_key(emu: Emu) -> None:
                 f"status=529 retry-after-ms=200 times=1 key={key}", **{"x-tag": key}
             ),
         )
-        assert 0.2 <= time.monotonic() - t0 < 0.9
+        assert 0.2 <= time.monotonic() - t0 < 5
         # The same spec with the same key is used up; another key fails afresh.
         c.with_options(max_retries=0).messages.create(
             model=MODEL,
@@ -712,14 +769,12 @@ def test_delays(http: httpx2.Client) -> None:
     assert r.status_code == 200 and time.monotonic() - t0 >= 0.3
     arrivals = []
     body = {"model": MODEL, "max_tokens": 64, "stream": True, "messages": HELLO}
-    with http.stream(
-        "POST", "/v1/messages", json=body, headers=fault("event-ms=100 events=3")
-    ) as s:
+    with http.stream("POST", "/v1/messages", json=body, headers=fault("event-ms=50 events=3")) as s:
         for line in s.iter_lines():
             if line == "event: content_block_delta":
                 arrivals.append(time.monotonic())
     assert len(arrivals) == 3
-    assert min(b - a for a, b in itertools.pairwise(arrivals)) > 0.08
+    assert min(b - a for a, b in itertools.pairwise(arrivals)) > 0.04
 
 
 def test_client_disconnect_is_recorded(emu: Emu, http: httpx2.Client) -> None:
@@ -728,7 +783,8 @@ def test_client_disconnect_is_recorded(emu: Emu, http: httpx2.Client) -> None:
         "POST", "/v1/messages", json=body, headers=fault("midstream=stall after=2")
     ) as r:
         rid = r.headers["request-id"]
-        assert b"message_start" in next(r.iter_raw())
+        it = r.iter_raw()  # keep it: a dropped iterator closes the response
+        assert b"message_start" in next(it)
         assert emu.wait(rid, "completed", timeout=0.2)[0] == 408  # still open: stalled
         closed_at = time.monotonic()
     status, rec = emu.wait(rid, "client_closed", timeout=2)
@@ -844,9 +900,7 @@ def test_keep_alive_pipelining_and_head(emu: Emu) -> None:
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    statuses = [
-        line.split(b" ")[1] for line in data.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")
-    ]
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
     assert statuses == [b"200", b"404", b"200", b"401"]
     last = orjson.loads(data.rsplit(b"\r\n\r\n", 1)[1])
     assert last["error"]["message"] == "x-api-key header is required"

@@ -27,6 +27,7 @@ from typing import Any
 MIDSTREAM_MODES = ("error", "reset", "eof", "stall")
 MAX_EVENTS = 1_000_000
 MAX_TEXT_BYTES = 1 << 20
+MAX_TEXT = 1 << 30  # characters of reply text, all deltas together
 MAX_DELAY_MS = 3_600_000
 MARKER = b"<<emulator:"
 _MARKER_RX = re.compile(r"<<emulator:\s*(.*?)\s*>>", re.DOTALL)
@@ -81,7 +82,7 @@ def parse_fault(spec: str) -> Fault:
         value: str | None = raw if sep else None
         key = key.lower()
         if key == "status":
-            fields["status"] = _int(key, value, 100, 599)
+            fields["status"] = _int(key, value, 400, 599)
         elif key == "retry-after":
             fields["retry_after"] = _int(key, value, 0, 86_400)
         elif key == "retry-after-ms":
@@ -118,6 +119,8 @@ def parse_fault(spec: str) -> Fault:
             fields["tool"] = True
         else:
             raise FaultSpecError(f"x-emulator-fault: unknown token {token!r}")
+    if fields.get("events", 10) * fields.get("text_bytes", 12) > MAX_TEXT:
+        raise FaultSpecError(f"x-emulator-fault: events * text-bytes must be at most {MAX_TEXT}")
     return Fault(spec=" ".join(spec.split()), **fields)
 
 

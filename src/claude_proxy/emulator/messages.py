@@ -3,23 +3,27 @@
 One `Reply` is built per request and rendered either way, so streaming and non-streaming answers
 carry the same blocks and usage. Content, in order:
 - a thinking block, when the request has `thinking.type` "enabled" or "adaptive";
-- a text block with deterministic text (`events` deltas of `text_bytes` characters);
+- a text block with deterministic text (`events` deltas of `text_bytes` characters), or, for a
+  structured-output request (`output_config.format` json_schema), JSON matching the schema;
 - a tool_use block, when `tool_choice` forces a tool or the fault spec says `tool`.
 `max_tokens` truncates the output (stop_reason "max_tokens") as the real API does.
 
 SSE follows the wire format of the API reference §2 exactly: `event:` + `data:` + blank line, LF
 only, `{"type": "ping"}` (with the space) right after the first content_block_start, real input
 and cache counts in message_start with `output_tokens: 1`, cumulative usage in the single
-message_delta, then message_stop. Each event is pre-framed as one HTTP chunk; the text deltas,
-which dominate long streams, are encoded once per (index, events, text_bytes) and reused.
+message_delta, then message_stop. Each event is framed as one HTTP chunk. The text deltas, which
+dominate long streams, are encoded once and reused for replies up to CACHE_LIMIT characters, and
+generated lazily beyond that, so memory stays flat for any stream length.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import orjson
@@ -44,6 +48,8 @@ THINKING_TEXT = "".join(THINKING_DELTAS)
 SIGNATURE = "Eu" + base64.b64encode(hashlib.sha256(THINKING_TEXT.encode()).digest() * 3).decode()
 DEFAULT_TOOL = "get_weather"
 DEFAULT_TOOL_INPUT: dict[str, Any] = {"location": "San Francisco, CA"}
+# Replies with at most this much text have their encoded text (JSON and SSE frames) cached.
+CACHE_LIMIT = 64 * 1024
 
 
 def _event(name: bytes, data: bytes) -> bytes:
@@ -69,19 +75,19 @@ def _text_start(index: int) -> bytes:
 
 
 def text_for(events: int, text_bytes: int) -> str:
+    """The whole reply text for `events` deltas of `text_bytes` characters."""
     n = events * text_bytes
     reps = n // len(BASE_TEXT) + 1
     return (BASE_TEXT * reps)[:n]
 
 
-@lru_cache(maxsize=256)
-def _deltas(events: int, text_bytes: int) -> tuple[str, ...]:
-    text = text_for(events, text_bytes)
-    return tuple(text[i : i + text_bytes] for i in range(0, len(text), text_bytes))
-
-
-def _split(text: str, size: int) -> tuple[str, ...]:
-    return tuple(text[i : i + size] for i in range(0, len(text), size))
+def iter_deltas(text_len: int, size: int) -> Iterator[str]:
+    """The text deltas of a reply of `text_len` characters, generated lazily (O(size) memory)."""
+    period = len(BASE_TEXT)
+    ring = BASE_TEXT * (size // period + 2)
+    for start in range(0, text_len, size):
+        off = start % period
+        yield ring[off : off + min(size, text_len - start)]
 
 
 def _text_delta(index: int, text: str) -> bytes:
@@ -98,8 +104,8 @@ def _text_delta(index: int, text: str) -> bytes:
 
 
 @lru_cache(maxsize=256)
-def _text_frames(index: int, events: int, text_bytes: int) -> tuple[bytes, ...]:
-    return tuple(_text_delta(index, t) for t in _deltas(events, text_bytes))
+def _text_frames(index: int, text_len: int, size: int) -> tuple[bytes, ...]:
+    return tuple(_text_delta(index, t) for t in iter_deltas(text_len, size))
 
 
 def _thinking_frames() -> tuple[bytes, ...]:
@@ -152,14 +158,31 @@ class Reply:
     id: str
     thinking: bool
     thinking_tokens: int
-    text_deltas: tuple[str, ...]
-    text_key: tuple[int, int] | None  # (events, text_bytes) when the deltas are the cached ones
+    text_len: int  # characters of text; 0 = no text block (when thinking used up max_tokens)
+    text_bytes: int  # characters per text delta
     tool: ToolCall | None
     stop_reason: str
     usage: InputUsage
     output_tokens: int
     service_tier: str = "standard"
     speed: str | None = None
+    custom_text: str | None = None  # structured output: JSON text instead of BASE_TEXT
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether the text is the standard one, small enough to use the encoded caches."""
+        return self.custom_text is None and self.text_len <= CACHE_LIMIT
+
+    def text(self) -> str:
+        if self.custom_text is not None:
+            return self.custom_text[: self.text_len]
+        return (BASE_TEXT * (self.text_len // len(BASE_TEXT) + 1))[: self.text_len]
+
+    def deltas(self) -> Iterator[str]:
+        if self.custom_text is None:
+            return iter_deltas(self.text_len, self.text_bytes)
+        text, size = self.custom_text[: self.text_len], self.text_bytes
+        return (text[i : i + size] for i in range(0, len(text), size))
 
 
 def _example(schema: Any, name: str) -> Any:
@@ -190,6 +213,16 @@ def _object_example(schema: dict[str, Any]) -> dict[str, Any]:
     if not names:
         names = [next(iter(props))]
     return {n: _example(props[n], n) for n in names}
+
+
+def _output_schema(params: dict[str, Any]) -> Any:
+    """The JSON schema of a structured-output request (`output_config.format`, or the older
+    beta `output_format`), if any: the reply text is then JSON matching it."""
+    config = params.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else params.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return fmt.get("schema", {})
+    return None
 
 
 def _tool_call(params: dict[str, Any], forced: bool) -> ToolCall | None:
@@ -237,9 +270,9 @@ def build_reply(
         if force_tool or params.get("tool_choice") is not None
         else None
     )
-    deltas = _deltas(n_events, size)
-    text_key: tuple[int, int] | None = (n_events, size)
-    text_len = n_events * size
+    schema = _output_schema(params)
+    custom = orjson.dumps(_example(schema, "")).decode() if schema is not None else None
+    text_len = n_events * size if custom is None else len(custom)
     thinking_tokens = THINKING_TOKENS if has_thinking else 0
     tool_tokens = tokens_for(len(tool.json) + len(tool.name)) if tool is not None else 0
     output = thinking_tokens + tokens_for(text_len) + tool_tokens
@@ -249,9 +282,7 @@ def build_reply(
         stop_reason = "max_tokens"
         tool = None
         thinking_tokens = min(thinking_tokens, max_tokens)
-        room = (max_tokens - thinking_tokens) * 4
-        deltas = _split(text_for(n_events, size)[:room], size) if room > 0 else ()
-        text_key = None
+        text_len = min(text_len, (max_tokens - thinking_tokens) * 4)
         output = max_tokens
     speed = params.get("speed")
     return Reply(
@@ -259,14 +290,15 @@ def build_reply(
         id=new_id("msg_"),
         thinking=has_thinking,
         thinking_tokens=thinking_tokens,
-        text_deltas=deltas,
-        text_key=text_key,
+        text_len=text_len,
+        text_bytes=size,
         tool=tool,
         stop_reason=stop_reason,
         usage=usage,
         output_tokens=max(output, 1),
         service_tier=service_tier,
         speed=speed if speed in ("fast", "standard") else None,
+        custom_text=custom,
     )
 
 
@@ -297,8 +329,8 @@ def content_blocks(r: Reply) -> list[dict[str, Any]]:
     if r.thinking:
         thinking = THINKING_TEXT if r.thinking_tokens == THINKING_TOKENS else ""
         blocks.append({"type": "thinking", "thinking": thinking, "signature": SIGNATURE})
-    if r.text_deltas or not r.thinking:
-        blocks.append({"type": "text", "text": "".join(r.text_deltas)})
+    if r.text_len or not r.thinking:
+        blocks.append({"type": "text", "text": r.text()})
     if r.tool is not None:
         blocks.append(
             {
@@ -343,10 +375,8 @@ _MESSAGE_TEMPLATE = (
 
 
 @lru_cache(maxsize=256)
-def _content_json(thinking: bool, thinking_tokens: int, text_key: tuple[int, int]) -> bytes:
-    probe = Reply(
-        "", "", thinking, thinking_tokens, _deltas(*text_key), text_key, None, "", _NO_USAGE, 0
-    )
+def _content_json(thinking: bool, thinking_tokens: int, text_len: int) -> bytes:
+    probe = Reply("", "", thinking, thinking_tokens, text_len, 1, None, "", _NO_USAGE, 0)
     return orjson.dumps(content_blocks(probe))
 
 
@@ -355,13 +385,13 @@ _NO_USAGE = InputUsage(0)
 
 def message_json(r: Reply) -> bytes:
     """`orjson.dumps(message(r))`, from a template when the content is the cached kind."""
-    if r.tool is not None or r.text_key is None:
+    if r.tool is not None or not r.cacheable:
         return orjson.dumps(message(r))
     u = r.usage
     return _MESSAGE_TEMPLATE % (
         orjson.dumps(r.model),
         r.id.encode(),
-        _content_json(r.thinking, r.thinking_tokens, r.text_key),
+        _content_json(r.thinking, r.thinking_tokens, r.text_len),
         r.stop_reason.encode(),
         u.input_tokens,
         u.cache_creation_5m + u.cache_creation_1h,
@@ -375,8 +405,11 @@ def message_json(r: Reply) -> bytes:
     )
 
 
-def sse_frames(r: Reply) -> list[bytes]:
-    """Every SSE event of the stream, each already framed as one HTTP chunk."""
+def sse_frames(r: Reply) -> tuple[int, Iterator[bytes]]:
+    """How many SSE events the stream has, and the events, each framed as one HTTP chunk.
+
+    Frames are produced lazily, so a stream of a million deltas costs no more memory than one.
+    """
     start = {
         "type": "message_start",
         "message": {
@@ -394,60 +427,30 @@ def sse_frames(r: Reply) -> list[bytes]:
             "context_management": None,
         },
     }
-    frames = [_event(b"message_start", orjson.dumps(start))]
+    head: list[bytes] = [_event(b"message_start", orjson.dumps(start))]
     index = 0
     if r.thinking:
         if r.thinking_tokens == THINKING_TOKENS:
-            frames.extend(THINKING_FRAMES)
+            head.extend(THINKING_FRAMES)
         else:  # truncated by max_tokens: only the signature survives
-            frames.extend((THINKING_FRAMES[0], PING, THINKING_FRAMES[-2], THINKING_FRAMES[-1]))
+            head.extend((THINKING_FRAMES[0], PING, THINKING_FRAMES[-2], THINKING_FRAMES[-1]))
         index = 1
-    if r.text_deltas or not r.thinking:
-        frames.append(_text_start(index))
+    text: tuple[bytes, ...] | Iterator[bytes] = ()
+    n_text = 0
+    tail: list[bytes] = []
+    if r.text_len or not r.thinking:
+        head.append(_text_start(index))
         if index == 0:
-            frames.append(PING)
-        if r.text_key is not None:
-            frames.extend(_text_frames(index, *r.text_key))
+            head.append(PING)
+        n_text = -(-r.text_len // r.text_bytes)
+        if r.cacheable:
+            text = _text_frames(index, r.text_len, r.text_bytes)
         else:
-            frames.extend(_text_delta(index, t) for t in r.text_deltas)
-        frames.append(_block_stop(index))
+            text = map(partial(_text_delta, index), r.deltas())  # binds index now
+        tail.append(_block_stop(index))
         index += 1
     if r.tool is not None:
-        t = r.tool
-        frames.append(
-            _event(
-                b"content_block_start",
-                orjson.dumps(
-                    {
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {
-                            "type": "tool_use",
-                            "id": t.id,
-                            "name": t.name,
-                            "input": {},
-                            "caller": {"type": "direct"},
-                        },
-                    }
-                ),
-            )
-        )
-        half = max(1, len(t.json) // 2)
-        # The first input_json_delta is empty, as the real API's often is.
-        for part in ("", *(p for p in (t.json[:half], t.json[half:]) if p)):
-            frames.append(
-                _event(
-                    b"content_block_delta",
-                    orjson.dumps(
-                        {
-                            "type": "content_block_delta",
-                            "index": index,
-                            "delta": {"type": "input_json_delta", "partial_json": part},
-                        }
-                    ),
-                )
-            )
-        frames.append(_block_stop(index))
+        tail.extend(_tool_frames(index, r.tool))
     u = r.usage
     delta = {
         "type": "message_delta",
@@ -460,8 +463,46 @@ def sse_frames(r: Reply) -> list[bytes]:
         },
         "context_management": {"applied_edits": []},
     }
-    frames.append(_event(b"message_delta", orjson.dumps(delta)))
-    frames.append(MESSAGE_STOP)
+    tail.append(_event(b"message_delta", orjson.dumps(delta)))
+    tail.append(MESSAGE_STOP)
+    return len(head) + n_text + len(tail), itertools.chain(head, text, tail)
+
+
+def _tool_frames(index: int, t: ToolCall) -> list[bytes]:
+    frames = [
+        _event(
+            b"content_block_start",
+            orjson.dumps(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": t.id,
+                        "name": t.name,
+                        "input": {},
+                        "caller": {"type": "direct"},
+                    },
+                }
+            ),
+        )
+    ]
+    half = max(1, len(t.json) // 2)
+    # The first input_json_delta is empty, as the real API's often is.
+    for part in ("", *(p for p in (t.json[:half], t.json[half:]) if p)):
+        frames.append(
+            _event(
+                b"content_block_delta",
+                orjson.dumps(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": part},
+                    }
+                ),
+            )
+        )
+    frames.append(_block_stop(index))
     return frames
 
 

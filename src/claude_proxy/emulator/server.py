@@ -45,6 +45,7 @@ from claude_proxy.emulator.wire import (
 log = logging.getLogger("claude_proxy.emulator")
 
 MAX_BODY = 300 * 1024 * 1024
+MAX_PIPELINED = 256
 # Request headers the emulator looks at, by lower-case name; all headers are kept for the journal.
 WANTED = frozenset(
     {b"x-api-key", b"authorization", b"anthropic-version", b"x-emulator-fault", b"host", b"expect"}
@@ -134,6 +135,7 @@ class HttpProtocol(asyncio.Protocol):
         "parser",
         "paused",
         "pending",
+        "reading_paused",
         "task",
         "transport",
     )
@@ -148,6 +150,7 @@ class HttpProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.paused = False
+        self.reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
         self._url = b""
@@ -172,8 +175,13 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._protocol_error(400, f"Malformed HTTP request: {exc}")
             return
-        if self.pending and self.task is None:
-            self._process()
+        if self.pending:
+            if self.task is None:
+                self._process()
+            elif len(self.pending) >= MAX_PIPELINED and not self.reading_paused:
+                # A client pipelining far ahead of a slow response: stop reading until it drains.
+                self.reading_paused = True
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
@@ -203,13 +211,8 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- httptools callbacks --------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._wanted = {}
-        self._body = []
-        self._body_len = 0
-        self._too_large = False
+    # No on_message_begin / on_headers_complete: each Python callback costs on the hot path, so
+    # per-message state is reset in on_message_complete instead, and Expect is handled here.
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -219,11 +222,8 @@ class HttpProtocol(asyncio.Protocol):
         low = name.lower()
         if low in WANTED:
             self._wanted[low] = value
-
-    def on_headers_complete(self) -> None:
-        expect = self._wanted.get(b"expect")
-        if expect is not None and expect.lower() == b"100-continue":
-            self.transport.write(CONTINUE_100)
+            if low == b"expect" and value.lower() == b"100-continue":
+                self.transport.write(CONTINUE_100)
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
@@ -250,10 +250,19 @@ class HttpProtocol(asyncio.Protocol):
         )
         req.too_large = self._too_large
         self.pending.append(req)
+        self._url = b""
+        self._headers = []
+        self._wanted = {}
+        self._body = []
+        self._body_len = 0
+        self._too_large = False
 
     # --- dispatch -------------------------------------------------------------------------------
 
     def _process(self) -> None:
+        if self.reading_paused and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
         while self.pending and self.task is None and not self.closed:
             req = self.pending.popleft()
             try:
