@@ -1,0 +1,161 @@
+"""The `request_logs` table: one row per proxied request.
+
+The raw token buckets are stored next to `cost_usd` so cost can be recomputed
+when prices change. The indexes serve the usage queries: by time, by key and
+time, by model and time. Migrations (store/migrations) create the same shape;
+this module is what the writer and the queries bind to.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    false,
+    text,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+COST_PLACES = Decimal("0.00000001")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """timestamptz on PostgreSQL; on SQLite (no time zones) naive UTC text, read back as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware (UTC) datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # an aggregate over the column on SQLite
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Money(TypeDecorator[Decimal]):
+    """NUMERIC(18, 8) as Decimal on both dialects.
+
+    SQLite has no decimal type: values are stored as REAL and read back as
+    floats, which we turn into Decimals ourselves (SQLAlchemy would warn).
+    """
+
+    impl = Numeric(18, 8)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Numeric(18, 8, asdecimal=False))
+        return dialect.type_descriptor(Numeric(18, 8))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return float(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(str(value)).quantize(COST_PLACES)
+
+
+class DatabaseNow(FunctionElement[datetime]):
+    """The database's current time, in the format the column type reads back."""
+
+    type = UTCDateTime()
+    name = "database_now"
+    inherit_cache = True
+
+
+@compiles(DatabaseNow, "postgresql")
+def _now_pg(element: DatabaseNow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(DatabaseNow, "sqlite")
+def _now_sqlite(element: DatabaseNow, compiler: SQLCompiler, **kw: Any) -> str:
+    # CURRENT_TIMESTAMP has whole seconds only, and text that compares wrongly
+    # against the 'YYYY-MM-DD HH:MM:SS.ffffff' SQLAlchemy writes.
+    return SQLITE_NOW
+
+
+SQLITE_NOW = "(strftime('%Y-%m-%d %H:%M:%f000', 'now'))"
+
+metadata = MetaData()
+
+request_logs = Table(
+    "request_logs",
+    metadata,
+    # The proxy's request id (time-ordered), so replays are idempotent inserts.
+    Column("id", Text, primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("key_id", Text),
+    Column("endpoint", Text, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("model", Text),
+    Column("stream", Boolean, nullable=False, server_default=false()),
+    Column("status_code", Integer),
+    Column("error_type", Text),
+    Column("error_message", Text),
+    Column("stop_reason", Text),
+    Column("message_id", Text),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("cache_creation_input_tokens", BigInteger),
+    Column("cache_creation_5m_input_tokens", BigInteger),
+    Column("cache_creation_1h_input_tokens", BigInteger),
+    Column("cache_read_input_tokens", BigInteger),
+    # NULL when the model has no known price: never guess a cost.
+    Column("cost_usd", Money()),
+    Column("latency_ms", Float),
+    Column("ttft_ms", Float),
+    Column("upstream_request_id", Text),
+    Column("client_disconnected", Boolean, nullable=False, server_default=false()),
+    Column("upstream_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("client_ip", Text),
+    Column("user_agent", Text),
+    Column("anthropic_beta", Text),
+    Column("metadata_user_id", Text),
+    Column("claude_code_session_id", Text),
+    # Opt-in body capture (CLAUDE_PROXY_LOG_BODIES); NULL by default.
+    Column("request_body", Text),
+    Column("response_body", Text),
+    # When the row reached the database (the database's clock, not a replica's).
+    # `logs tail --follow` pages on it: created_at is when a request *started*, so
+    # a long stream lands long after rows created later than it were already shown.
+    Column("logged_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    Index("ix_request_logs_created_at", "created_at"),
+    Index("ix_request_logs_key_id_created_at", "key_id", "created_at"),
+    Index("ix_request_logs_model_created_at", "model", "created_at"),
+    Index("ix_request_logs_logged_at", "logged_at"),
+)
+
+COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in request_logs.columns)  # not quoted_name
+# What the writer supplies; the database fills in the rest (logged_at).
+ROW_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "logged_at")

@@ -1,0 +1,525 @@
+"""LogWriter: records into the database in batches, off the event loop, losing none.
+
+`submit` runs on the event loop for every request, so all it does is
+`put_nowait` onto a bounded queue. One dedicated thread turns records into
+rows (cost included), and inserts them in batches with ON CONFLICT (id) DO
+NOTHING, so writing the same record twice is harmless. That idempotence is
+what makes the rest simple:
+
+- the database fails: the batch goes to the spill file, and the writer backs off;
+- the queue is full: `submit` appends the record to the spill file itself;
+- the database is back, or the process starts: spill files nobody holds are
+  replayed, then deleted once every row is committed;
+- shutdown: the queue is flushed within the drain window, the rest spilled.
+
+A row may be written twice (spilled after a commit whose reply was lost, say),
+never lost. Counters are in `stats()`; spill and replay events are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Dialect, Engine, Executable, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import sqlite
+
+from claude_proxy.records import RequestRecord
+from claude_proxy.store.rows import Row, dump_row, record_to_row
+from claude_proxy.store.schema import ROW_COLUMNS, request_logs
+from claude_proxy.store.spill import ClaimedFile, SpillFile, append_rejected, claim, spill_files
+
+log = logging.getLogger("claude_proxy.store")
+
+CostFn = Callable[[RequestRecord], Decimal | None]
+
+_WAKE = object()  # put by close() so the thread notices at once
+_REPORT_INTERVAL = 10.0  # seconds between "spill: ..." summaries during an outage
+
+_COUNTERS = (
+    "batches",  # batches from the queue committed
+    "written",  # rows inserted from the queue
+    "duplicates",  # rows already present (an earlier write whose reply was lost)
+    "spilled",  # rows appended to the spill file, for any reason
+    "spilled_queue_full",  # ... of which by submit() because the queue was full
+    "replayed",  # spill rows committed by a replay (new or already present)
+    "replay_duplicates",  # ... of which were already in the table
+    "replayed_files",  # spill files replayed and deleted
+    "replay_scans",  # completed scans of the spill directory for files to replay
+    "failed_batches",  # database writes that failed (then spilled)
+    "torn_lines",  # incomplete last lines skipped in spill files (crash mid-write)
+    "corrupt_lines",  # other unreadable spill lines skipped
+    "rejected",  # rows the database refused as data, kept in rejected-<pid>.jsonl
+    "spill_errors",  # rows neither written nor spilled (disk full): logged at ERROR instead
+)
+
+
+class LogWriter:
+    """The database `RecordSink`: `start()`, `submit()` many times, then `close()`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        spill_dir: str | os.PathLike[str],
+        *,
+        cost_fn: CostFn | None = None,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        rescan_interval: float = 60.0,
+        statement_timeout: float = 15.0,
+    ) -> None:
+        self.engine = engine
+        self.spill_dir = Path(spill_dir)
+        self._cost_fn = cost_fn
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._rescan_interval = rescan_interval
+        self._statement_timeout_ms = int(statement_timeout * 1000)
+        self._is_pg = engine.dialect.name == "postgresql"
+        # The same idempotent insert, spelled for speed on each dialect.
+        self._sqlite_insert = _sqlite_insert()
+        self._pg_insert = _pg_unnest_insert(engine.dialect) if self._is_pg else ""
+        self._spill = SpillFile(self.spill_dir)
+
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self._gate = threading.Lock()  # orders submit() against close()
+        self._closed = False
+        self._inflight: list[Row] | None = None
+
+        self._healthy = True
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._replay_due = True  # at startup: whatever a crash left behind
+        self._next_rescan = 0.0
+        self._cost_warned = False
+        self._reported_spilled = 0
+        self._reported_at = float("-inf")
+
+        self._cond = threading.Condition()
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+
+    # ------------------------------------------------------------------ public
+
+    def start(self) -> None:
+        """Start the writer thread; it first replays spill files left by dead processes."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="claude-proxy-log-writer")
+        self._thread.daemon = True  # close() is the clean way out; never hang an exit
+        self._thread.start()
+        # A safety net if the owner never calls close(): flush briefly at exit.
+        atexit.register(self._close_at_exit)
+
+    def submit(self, record: RequestRecord) -> None:
+        """Hand a finished record over; never blocks, never touches the database."""
+        with self._gate:
+            if not self._closed:
+                try:
+                    self._queue.put_nowait(record)
+                    return
+                except queue.Full:
+                    pass
+        # Overload (or after close): append to the spill file from here. A buffered
+        # write(2) of one line costs microseconds; waiting for the queue, or dropping
+        # the record, are both worse. This path only runs while the writer is behind.
+        rows = self._to_rows([record])
+        if rows:
+            self._spill_rows(rows, queue_full=True)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Flush within `timeout` seconds without blocking the event loop; spill the rest."""
+        await asyncio.to_thread(self.close_sync, timeout)
+
+    def close_sync(self, timeout: float = 10.0) -> None:
+        """Flush what is queued within `timeout` seconds; whatever is left is spilled."""
+        self._deadline = time.monotonic() + timeout
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):  # full: the thread is busy with it anyway
+            self._queue.put_nowait(_WAKE)
+        if self._thread is not None:
+            self._thread.join(max(0.0, self._deadline - time.monotonic()))
+        with self._gate:
+            self._closed = True
+        # Whatever the thread did not get to: it ran out of time, or is stuck in a
+        # database call (then its batch is spilled too; a later commit of it would
+        # only make the replay find duplicates).
+        leftovers = self._to_rows(self._drain_queue())
+        inflight = self._inflight
+        if inflight:
+            leftovers.extend(inflight)
+        if leftovers:
+            self._spill_rows(leftovers)
+        self._report_spills(force=True)
+        atexit.unregister(self._close_at_exit)
+        kept = self._spill.close()
+        if kept is not None:
+            log.info("spill: %s kept for replay at next start", kept)
+        log.info("log writer closed: %s", self.stats())
+
+    def _close_at_exit(self) -> None:
+        if not self._closed:
+            self.close_sync(timeout=5.0)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics and logs (see _COUNTERS), plus queue depth and health."""
+        with self._cond:
+            out: dict[str, Any] = dict(self._counts)
+        out["queue_depth"] = self._queue.qsize()
+        out["queue_capacity"] = self._queue_size
+        inflight = self._inflight
+        out["inflight"] = len(inflight) if inflight else 0
+        out["healthy"] = self._healthy
+        out["spill_file"] = str(self._spill.path) if self._spill.path else None
+        return out
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> bool:
+        """Block until `predicate(stats())` holds (True) or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if predicate(self.stats()):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                # Queue depth changes without a notification: re-check now and then.
+                self._cond.wait(min(remaining, 0.05))
+
+    # ------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        while True:
+            try:
+                batch = self._collect()
+                if batch:
+                    self._write_live(self._to_rows(batch))
+                if self._stopping.is_set():
+                    if self._queue.empty():
+                        break
+                else:
+                    self._maybe_replay()
+                self._report_spills()
+            except Exception:  # a bug here must not silently end all logging
+                log.exception("log writer loop error")
+                self._spill.sync()
+        self._spill.sync()
+
+    def _collect(self) -> list[RequestRecord]:
+        """Up to batch_size records, waiting at most flush_interval after the first."""
+        batch: list[RequestRecord] = []
+        wait = 0.0 if self._stopping.is_set() else self._flush_interval
+        try:
+            item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return batch
+        until = time.monotonic() + self._flush_interval
+        while True:
+            if isinstance(item, RequestRecord):
+                batch.append(item)
+            if len(batch) >= self._batch_size:
+                return batch
+            remaining = until - time.monotonic()
+            try:
+                if remaining > 0 and not self._stopping.is_set():
+                    item = self._queue.get(timeout=remaining)
+                else:
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch
+
+    def _write_live(self, rows: list[Row]) -> None:
+        now = time.monotonic()
+        if now > self._deadline or (not self._healthy and now < self._retry_at):
+            self._spill_rows(rows)  # out of time, or backing off: don't wait on the database
+            return
+        self._inflight = rows
+        try:
+            inserted = self._insert_batch(rows)
+        except Exception as exc:
+            self._on_failure(exc)
+            self._spill_rows(rows)
+            return
+        finally:
+            self._inflight = None
+        self._on_success()
+        self._bump(batches=1, written=inserted, duplicates=len(rows) - inserted)
+
+    def _maybe_replay(self) -> None:
+        now = time.monotonic()
+        if not self._healthy and now < self._retry_at:
+            return
+        if not (self._replay_due or self._spill.rows or now >= self._next_rescan):
+            return
+        if not self._healthy:
+            # Probe first: replaying our own file detaches it, and a failure then
+            # would leave one more file behind per retry during a long outage.
+            # Health itself is only restored by a committed write.
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            except Exception as exc:
+                self._on_failure(exc)
+                return
+        self._replay_due = False
+        self._next_rescan = now + self._rescan_interval
+        own = self._spill.detach() if self._spill.rows else None
+        if own is not None and not self._replay_file(own):
+            return
+        for path in spill_files(self.spill_dir):
+            if self._stopping.is_set():
+                return
+            claimed = claim(path)
+            if claimed is not None and not self._replay_file(claimed):
+                return
+        self._bump(replay_scans=1)
+
+    def _replay_file(self, f: ClaimedFile) -> bool:
+        """Insert every row of a claimed file, then delete it; False (file kept) on failure."""
+        rows = new = 0
+        try:
+            for batch in f.batches(self._batch_size):
+                inserted = self._insert_batch(batch)
+                rows += len(batch)
+                new += inserted
+                self._bump(replayed=len(batch), replay_duplicates=len(batch) - inserted)
+                self._write_pending_live()
+                if self._stopping.is_set():
+                    raise _Interrupted
+        except _Interrupted:
+            f.release()
+            self._replay_due = True
+            return False
+        except Exception as exc:
+            f.release()
+            self._on_failure(exc)
+            self._replay_due = True
+            return False
+        f.finish()
+        self._on_success()
+        log.info(
+            "replay: %d records from %s (%d new, %d already present, %d torn and %d corrupt "
+            "lines skipped)",
+            rows,
+            f.path.name,
+            new,
+            rows - new,
+            f.torn_lines,
+            f.corrupt_lines,
+        )
+        # Last, so whoever waits on these counters sees the rest already done.
+        self._bump(replayed_files=1, torn_lines=f.torn_lines, corrupt_lines=f.corrupt_lines)
+        return True
+
+    def _write_pending_live(self) -> None:
+        """During a long replay, keep live records flowing once a full batch is waiting."""
+        if self._queue.qsize() >= self._batch_size:
+            batch = self._collect()
+            if batch:
+                self._write_live(self._to_rows(batch))
+
+    # --------------------------------------------------------- database side
+
+    def _insert_batch(self, rows: list[Row]) -> int:
+        """Insert idempotently; returns how many rows were new. Raises on database failure.
+
+        A batch the database rejects as data (a constraint, a value out of range)
+        would fail forever and stall everything behind it, so its rows are then
+        tried one by one and the refused ones set aside in rejected-<pid>.jsonl.
+        """
+        try:
+            return self._execute(rows)
+        except Exception as exc:
+            if not _is_data_error(exc):
+                raise
+        new = 0
+        for row in rows:
+            try:
+                new += self._execute([row])
+            except Exception as exc:
+                if not _is_data_error(exc):
+                    raise
+                self._reject(row, exc)
+        return new
+
+    def _execute(self, rows: list[Row]) -> int:
+        with self.engine.begin() as conn:
+            if not self._is_pg:
+                result = conn.execute(self._sqlite_insert, rows)
+                return len(result.all())  # RETURNING id: only the rows that were new
+            # Bound a hung statement; SET LOCAL is safe behind a transaction pooler.
+            conn.execute(text(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}"))
+            params = tuple([row[c] for row in rows] for c in ROW_COLUMNS)
+            return conn.exec_driver_sql(self._pg_insert, params).rowcount
+
+    def _reject(self, row: Row, exc: BaseException) -> None:
+        try:
+            path = append_rejected(self.spill_dir, dump_row(row))
+            log.error("database refused record %s (%s); kept in %s", row["id"], _why(exc), path)
+            self._bump(rejected=1)
+        except OSError as err:
+            self._last_resort([row], err)
+
+    def _on_failure(self, exc: BaseException) -> None:
+        self._bump(failed_batches=1)
+        first = self._healthy
+        self._healthy = False
+        self._backoff = (
+            self._backoff_initial if first else min(self._backoff * 2, self._backoff_max)
+        )
+        self._retry_at = time.monotonic() + self._backoff
+        log.warning(
+            "spill: database write failed (%s); records go to the spill file, retry in %.1fs",
+            _why(exc),
+            self._backoff,
+        )
+
+    def _on_success(self) -> None:
+        if not self._healthy:
+            log.info("replay: database is back; replaying spilled records")
+            self._healthy = True
+            self._replay_due = True
+        self._backoff = 0.0
+
+    # ------------------------------------------------------------ spill side
+
+    def _spill_rows(self, rows: list[Row], *, queue_full: bool = False) -> None:
+        try:
+            self._spill.append(b"".join(dump_row(r) for r in rows), len(rows))
+            if not queue_full:
+                self._spill.sync()  # the writer thread fsyncs; submit() leaves it to it
+        except OSError as exc:
+            self._last_resort(rows, exc)
+            return
+        if queue_full:
+            self._bump(spilled=len(rows), spilled_queue_full=len(rows))
+        else:
+            self._bump(spilled=len(rows))
+
+    def _report_spills(self, *, force: bool = False) -> None:
+        spilled = self._counts["spilled"]
+        if spilled == self._reported_spilled:
+            return
+        now = time.monotonic()
+        # The first spill of an episode is logged at once, then a summary every 10 s.
+        quiet = self._reported_spilled != 0 and now - self._reported_at < _REPORT_INTERVAL
+        if quiet and not force:
+            return
+        self._spill.sync()  # covers rows submit() appended on a full queue
+        log.info(
+            "spill: %d records spilled to %s (total %d, %d because the queue was full)",
+            spilled - self._reported_spilled,
+            self._spill.path or self.spill_dir,
+            spilled,
+            self._counts["spilled_queue_full"],
+        )
+        self._reported_spilled = spilled
+        self._reported_at = now
+
+    def _last_resort(self, rows: list[Row], exc: BaseException) -> None:
+        # The disk refused too: the log stream is the only place left for these rows.
+        self._bump(spill_errors=len(rows))
+        for row in rows:
+            log.error("spill failed (%s); record=%s", exc, dump_row(row).decode().rstrip())
+
+    # ----------------------------------------------------------------- misc
+
+    def _to_row(self, record: RequestRecord) -> Row:
+        cost: Decimal | None = None
+        if self._cost_fn is not None:
+            try:
+                cost = self._cost_fn(record)
+            except Exception:
+                if not self._cost_warned:
+                    self._cost_warned = True
+                    log.exception("cost computation failed; cost_usd left NULL")
+        return record_to_row(record, cost)
+
+    def _to_rows(self, records: list[RequestRecord]) -> list[Row]:
+        rows: list[Row] = []
+        for record in records:
+            try:
+                rows.append(self._to_row(record))
+            except Exception:  # a malformed record must not take its batch down with it
+                self._bump(spill_errors=1)
+                log.exception("cannot convert record; record=%r", record)
+        return rows
+
+    def _drain_queue(self) -> list[RequestRecord]:
+        out: list[RequestRecord] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return out
+            if isinstance(item, RequestRecord):
+                out.append(item)
+
+    def _bump(self, **deltas: int) -> None:
+        with self._cond:
+            for k, v in deltas.items():
+                self._counts[k] += v
+            self._cond.notify_all()
+
+
+class _Interrupted(Exception):
+    """Shutdown began during a replay: the queue comes first, the file waits."""
+
+
+def _sqlite_insert() -> Executable:
+    """INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id: the ids tell new rows from known."""
+    stmt = sqlite.insert(request_logs).on_conflict_do_nothing(index_elements=["id"])
+    return stmt.returning(request_logs.c.id)
+
+
+def _pg_unnest_insert(dialect: Dialect) -> str:
+    """INSERT ... SELECT FROM unnest(<one array per column>) ON CONFLICT (id) DO NOTHING.
+
+    A multi-row VALUES list (SQLAlchemy's insertmanyvalues) carries ~15,000
+    placeholders for 500 rows, and psycopg parses such a statement in Python on
+    every execution: ~400 ms of CPU per batch, GIL included. With one array per
+    column the statement is short and constant, 31 parameters whatever the batch
+    size, and a batch costs ~30 ms. Its rowcount is the number of new rows.
+    """
+    cols = [request_logs.c[name] for name in ROW_COLUMNS]
+    arrays = ", ".join(f"%s::{c.type.compile(dialect=dialect)}[]" for c in cols)
+    names = ", ".join(c.name for c in cols)
+    return (
+        f"INSERT INTO request_logs ({names}) SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT (id) DO NOTHING"
+    )
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """True if the rows are at fault (retrying cannot help), not the database."""
+    if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
+        return True
+    # Raised while binding parameters, before anything reached the database.
+    return isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError)
+
+
+def _why(exc: BaseException) -> str:
+    """A one-line reason without SQL or parameters (they hold request data)."""
+    orig = getattr(exc, "orig", None)
+    inner = orig if isinstance(orig, BaseException) else exc
+    msg = " ".join(str(inner).split())
+    return f"{type(inner).__name__}: {msg[:300]}"

@@ -1,0 +1,121 @@
+"""Record <-> row <-> spill line: lossless, and clean enough that PostgreSQL never refuses it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from claude_proxy.records import RequestRecord
+from claude_proxy.sse import Usage
+from claude_proxy.store.rows import dump_row, load_row, record_to_row, row_to_record
+from claude_proxy.store.schema import ROW_COLUMNS
+from tests.store.conftest import make_record
+
+
+def test_row_has_every_column_the_writer_supplies() -> None:
+    row = record_to_row(make_record(1), Decimal("0.0123"))
+    assert set(row) == set(ROW_COLUMNS)
+    assert row["created_at"].tzinfo is UTC
+    assert row["cost_usd"] == Decimal("0.01230000")
+    assert row["cache_creation_1h_input_tokens"] == 2
+
+
+@pytest.mark.parametrize("cost", [None, Decimal("0"), Decimal("1.23456789"), Decimal("12345.6")])
+def test_round_trip_through_the_spill_format(cost: Decimal | None) -> None:
+    record = make_record(
+        7,
+        created_at=1764000000.123456,
+        stream=True,
+        client_disconnected=True,
+        status_code=None,
+        error_type="overloaded_error",
+        error_message='quote " and newline\n and unicode é ☃',
+        ttft_ms=None,
+        usage=Usage(input_tokens=0, output_tokens=None),
+        metadata_user_id="user_123",
+        claude_code_session_id="4b9c0a52-0000-4000-8000-000000000000",
+    )
+    row = record_to_row(record, cost)
+    line = dump_row(row)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    back = load_row(line)
+    assert back == row
+    assert type(back["cost_usd"]) is type(row["cost_usd"])
+    assert back["stream"] is True and back["ttft_ms"] is None and back["input_tokens"] == 0
+    # The row also turns back into the very same record.
+    assert row_to_record(back) == record
+    assert record_to_row(row_to_record(back), cost) == row
+
+
+def test_values_postgres_would_refuse_are_cleaned() -> None:
+    record = make_record(
+        1,
+        metadata_user_id="nul\x00inside",
+        user_agent="lone \ud800 surrogate",
+        latency_ms=float("nan"),
+        usage=Usage(input_tokens=2**70, output_tokens=True),  # bool is an int to mypy
+        error_message="x" * 100_000,
+    )
+    row = record_to_row(record, Decimal("1e20"))
+    assert row["metadata_user_id"] == "nul\ufffdinside"
+    row["user_agent"].encode("utf-8")
+    assert row["latency_ms"] is None
+    assert row["input_tokens"] is None and row["output_tokens"] is None
+    assert row["cost_usd"] is None  # beyond NUMERIC(18, 8): NULL, never a failing batch
+    assert len(row["error_message"]) == 8192
+    assert load_row(dump_row(row)) == row
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"_v": 1, "id": "cpr_1", "created_at": "2025-01-0',  # torn mid-write
+        b"",
+        b"[]",
+        b'{"_v": 2, "id": "x", "created_at": "2025-01-01T00:00:00+00:00"}',
+        b'{"_v": 1, "created_at": "2025-01-01T00:00:00+00:00"}',
+        b'{"_v": 1, "id": "x"}',
+        b'{"_v": 1, "id": "x", "created_at": "2025-01-01T00:00:00+00:00", "cost_usd": "abc"}',
+    ],
+)
+def test_bad_lines_raise_value_error(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        load_row(line)
+
+
+def test_created_at_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        row = record_to_row(make_record(1, created_at=0.5), None)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert row["created_at"] == datetime(1970, 1, 1, 0, 0, 0, 500000, tzinfo=UTC)
+
+
+def test_future_body_fields_are_carried_when_records_have_them() -> None:
+    class WithBodies:
+        """Stands in for a record once body capture lands (CLAUDE_PROXY_LOG_BODIES)."""
+
+        def __init__(self, record: RequestRecord) -> None:
+            self._r = record
+            self.request_body = '{"model": "x"}'
+            self.response_body = None
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._r, name)
+
+    row = record_to_row(WithBodies(make_record(1)), None)  # type: ignore[arg-type]
+    assert row["request_body"] == '{"model": "x"}' and row["response_body"] is None
+
+
+def test_a_loaded_row_dumps_again() -> None:
+    # Column names are str subclasses in SQLAlchemy; orjson wants plain str keys.
+    row = load_row(dump_row(record_to_row(make_record(1), None)))
+    assert all(type(k) is str for k in row)
+    assert load_row(dump_row(row)) == row
