@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +41,11 @@ def pin(cores: Sequence[int] | None) -> None:
     """Pin the calling process to `cores` (no-op when None or the cores do not exist)."""
     if not cores:
         return
-    usable = set(cores) & os.sched_getaffinity(0)
+    # Not `& sched_getaffinity(0)`: children inherit this script's own pinning to core 1.
+    usable = {c for c in cores if 0 <= c < (os.cpu_count() or 1)}
     if usable:
-        os.sched_setaffinity(0, usable)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, usable)
 
 
 def preexec(cores: Sequence[int] | None) -> Callable[[], None]:
@@ -134,8 +136,10 @@ def start(
     raise RuntimeError(f"{name} did not become ready:\n{proc.log_tail()}")
 
 
-def _children_of() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
+def _scan(children: bool = True) -> dict[int, tuple[int, str, float]]:
+    """Every process: (parent pid, name, CPU seconds, with its reaped children if `children`)."""
+    out: dict[int, tuple[int, str, float]] = {}
+    last = 15 if children else 13
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -143,35 +147,37 @@ def _children_of() -> dict[int, list[int]]:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-        kids.setdefault(ppid, []).append(int(entry.name))
-    return kids
+        lp, rp = stat.find("("), stat.rfind(")")
+        fields = stat[rp + 2 :].split()
+        # fields[1] is ppid; fields[11..14] are utime, stime, cutime, cstime (stat(5) 14-17).
+        cpu = sum(int(x) for x in fields[11:last]) / CLK_TCK
+        out[int(entry.name)] = (int(fields[1]), stat[lp + 1 : rp], cpu)
+    return out
+
+
+def _tree_of(scan: dict[int, tuple[int, str, float]], roots: Iterable[int]) -> set[int]:
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in scan.items():
+        kids.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    todo = [r for r in roots if r in scan]
+    while todo and len(out) < 100_000:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo.extend(kids.get(p, []))
+    return out
 
 
 def tree(pid: int) -> list[int]:
     """`pid` and all its live descendants (uvicorn workers when --workers > 1)."""
-    kids = _children_of()
-    out: list[int] = []
-    todo = [pid]
-    while todo and len(out) < 10_000:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
+    return sorted(_tree_of(_scan(), [pid]))
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime+stime of `pid` and its live descendants, plus children it has already reaped."""
-    total = 0
-    for p in tree(pid):
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        # fields[11..14] are utime, stime, cutime, cstime (stat(5) fields 14-17).
-        total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
+    """utime+stime of `pid` and its live descendants, plus children they have already reaped."""
+    scan = _scan()
+    return sum(scan[p][2] for p in _tree_of(scan, [pid]))
 
 
 def rss_mb(pid: int) -> float:
@@ -186,6 +192,78 @@ def rss_mb(pid: int) -> float:
         except OSError:
             continue
     return kb * 1024 / 1e6
+
+
+def core_busy_seconds() -> dict[int, float]:
+    """Busy (non-idle, non-iowait) seconds of each core since boot, from /proc/stat."""
+    out: dict[int, float] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *vals = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            v = [int(x) for x in vals[:8]]
+            out[int(name[3:])] = (sum(v) - v[3] - v[4]) / CLK_TCK
+    return out
+
+
+class CpuWatch:
+    """CPU used over an interval by each core, by named processes, and by everything else.
+
+    Named pids of 0 mean this process (the stream client). The machine is shared, so the CPU of
+    every process outside `ours` (and outside this process's tree) is summed as "others": a slice
+    in which other programs were busy can be recognised and measured again.
+    """
+
+    def __init__(self, pids: dict[str, int], ours: Iterable[int] = ()) -> None:
+        self.pids = pids
+        self.ours = [*ours, os.getpid()]
+        self.t0 = time.monotonic()
+        self.cores0 = core_busy_seconds()
+        # Others are counted without their reaped children: a test runner reaping a child
+        # would otherwise add that child's whole lifetime at once.
+        self.scan0 = _scan(children=False)
+        self.procs0 = {k: cpu_seconds(p) if p else self_cpu_seconds() for k, p in pids.items()}
+        self.wall = 0.0
+        self.cpu: dict[str, float] = {}  # CPU seconds per core, named process and "others"
+
+    def stop(self) -> dict[str, float]:
+        """Fill `cpu` and `wall`; return utilisation (1.0 = one core busy the whole time)."""
+        self.wall = max(time.monotonic() - self.t0, 1e-9)
+        for k, p in self.pids.items():
+            self.cpu[k] = (cpu_seconds(p) if p else self_cpu_seconds()) - self.procs0[k]
+        scan = _scan(children=False)
+        cores = core_busy_seconds()
+        for c, busy in cores.items():
+            self.cpu[f"core{c}"] = busy - self.cores0.get(c, 0.0)
+        mine = _tree_of(scan, self.ours)
+        others = 0.0
+        for pid, (_, name, cpu) in scan.items():
+            if pid in mine or name.startswith("ksoftirqd"):  # softirq work is our traffic
+                continue
+            before = self.scan0.get(pid)
+            others += cpu - (before[2] if before and before[1] == name else 0.0)
+        # Cannot exceed what the cores spent beyond our named processes.
+        ours = sum(self.cpu[k] for k in self.pids)
+        room = sum(self.cpu[f"core{c}"] for c in cores) - ours
+        self.cpu["others"] = max(0.0, min(others, room))
+        return self.util()
+
+    def util(self) -> dict[str, float]:
+        return {k: round(v / self.wall, 3) for k, v in self.cpu.items()}
+
+
+def wait_quiet(max_wait: float, busy: float = 0.25) -> dict[str, float]:
+    """Wait (at most `max_wait` s) for a second in which no core is busier than `busy`.
+
+    Other programs on the machine inflate latencies, so the run starts in a quiet moment if one
+    comes; returns the last second's per-core load either way.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        watch = CpuWatch({})
+        time.sleep(1.0)
+        load = watch.stop()
+        if max(load.values(), default=0.0) <= busy or time.monotonic() >= deadline:
+            return load
 
 
 def self_cpu_seconds() -> float:

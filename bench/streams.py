@@ -74,6 +74,8 @@ class _SSEProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()  # not loop.time(): uvloop's has 1 ms resolution
+        if self.done.done():
+            return  # the last-chunk's CRLF, or bytes after the body: nothing to count
         st = self.st
         if st.first_byte is None:
             st.first_byte = now
@@ -214,8 +216,8 @@ async def run_streams(
     ramp_s: float,
     timeout_s: float,
     sample: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Open `n` streams (starts spread evenly over `ramp_s`) and summarise what they saw.
+) -> Round:
+    """Open `n` streams (starts spread evenly over `ramp_s`) and return what each one saw.
 
     `sample` is called every 100 ms while the streams run (the caller records proxy RSS there).
     """
@@ -240,20 +242,40 @@ async def run_streams(
         all_done.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await all_done
-    return summarise(streams, t0)
+    return Round(streams, t0)
 
 
-def summarise(streams: list[Stream], t0: float) -> dict[str, Any]:
-    """Percentiles over all streams, plus counts of everything that went wrong."""
+@dataclass
+class Round:
+    """One stream run: every stream, and when the run started."""
+
+    streams: list[Stream]
+    t0: float
+
+    @property
+    def events(self) -> int:
+        return sum(len(s.events) for s in self.streams)
+
+    @property
+    def wall(self) -> float:
+        """From the first start to the last event received."""
+        last = max((s.events[-1] for s in self.streams if s.events), default=self.t0)
+        return last - self.t0
+
+
+def summarise(rounds: list[Round]) -> dict[str, Any]:
+    """Percentiles pooled over the streams of all rounds, plus everything that went wrong.
+
+    events/s is the mean of the rounds' rates.
+    """
+    streams = [s for r in rounds for s in r.streams]
     ttfb = [s.first_byte - s.start for s in streams if s.first_byte is not None]
     first_ev = [s.events[0] - s.start for s in streams if s.events]
     gaps: list[float] = []
     for s in streams:
         ev = s.events
-        gaps.extend(ev[i] - ev[i - 1] for i in range(2, len(ev)))  # after the first delayed gap
-    n_events = sum(len(s.events) for s in streams)
-    last = max((s.events[-1] for s in streams if s.events), default=t0)
-    wall = last - t0
+        gaps.extend(ev[i] - ev[i - 1] for i in range(1, len(ev)))
+    rates = [r.events / r.wall for r in rounds if r.wall > 0]
     failures: dict[str, int] = {}
     for s in streams:
         if s.failure:
@@ -270,9 +292,11 @@ def summarise(streams: list[Stream], t0: float) -> dict[str, Any]:
         "cut": sum(1 for s in streams if s.status == 200 and not (s.saw_stop and s.ended)),
         "error_events": sum(s.error_events for s in streams),
         "failures": failures,
-        "events": n_events,
-        "wall_s": round(wall, 3),
-        "events_per_s": round(n_events / wall, 1) if wall > 0 else None,
+        "rounds": len(rounds),
+        "events": sum(r.events for r in rounds),
+        "wall_s": [round(r.wall, 3) for r in rounds],
+        "events_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+        "events_per_s_rounds": [round(x, 1) for x in rates],
         "ttfb_p50_ms": ms(pct(ttfb, 50)),
         "ttfb_p99_ms": ms(pct(ttfb, 99)),
         "first_event_p50_ms": ms(pct(first_ev, 50)),
@@ -324,7 +348,9 @@ async def slow_readers(
                     return
                 got[i] += len(data)
                 await asyncio.sleep(1.0)
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError:
+            errors["no data for the whole test"] = errors.get("no data for the whole test", 0) + 1
+        except OSError as exc:
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
     tasks = [asyncio.ensure_future(reader(i)) for i in range(n)]

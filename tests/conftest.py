@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import sys
 import threading
 import urllib.request
@@ -81,7 +82,9 @@ class Process:
                 self.proc.wait(5)
 
 
-def spawn(args: list[str], env: dict[str, str] | None = None) -> Process:
+def spawn(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Process:
+    """Run `python -m claude_proxy ARGS` in `cwd` (default: a fresh temp dir, so a default
+    SQLite file or spill dir never lands in the repository)."""
     full_env = {
         k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_PROXY_"))
     }
@@ -93,6 +96,7 @@ def spawn(args: list[str], env: dict[str, str] | None = None) -> Process:
         stderr=subprocess.STDOUT,
         text=True,
         env=full_env,
+        cwd=cwd or tempfile.mkdtemp(prefix="claude-proxy-cwd-"),
     )
     p = Process(proc)
     p.start_reader()
@@ -147,6 +151,7 @@ def emulator() -> Iterator[Emulator]:
 class Proxy:
     process: Process
     url: str
+    env: dict[str, str] = field(default_factory=dict)
     key: str = PROXY_KEY
 
     def output(self) -> str:
@@ -156,17 +161,19 @@ class Proxy:
 def start_proxy(
     upstream_url: str, env: dict[str, str] | None = None, tmp: Path | None = None
 ) -> Proxy:
+    """A proxy with its own SQLite file and spill dir (in `tmp`), unless `env` says otherwise."""
+    tmp = tmp or Path(tempfile.mkdtemp(prefix="claude-proxy-test-"))
     base_env = {
         "ANTHROPIC_API_KEY": UPSTREAM_KEY,
         "ANTHROPIC_BASE_URL": upstream_url,
         "CLAUDE_PROXY_API_KEYS": PROXY_KEY,
+        "DATABASE_URL": f"sqlite:///{tmp / 'proxy.db'}",
+        "CLAUDE_PROXY_SPILL_DIR": str(tmp / "spill"),
     }
-    if tmp is not None:
-        base_env["DATABASE_URL"] = f"sqlite:///{tmp / 'proxy.db'}"
     base_env.update(env or {})
     p = spawn(["serve", "--host", "127.0.0.1", "--port", "0"], base_env)
     m = p.wait_for(r"claude-proxy ready on (http://\S+)")
-    return Proxy(process=p, url=m.group(1))
+    return Proxy(process=p, url=m.group(1), env=base_env)
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import Engine
 
 from claude_proxy import __version__
 from claude_proxy.auth import KeyStore
 from claude_proxy.config import Settings
 from claude_proxy.errors import send_error
-from claude_proxy.records import LogSink, RecordSink, new_request_id
+from claude_proxy.pricing import PriceTable
+from claude_proxy.records import RecordSink, RequestRecord, log_access, new_request_id
 from claude_proxy.relay import Relay
+from claude_proxy.store.engine import make_engine, redacted_url
+from claude_proxy.store.migrate import upgrade
+from claude_proxy.store.writer import LogWriter
 from claude_proxy.types import Receive, Scope, Send
 from claude_proxy.upstream import UpstreamPool
 
@@ -30,18 +37,24 @@ _HEALTH_HEADERS = [
 ]
 
 
+_MIGRATE_RETRY_SECONDS = 30.0
+
+
 @dataclass
 class Components:
     upstream: UpstreamPool
     relay: Relay
+    engine: Engine
+    writer: LogWriter
+    prices: PriceTable
+    migrator: asyncio.Task[None] | None
 
 
 class ProxyApp:
     """ASGI callable; `create_app` is the way to build one."""
 
-    def __init__(self, settings: Settings, sink: RecordSink | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.sink: RecordSink = sink or LogSink()
         self.keys = KeyStore(settings.client_keys())
         self.components: Components | None = None
 
@@ -83,24 +96,76 @@ class ProxyApp:
                 return
 
     async def startup(self) -> None:
-        upstream = UpstreamPool(self.settings, asyncio.get_running_loop())
-        relay = Relay(self.keys, upstream, self.sink, self.settings.max_body_bytes)
-        self.components = Components(upstream=upstream, relay=relay)
-        if self.settings.listen_url:
+        st = self.settings
+        prices = PriceTable.load(st.prices_file)
+        engine = make_engine(
+            st.database_url, pool_size=st.db_pool_size, max_overflow=st.db_max_overflow
+        )
+        migrator = None
+        if st.auto_migrate:
+            migrator = asyncio.get_running_loop().create_task(_migrate_until_done(engine))
+            # Normally done in milliseconds; a database that is down must not stop the
+            # proxy from serving (the writer spills until the table exists).
+            await asyncio.wait({migrator}, timeout=10.0)
+
+        def cost(record: RequestRecord) -> Decimal | None:
+            return prices.cost(record.model, record.usage, batch=False)
+
+        writer = LogWriter(
+            engine,
+            st.spill_dir,
+            cost_fn=cost,
+            on_record=log_access,
+            queue_size=st.log_queue_size,
+            batch_size=st.log_batch_size,
+            flush_interval=st.log_flush_interval_seconds,
+            statement_timeout=st.db_statement_timeout_seconds,
+        )
+        writer.start()
+        sink: RecordSink = writer
+        upstream = UpstreamPool(st, asyncio.get_running_loop())
+        body_cap = st.log_body_max_bytes if st.log_bodies else 0
+        relay = Relay(self.keys, upstream, sink, st.max_body_bytes, body_cap)
+        self.components = Components(upstream, relay, engine, writer, prices, migrator)
+        if st.listen_url:
             # Tests and scripts wait for this line; it means requests are being served.
-            print(f"claude-proxy ready on {self.settings.listen_url}", flush=True)
+            print(f"claude-proxy ready on {st.listen_url}", flush=True)
         log.info(
-            "claude-proxy %s started: upstream=%s client_keys=%d demo=%s",
+            "claude-proxy %s started: upstream=%s database=%s client_keys=%d demo=%s",
             __version__,
-            self.settings.anthropic_base_url,
+            st.anthropic_base_url,
+            redacted_url(st.database_url),
             len(self.keys),
-            self.settings.demo,
+            st.demo,
         )
 
     async def shutdown(self) -> None:
-        if self.components is not None:
-            await self.components.upstream.close()
-            self.components = None
+        c = self.components
+        if c is None:
+            return
+        self.components = None
+        await c.upstream.close()
+        if c.migrator is not None and not c.migrator.done():
+            c.migrator.cancel()
+        # Every record handed over is written or spilled within the window; none is lost.
+        await c.writer.close(self.settings.log_flush_timeout_seconds)
+        c.engine.dispose()
+
+
+async def _migrate_until_done(engine: Engine) -> None:
+    """Migrate, retrying while the database is unreachable (the writer spills meanwhile)."""
+    while True:
+        try:
+            await asyncio.to_thread(upgrade, engine)
+            log.info("database schema is up to date")
+            return
+        except Exception as exc:
+            log.error(
+                "database migration failed (%s); retrying in %.0fs",
+                type(exc).__name__,
+                _MIGRATE_RETRY_SECONDS,
+            )
+            await asyncio.sleep(_MIGRATE_RETRY_SECONDS)
 
 
 def create_app(settings: Settings | None = None) -> ProxyApp:

@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--port", type=int, default=8100)
     emu.add_argument("--api-key", default=None, help="accept only this key (default: any key)")
     emu.set_defaults(func=cmd_emulator)
+
+    from claude_proxy.reports import add_commands
+
+    add_commands(sub)
     return parser
 
 

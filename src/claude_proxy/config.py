@@ -48,6 +48,30 @@ class Settings(BaseSettings):
     # or "*" inside a VPC where only the ALB can reach the task). Empty: headers ignored.
     forwarded_allow_ips: str = ""
 
+    # --- request log pipeline -------------------------------------------------------
+    # Migrate at startup (under a PostgreSQL advisory lock, so replicas starting together
+    # are safe). Turn off when migrations run as a separate deploy step.
+    auto_migrate: bool = True
+    # Connections per process. Size for (max tasks + deploy overlap) x workers x (size +
+    # overflow) staying under the database's (or Supabase pooler's) connection limit.
+    db_pool_size: int = 3
+    db_max_overflow: int = 2
+    db_statement_timeout_seconds: float = 15.0
+    # Records waiting for the writer; beyond this they go straight to the spill file.
+    log_queue_size: int = 10_000
+    log_batch_size: int = 500
+    log_flush_interval_seconds: float = 1.0
+    # Where records go while the database is unreachable; replayed when it is back and at
+    # startup. Must be on a writable volume that survives the process (not the task).
+    spill_dir: str = "./spill"
+    # Shutdown: time the writer gets to flush; what is left is spilled, never dropped.
+    log_flush_timeout_seconds: float = 10.0
+    # Off by default: bodies hold users' prompts. When on, each is capped at this size.
+    log_bodies: bool = False
+    log_body_max_bytes: int = 64 * 1024
+    # A JSON price table merged over the packaged one (see docs/request-logs.md).
+    prices_file: str | None = None
+
     @field_validator("anthropic_base_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 from claude_proxy.sse import Usage
@@ -48,6 +49,9 @@ class RequestRecord:
     anthropic_beta: str | None = None
     metadata_user_id: str | None = None
     claude_code_session_id: str | None = None
+    # Only with CLAUDE_PROXY_LOG_BODIES=true, capped; never headers (credentials).
+    request_body: str | None = None
+    response_body: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,32 +63,31 @@ class RecordSink(Protocol):
     def submit(self, record: RequestRecord) -> None: ...
 
 
-class LogSink:
-    """Writes one access line per request; the database writer replaces it later."""
-
-    def submit(self, record: RequestRecord) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
-        u = record.usage
-        log.info(
-            "request id=%s key=%s %s %s model=%s stream=%s status=%s error=%s stop=%s "
-            "in=%s out=%s cache_write=%s cache_read=%s latency_ms=%.1f ttft_ms=%s "
-            "upstream_request_id=%s disconnected=%s",
-            record.id,
-            record.key_id,
-            record.method,
-            record.endpoint,
-            record.model,
-            record.stream,
-            record.status_code,
-            record.error_type,
-            record.stop_reason,
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_creation_input_tokens,
-            u.cache_read_input_tokens,
-            record.latency_ms or 0.0,
-            None if record.ttft_ms is None else round(record.ttft_ms, 1),
-            record.upstream_request_id,
-            record.client_disconnected,
-        )
+def log_access(record: RequestRecord, cost_usd: Decimal | None) -> None:
+    """One access line per request. Called by the log writer's thread, off the event loop."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    u = record.usage
+    log.info(
+        "request id=%s key=%s %s %s model=%s stream=%s status=%s error=%s stop=%s "
+        "in=%s out=%s cache_write=%s cache_read=%s cost_usd=%s latency_ms=%.1f ttft_ms=%s "
+        "upstream_request_id=%s disconnected=%s",
+        record.id,
+        record.key_id,
+        record.method,
+        record.endpoint,
+        record.model,
+        record.stream,
+        record.status_code,
+        record.error_type,
+        record.stop_reason,
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_creation_input_tokens,
+        u.cache_read_input_tokens,
+        cost_usd,
+        record.latency_ms or 0.0,
+        None if record.ttft_ms is None else round(record.ttft_ms, 1),
+        record.upstream_request_id,
+        record.client_disconnected,
+    )

@@ -49,12 +49,19 @@ def endpoint_label(path: str) -> str:
 
 class Relay:
     def __init__(
-        self, keys: KeyStore, upstream: UpstreamPool, sink: RecordSink, max_body: int
+        self,
+        keys: KeyStore,
+        upstream: UpstreamPool,
+        sink: RecordSink,
+        max_body: int,
+        body_cap: int = 0,
     ) -> None:
         self.keys = keys
         self.upstream = upstream
         self.sink = sink
         self.max_body = max_body
+        # > 0 only with CLAUDE_PROXY_LOG_BODIES=true: bytes of each body kept on the record.
+        self.body_cap = body_cap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -108,6 +115,9 @@ class Relay:
                 )
             assert isinstance(parsed, dict)
             _note_request(record, parsed)
+
+        if self.body_cap:
+            record.request_body = _clip(body, self.body_cap)
 
         # From here on a client disconnect must stop upstream work: watch for it.
         task = asyncio.current_task()
@@ -191,6 +201,7 @@ class Relay:
                 return await self._fail(send, record, "timeout_error", str(exc), 504)
             return await self._fail(send, record, "api_error", f"Upstream error: {exc}", 502)
 
+        kept = bytearray() if self.body_cap else None
         try:
             status = resp.status
             record.status_code = status
@@ -212,6 +223,8 @@ class Relay:
             try:
                 ended = False
                 while chunk := await resp.read():
+                    if kept is not None and len(kept) < self.body_cap:
+                        kept += chunk[: self.body_cap - len(kept)]
                     if record.ttft_ms is None:
                         record.ttft_ms = (time.perf_counter() - started) * 1000.0
                     if is_sse:
@@ -246,6 +259,8 @@ class Relay:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             resp.release()
+            if kept:
+                record.response_body = _clip(kept, self.body_cap)
 
     async def _break_stream(self, send: Send, record: RequestRecord, message: str) -> None:
         """End a broken SSE stream with an `error` event the SDK raises on."""
@@ -297,6 +312,11 @@ def _note_request(record: RequestRecord, req: dict[str, Any]) -> None:
     meta = req.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
         record.metadata_user_id = meta["user_id"][:256]
+
+
+def _clip(data: bytes | bytearray, cap: int) -> str:
+    """A body for the log: at most `cap` bytes, decoded leniently (it may be cut mid-character)."""
+    return bytes(data[:cap]).decode("utf-8", errors="replace")
 
 
 def _finish_observation(record: RequestRecord, obs: ResponseObserver, is_sse: bool) -> None:

@@ -74,6 +74,7 @@ class LogWriter:
         spill_dir: str | os.PathLike[str],
         *,
         cost_fn: CostFn | None = None,
+        on_record: Callable[[RequestRecord, Decimal | None], None] | None = None,
         queue_size: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 1.0,
@@ -85,6 +86,8 @@ class LogWriter:
         self.engine = engine
         self.spill_dir = Path(spill_dir)
         self._cost_fn = cost_fn
+        # Per-record work that must stay off the event loop (the access log line).
+        self._on_record = on_record
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._queue_size = queue_size
         self._batch_size = batch_size
@@ -452,6 +455,11 @@ class LogWriter:
                 if not self._cost_warned:
                     self._cost_warned = True
                     log.exception("cost computation failed; cost_usd left NULL")
+        if self._on_record is not None:
+            try:
+                self._on_record(record, cost)
+            except Exception:
+                log.exception("on_record hook failed")
         return record_to_row(record, cost)
 
     def _to_rows(self, records: list[RequestRecord]) -> list[Row]:
