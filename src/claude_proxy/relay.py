@@ -202,6 +202,8 @@ class Relay:
             return await self._fail(send, record, "api_error", f"Upstream error: {exc}", 502)
 
         kept = bytearray() if self.body_cap else None
+        observer: ResponseObserver | None = None
+        is_sse = False
         try:
             status = resp.status
             record.status_code = status
@@ -261,6 +263,9 @@ class Relay:
             resp.release()
             if kept:
                 record.response_body = _clip(kept, self.body_cap)
+            if observer is not None and record.usage is not observer.usage:
+                # Cut short (client gone, cancelled): keep the partial usage seen so far.
+                _finish_observation(record, observer, is_sse)
 
     async def _break_stream(self, send: Send, record: RequestRecord, message: str) -> None:
         """End a broken SSE stream with an `error` event the SDK raises on."""

@@ -1,0 +1,371 @@
+"""Every request through the proxy leaves exactly one correct row, on SQLite, PostgreSQL and
+PostgreSQL behind pgbouncer (transaction mode, like Supabase's pooler on 6543), whatever happens
+to the request, the database or the proxy itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+from sqlalchemy import Engine, select
+
+from claude_proxy.store.engine import make_engine
+from claude_proxy.store.schema import request_logs
+from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
+from tests.pg import PgBouncer, create_database, drop_database, free_port, pg_url
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "claude-sonnet-4-6"
+HELLO = [{"role": "user", "content": "Hello there"}]
+V = {"anthropic-version": "2023-06-01"}
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Re-check a database condition until it holds (there is no push from the database)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class LoggedProxy:
+    proxy: Proxy
+    engine: Engine
+    tmp: Path
+    bouncer: PgBouncer | None = None
+
+    def rows(self, **where: Any) -> list[dict[str, Any]]:
+        stmt = select(request_logs)
+        for k, v in where.items():
+            stmt = stmt.where(request_logs.c[k] == v)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def row(self, request_id: str) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def landed() -> bool:
+            found[:] = self.rows(id=request_id)
+            return bool(found)
+
+        wait_until(f"row {request_id}", landed)
+        assert len(found) == 1
+        return found[0]
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return len(conn.execute(select(request_logs.c.id)).all())
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "pgbouncer"])
+def logged(request: pytest.FixtureRequest, emulator: Emulator) -> Iterator[LoggedProxy]:
+    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-log-"))
+    dbname = None
+    bouncer = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp / 'log.db'}"
+    else:
+        dbname = create_database()
+        url = pg_url(dbname)
+        if request.param == "pgbouncer":
+            bouncer = PgBouncer(tmp, free_port())
+            bouncer.start()
+            url = pg_url(dbname, bouncer.port)
+    px = start_proxy(
+        emulator.url, {"DATABASE_URL": url, "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2"}, tmp
+    )
+    engine = make_engine(url)
+    try:
+        yield LoggedProxy(px, engine, tmp, bouncer)
+    finally:
+        px.process.stop()
+        engine.dispose()
+        if bouncer is not None:
+            bouncer.stop()
+        if dbname is not None:
+            drop_database(dbname)
+
+
+def client(lp: LoggedProxy, **kw: Any) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=lp.proxy.url, api_key=PROXY_KEY, max_retries=0, **kw)
+
+
+def fault(spec: str) -> dict[str, str]:
+    return {"x-emulator-fault": spec}
+
+
+def test_success_rows_carry_usage_cost_and_timing(logged: LoggedProxy) -> None:
+    with client(logged) as c:
+        raw = c.messages.with_raw_response.create(
+            model=MODEL, max_tokens=32, messages=HELLO, metadata={"user_id": "user-42"}
+        )
+        msg = raw.parse()
+        with c.messages.stream(model=MODEL, max_tokens=32, messages=HELLO) as s:
+            final = s.get_final_message()
+            srid = s.response.headers["x-claude-proxy-request-id"]
+    row = logged.row(raw.headers["x-claude-proxy-request-id"])
+    assert row["status_code"] == 200 and row["stream"] is False and row["error_type"] is None
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        msg.usage.input_tokens,
+        msg.usage.output_tokens,
+    )
+    assert row["model"] == msg.model and row["stop_reason"] == "end_turn"
+    assert row["message_id"] == msg.id and row["upstream_request_id"] == raw.headers["request-id"]
+    assert row["metadata_user_id"] == "user-42" and row["endpoint"] == "/v1/messages"
+    assert row["key_id"].startswith("static-") and PROXY_KEY not in str(row)
+    assert row["cost_usd"] is not None and row["cost_usd"] > 0
+    assert row["latency_ms"] > 0 and row["ttft_ms"] is not None and row["upstream_attempts"] == 1
+    srow = logged.row(srid)
+    assert srow["stream"] is True and srow["output_tokens"] == final.usage.output_tokens
+
+
+def test_error_paths_each_leave_one_row(logged: LoggedProxy, emulator: Emulator) -> None:
+    ids: dict[str, str] = {}
+    with client(logged) as c:
+        with pytest.raises(anthropic.OverloadedError) as e1:
+            c.messages.create(
+                model=MODEL, max_tokens=8, messages=HELLO, extra_headers=fault("status=529")
+            )
+        ids["upstream_error"] = e1.value.response.headers["x-claude-proxy-request-id"]
+        for name, spec in (
+            ("midstream", "midstream=error after=3"),
+            ("cut", "midstream=reset after=4"),
+        ):
+            with pytest.raises(anthropic.APIStatusError):
+                with c.messages.stream(
+                    model=MODEL, max_tokens=32, messages=HELLO, extra_headers=fault(spec)
+                ) as s:
+                    ids[name] = s.response.headers["x-claude-proxy-request-id"]
+                    s.get_final_message()
+    with anthropic.Anthropic(base_url=logged.proxy.url, api_key="sk-bad", max_retries=0) as bad:
+        with pytest.raises(anthropic.AuthenticationError) as e2:
+            bad.models.list()
+    ids["bad_key"] = e2.value.response.headers["request-id"]
+    big = httpx2.post(
+        f"{logged.proxy.url}/v1/messages",
+        content=b"x" * (33 * 1024 * 1024),
+        headers={"x-api-key": PROXY_KEY, **V},
+        timeout=60,
+    )
+    ids["too_large"] = big.headers["request-id"]
+    with (
+        httpx2.Client(timeout=10) as http,
+        http.stream(
+            "POST",
+            f"{logged.proxy.url}/v1/messages",
+            headers={"x-api-key": PROXY_KEY, **V, **fault("midstream=stall after=4")},
+            json={"model": MODEL, "max_tokens": 64, "messages": HELLO, "stream": True},
+        ) as r,
+    ):
+        ids["disconnect"] = r.headers["x-claude-proxy-request-id"]
+        upstream_rid = r.headers["request-id"]
+        next(r.iter_bytes())
+    emulator.wait_request(upstream_rid, "client_closed")
+
+    row = logged.row(ids["upstream_error"])
+    assert (row["status_code"], row["error_type"]) == (529, "overloaded_error")
+    row = logged.row(ids["midstream"])
+    assert (row["status_code"], row["error_type"], row["stream"]) == (200, "overloaded_error", True)
+    assert row["input_tokens"] and row["output_tokens"] == 1  # partial usage from message_start
+    row = logged.row(ids["cut"])
+    assert row["error_type"] == "api_error" and row["error_message"].startswith("Streaming error")
+    row = logged.row(ids["bad_key"])
+    assert (row["status_code"], row["error_type"], row["key_id"]) == (
+        401,
+        "authentication_error",
+        None,
+    )
+    row = logged.row(ids["too_large"])
+    assert (row["status_code"], row["error_type"]) == (413, "request_too_large")
+    row = logged.row(ids["disconnect"])
+    assert row["client_disconnected"] is True and row["stream"] is True
+    assert row["input_tokens"] and row["cost_usd"] is not None  # partial usage is still billed
+    for rid in ids.values():
+        assert len(logged.rows(id=rid)) == 1
+
+
+def test_cache_tokens_on_streams_are_costed_to_the_cent(logged: LoggedProxy) -> None:
+    stamp = str(time.time_ns())
+    a = {
+        "type": "text",
+        "text": f"{stamp} Reference A. " + "alpha " * 1500,
+        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+    }
+    b = {
+        "type": "text",
+        "text": "Reference B. " + "beta " * 1500,
+        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+    }
+    question = [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "text",
+                    "text": "Long context C. " + "gamma " * 1500,
+                    "cache_control": {"type": "ephemeral", "ttl": "5m"},
+                },
+                {"type": "text", "text": "What do A, B and C say?"},
+            ],
+        }
+    ]
+    with client(logged) as c:
+        with c.messages.stream(
+            model="claude-opus-5-5", max_tokens=64, system=[a], messages=HELLO
+        ) as s:  # type: ignore[list-item]
+            s.get_final_message()
+        with c.messages.stream(
+            model="claude-opus-5-5", max_tokens=64, system=[a, b], messages=question
+        ) as s:  # type: ignore[list-item,arg-type]
+            final = s.get_final_message()
+            rid = s.response.headers["x-claude-proxy-request-id"]
+    u = final.usage
+    assert u.cache_read_input_tokens and u.cache_creation
+    w5, w1 = u.cache_creation.ephemeral_5m_input_tokens, u.cache_creation.ephemeral_1h_input_tokens
+    assert w5 > 0 and w1 > 0
+    row = logged.row(rid)
+    assert (
+        row["cache_creation_5m_input_tokens"] == w5 and row["cache_creation_1h_input_tokens"] == w1
+    )
+    assert row["cache_read_input_tokens"] == u.cache_read_input_tokens
+    assert row["cache_creation_input_tokens"] == w5 + w1
+    # Opus 5.5: $4 input, $5 5m write, $8 1h write, $0.20 read, $20 output per MTok.
+    expected = (
+        Decimal(u.input_tokens) * 4
+        + Decimal(w5) * 5
+        + Decimal(w1) * 8
+        + Decimal(u.cache_read_input_tokens) * Decimal("0.20")
+        + Decimal(u.output_tokens) * 20
+    ) / 10**6
+    assert row["cost_usd"] == expected.quantize(Decimal("1e-8"))
+    assert round(row["cost_usd"], 2) == round(expected, 2)
+
+
+def _fire(url: str, n: int, concurrency: int, on_done: Callable[[int], None]) -> list[str]:
+    """n requests at the given concurrency (half streaming); returns the failures."""
+    failures: list[str] = []
+    done = 0
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        nonlocal done
+        body = {"model": MODEL, "max_tokens": 16, "messages": HELLO, "stream": i % 2 == 0}
+        try:
+            r = http.post("/v1/messages", json=body)
+            if r.status_code != 200 or (body["stream"] and b"message_stop" not in r.content):
+                failures.append(f"{r.status_code} {r.text[:200]}")
+        except Exception as exc:
+            failures.append(repr(exc))
+        with lock:
+            done += 1
+            on_done(done)
+
+    limits = httpx2.Limits(max_connections=concurrency)
+    with (
+        httpx2.Client(
+            base_url=url, headers={"x-api-key": PROXY_KEY, **V}, timeout=30, limits=limits
+        ) as http,
+        ThreadPoolExecutor(concurrency) as pool,
+    ):
+        list(pool.map(one, range(n)))
+    return failures
+
+
+def test_database_outage_loses_no_row_and_fails_no_request(emulator: Emulator) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-outage-"))
+    dbname = create_database()
+    bouncer = PgBouncer(tmp, free_port())
+    bouncer.start()
+    url = pg_url(dbname, bouncer.port)
+    px = start_proxy(
+        emulator.url, {"DATABASE_URL": url, "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2"}, tmp
+    )
+    engine = make_engine(url)
+    lp = LoggedProxy(px, engine, tmp, bouncer)
+    down, up = threading.Event(), threading.Event()
+
+    def progress(done: int) -> None:
+        if done == 500:
+            down.set()
+        if done == 1500:
+            up.set()
+
+    def outage() -> None:
+        down.wait()
+        bouncer.stop()  # the database becomes unreachable mid-load
+        up.wait()
+        bouncer.start()
+
+    t = threading.Thread(target=outage)
+    t.start()
+    try:
+        failures = _fire(px.url, 2000, 50, progress)
+        t.join()
+        assert failures == []
+        px.process.wait_for(r"spill: ")
+        wait_until("2,000 rows", lambda: lp.count() >= 2000, timeout=90)
+        ids = [r["id"] for r in lp.rows()]
+        assert len(ids) == 2000 and len(set(ids)) == 2000
+        print(f"\n2000 requests, 0 failed, {len(ids)} rows after a database outage")
+    finally:
+        px.process.stop()
+        engine.dispose()
+        bouncer.stop()
+        drop_database(dbname)
+
+
+def test_kill_9_with_spilled_records_replays_them_on_restart(emulator: Emulator) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-crash-"))
+    dbname = create_database()
+    bouncer = PgBouncer(tmp, free_port())
+    bouncer.start()
+    url = pg_url(dbname, bouncer.port)
+    env = {"DATABASE_URL": url, "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2"}
+    px = start_proxy(emulator.url, env, tmp)
+    engine = make_engine(url)
+    lp = LoggedProxy(px, engine, tmp, bouncer)
+    try:
+        bouncer.stop()
+        with client(lp) as c:
+            ids = [
+                c.messages.with_raw_response.create(
+                    model=MODEL, max_tokens=8, messages=HELLO
+                ).headers["x-claude-proxy-request-id"]
+                for _ in range(20)
+            ]
+        px.process.wait_for(r"spill: ")
+        spilled = sum(
+            len(p.read_bytes().splitlines()) for p in (tmp / "spill").glob("spill-*.jsonl")
+        )
+        assert spilled == 20
+        os.kill(px.process.proc.pid, signal.SIGKILL)
+        px.process.proc.wait()
+        bouncer.start()
+        px2 = start_proxy(emulator.url, env, tmp)
+        try:
+            px2.process.wait_for(r"replay: ")
+            wait_until("replayed rows", lambda: lp.count() == 20)
+            assert sorted(r["id"] for r in lp.rows()) == sorted(ids)
+            assert not list((tmp / "spill").glob("spill-*.jsonl")) or lp.count() == 20
+        finally:
+            px2.process.stop()
+    finally:
+        px.process.stop()
+        engine.dispose()
+        bouncer.stop()
+        drop_database(dbname)
