@@ -10,7 +10,7 @@ LEGACY_STAMP := $(LEGACY_VENV)/.installed-stamp
 CLAUDE_CODE := tests/e2e/claude_code
 CLAUDE_CODE_STAMP := $(CLAUDE_CODE)/node_modules/.installed-stamp
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install clean system-deps
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ $(CLAUDE_CODE_STAMP): $(CLAUDE_CODE)/package.json $(CLAUDE_CODE)/package-lock.js
 	npm ci --prefix $(CLAUDE_CODE) --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The database tests use a real pgbouncer (Debian's package) in front of PostgreSQL.
+system-deps:
+	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || \
+		{ echo "installing pgbouncer"; apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
+
 run: $(STAMP)
 	$(BIN)/claude-proxy serve
 
@@ -37,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
 
-test: $(STAMP) $(LEGACY_STAMP) $(CLAUDE_CODE_STAMP) lint
+test: $(STAMP) $(LEGACY_STAMP) $(CLAUDE_CODE_STAMP) system-deps lint
 	CLAUDE_PROXY_LEGACY_PYTHON=$(LEGACY_VENV)/bin/python $(BIN)/pytest
 
 bench: $(STAMP)
