@@ -97,6 +97,12 @@ class Proc:
             self.popen.wait(timeout)
 
 
+def _clean_environ() -> dict[str, str]:
+    """This environment minus the proxy's own settings: the bench sets every one it means."""
+    drop = ("CLAUDE_PROXY_", "ANTHROPIC_", "DATABASE_URL")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
 def start(
     name: str,
     argv: Sequence[str],
@@ -115,7 +121,7 @@ def start(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**_clean_environ(), **(env or {})},
             cwd=str(REPO),
             start_new_session=True,
             preexec_fn=preexec(cores),
@@ -137,7 +143,11 @@ def start(
 
 
 def _scan(children: bool = True) -> dict[int, tuple[int, str, float]]:
-    """Every process: (parent pid, name, CPU seconds, with its reaped children if `children`)."""
+    """Every process: (parent pid, name:start time, CPU seconds, with reaped children or not).
+
+    The start time tells a reused pid from the process seen before; kernel threads change
+    their names as they change work queues, so the name alone cannot.
+    """
     out: dict[int, tuple[int, str, float]] = {}
     last = 15 if children else 13
     for entry in os.scandir("/proc"):
@@ -151,7 +161,7 @@ def _scan(children: bool = True) -> dict[int, tuple[int, str, float]]:
         fields = stat[rp + 2 :].split()
         # fields[1] is ppid; fields[11..14] are utime, stime, cutime, cstime (stat(5) 14-17).
         cpu = sum(int(x) for x in fields[11:last]) / CLK_TCK
-        out[int(entry.name)] = (int(fields[1]), stat[lp + 1 : rp], cpu)
+        out[int(entry.name)] = (int(fields[1]), f"{stat[lp + 1 : rp]}:{fields[19]}", cpu)
     return out
 
 
@@ -180,15 +190,20 @@ def cpu_seconds(pid: int) -> float:
     return sum(scan[p][2] for p in _tree_of(scan, [pid]))
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of `pid` and its live descendants, in MB (10^6 bytes)."""
+def rss_mb(pid: int, pids: Sequence[int] | None = None) -> float:
+    """VmRSS of `pid` and its live descendants, in MB (10^6 bytes).
+
+    Finding the descendants scans /proc (about 10 ms); callers that sample often pass `pids`,
+    found once with `tree()`, so the sampling does not stall the client's event loop.
+    """
     kb = 0
-    for p in tree(pid):
+    for p in pids if pids is not None else tree(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    kb += int(line.split()[1])
-                    break
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        kb += int(line.split()[1])
+                        break
         except OSError:
             continue
     return kb * 1024 / 1e6
@@ -240,7 +255,8 @@ class CpuWatch:
             if pid in mine or name.startswith("ksoftirqd"):  # softirq work is our traffic
                 continue
             before = self.scan0.get(pid)
-            others += cpu - (before[2] if before and before[1] == name else 0.0)
+            same = before is not None and before[1].rsplit(":", 1)[1] == name.rsplit(":", 1)[1]
+            others += cpu - (before[2] if before is not None and same else 0.0)
         # Cannot exceed what the cores spent beyond our named processes.
         ours = sum(self.cpu[k] for k in self.pids)
         room = sum(self.cpu[f"core{c}"] for c in cores) - ours

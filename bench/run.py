@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--wait-quiet",
         type=float,
-        default=60.0,
+        default=30.0,
         help="wait up to this many seconds for other load on the machine to calm down",
     )
     p.add_argument(
@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "is measured again (up to --retries times)",
     )
     p.add_argument("--retries", type=int, default=2, help="see --noise")
+    p.add_argument(
+        "--no-request-log",
+        action="store_true",
+        help="run the proxies with CLAUDE_PROXY_LOG_REQUESTS=false (the relay alone)",
+    )
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx reference row")
     p.add_argument("--quick", action="store_true", help="a short smoke run (numbers not stable)")
     args = p.parse_args(argv)
@@ -117,7 +122,7 @@ class Bench:
         self.wd = wd
         self.started: list[procs.Proc] = []
         self.errors: dict[str, int] = {}
-        self.retry_budget = 60.0  # seconds of noisy wrk slices that may be measured again
+        self.retry_budget = 40.0  # seconds of noisy wrk slices that may be measured again
         self.runner = asyncio.Runner(loop_factory=_loop_factory())
 
     # --- bookkeeping -------------------------------------------------------------------------
@@ -254,10 +259,11 @@ class Bench:
             for t in targets if i % 2 == 0 else targets[::-1]:
                 self.check_alive()
                 pid = t.pid
+                sampled = procs.tree(pid) if pid is not None and pid == peak_of else []
 
-                def sample(pid: int | None = pid) -> None:
-                    if pid is not None and pid == peak_of:
-                        peak[0] = max(peak[0], procs.rss_mb(pid))
+                def sample(pid: int | None = pid, sampled: list[int] = sampled) -> None:
+                    if pid is not None and sampled:
+                        peak[0] = max(peak[0], procs.rss_mb(pid, sampled))
 
                 pids = {"emulator": emu_pid, "client": 0} | ({"server": pid} if pid else {})
                 watch = self.watch(pids)
@@ -311,7 +317,16 @@ class Bench:
         stop reading the upstream (backpressure) or buffer it in memory. The same readers against
         the emulator (which waits for drain) are the control.
         """
-        proxy = self.keep(start_proxy(self.wd, "proxy-slow", emu.url, "WARNING", self.args.workers))
+        proxy = self.keep(
+            start_proxy(
+                self.wd,
+                "proxy-slow",
+                emu.url,
+                "WARNING",
+                self.args.workers,
+                not self.args.no_request_log,
+            )
+        )
         assert proxy is not None
         warm = load.run_wrk(
             proxy.url,
@@ -345,8 +360,10 @@ class Bench:
         samples: list[tuple[float, float]] = []
         t0 = time.monotonic()
 
+        family = procs.tree(pid)
+
         def sample() -> None:
-            samples.append((round(time.monotonic() - t0, 2), round(procs.rss_mb(pid), 2)))
+            samples.append((round(time.monotonic() - t0, 2), round(procs.rss_mb(pid, family), 2)))
 
         # With backpressure both the server and the emulator idle while the readers dawdle;
         # a busy emulator means the stream is being read ahead into memory.
@@ -402,6 +419,7 @@ class Bench:
                 "wrk_slices": a.slices,
                 "wrk_warmup_seconds": a.warmup,
                 "proxy_workers": a.workers,
+                "proxy_request_log": "off" if a.no_request_log else "on (SQLite in a temp dir)",
                 "pinning": "proxy (and nginx) on core 0; emulator, wrk, stream client on core 1",
                 "streams_main": main_shape._asdict(),
                 "streams_burst": burst._asdict(),
@@ -412,6 +430,7 @@ class Bench:
             "memory": {},
         }
         mem = r["memory"]
+        log = not a.no_request_log
         if a.wait_quiet > 0:
             print(f"waiting up to {a.wait_quiet:g} s for a quiet machine...", flush=True)
         r["background_load_before"] = procs.wait_quiet(a.wait_quiet)
@@ -419,9 +438,9 @@ class Bench:
 
         emu = self.keep(start_emulator(wd))
         assert emu is not None
-        proxy = self.keep(start_proxy(wd, "proxy", emu.url, "WARNING", a.workers))
+        proxy = self.keep(start_proxy(wd, "proxy", emu.url, "WARNING", a.workers, log))
         assert proxy is not None
-        info = self.keep(start_proxy(wd, "proxy-info", emu.url, "INFO", a.workers))
+        info = self.keep(start_proxy(wd, "proxy-info", emu.url, "INFO", a.workers, log))
         assert info is not None
         time.sleep(1.0)
         mem["idle_mb"] = round(procs.rss_mb(proxy.pid), 1)

@@ -90,7 +90,9 @@ def start_emulator(wd: Path) -> procs.Proc:
     return procs.start("emulator", argv, env=env, cores=SIDE_CORES, ready=EMU_READY, workdir=wd)
 
 
-def start_proxy(wd: Path, name: str, upstream: str, level: str, workers: int) -> procs.Proc:
+def start_proxy(
+    wd: Path, name: str, upstream: str, level: str, workers: int, request_log: bool = True
+) -> procs.Proc:
     argv = [procs.PYTHON, "-m", "claude_proxy", "serve", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--workers", str(workers)]
     env = {
@@ -98,7 +100,10 @@ def start_proxy(wd: Path, name: str, upstream: str, level: str, workers: int) ->
         "ANTHROPIC_BASE_URL": upstream,
         "CLAUDE_PROXY_API_KEYS": CLIENT_KEY,
         "CLAUDE_PROXY_LOG_LEVEL": level,
+        # The request log stays on (as in production), in a throw-away SQLite file.
         "DATABASE_URL": f"sqlite:///{wd / (name + '.db')}",
+        "CLAUDE_PROXY_SPILL_DIR": str(wd / f"{name}-spill"),
+        "CLAUDE_PROXY_LOG_REQUESTS": "true" if request_log else "false",
     }
     return procs.start(name, argv, env=env, cores=PROXY_CORES, ready=PROXY_READY, workdir=wd)
 

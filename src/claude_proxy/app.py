@@ -121,8 +121,12 @@ class ProxyApp:
             flush_interval=st.log_flush_interval_seconds,
             statement_timeout=st.db_statement_timeout_seconds,
         )
-        writer.start()
         sink: RecordSink = writer
+        if st.log_requests:
+            writer.start()
+        else:
+            log.warning("CLAUDE_PROXY_LOG_REQUESTS=false: requests are not recorded")
+            sink = _NoSink()
         upstream = UpstreamPool(st, asyncio.get_running_loop())
         body_cap = st.log_body_max_bytes if st.log_bodies else 0
         relay = Relay(self.keys, upstream, sink, st.max_body_bytes, body_cap)
@@ -150,6 +154,13 @@ class ProxyApp:
         # Every record handed over is written or spilled within the window; none is lost.
         await c.writer.close(self.settings.log_flush_timeout_seconds)
         c.engine.dispose()
+
+
+class _NoSink:
+    """Drops records (CLAUDE_PROXY_LOG_REQUESTS=false), for measuring the logging's cost."""
+
+    def submit(self, record: RequestRecord) -> None:
+        return None
 
 
 async def _migrate_until_done(engine: Engine) -> None:

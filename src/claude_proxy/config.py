@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
 
     # --- request log pipeline -------------------------------------------------------
+    # Record every request in the database. Off only for benchmarks and debugging: without
+    # it there is no usage, cost or audit trail.
+    log_requests: bool = True
     # Migrate at startup (under a PostgreSQL advisory lock, so replicas starting together
     # are safe). Turn off when migrations run as a separate deploy step.
     auto_migrate: bool = True

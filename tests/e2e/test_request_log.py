@@ -348,11 +348,13 @@ def test_kill_9_with_spilled_records_replays_them_on_restart(emulator: Emulator)
                 ).headers["x-claude-proxy-request-id"]
                 for _ in range(20)
             ]
-        px.process.wait_for(r"spill: ")
-        spilled = sum(
-            len(p.read_bytes().splitlines()) for p in (tmp / "spill").glob("spill-*.jsonl")
-        )
-        assert spilled == 20
+        px.process.wait_for(r"spill: database write failed")
+
+        def spilled() -> int:
+            files = (tmp / "spill").glob("spill-*.jsonl")
+            return sum(len(p.read_bytes().splitlines()) for p in files)
+
+        wait_until("20 spilled records", lambda: spilled() == 20)
         os.kill(px.process.proc.pid, signal.SIGKILL)
         px.process.proc.wait()
         bouncer.start()
