@@ -23,7 +23,7 @@ from sqlalchemy import Engine, select
 
 from claude_proxy.store.engine import make_engine
 from claude_proxy.store.schema import request_logs
-from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
+from tests.conftest import PROXY_KEY, Emulator, Proxy, spawn, start_proxy
 from tests.pg import PgBouncer, create_database, drop_database, free_port, pg_url
 
 pytestmark = pytest.mark.e2e
@@ -130,6 +130,7 @@ def test_success_rows_carry_usage_cost_and_timing(logged: LoggedProxy) -> None:
     assert row["key_id"].startswith("static-") and PROXY_KEY not in str(row)
     assert row["cost_usd"] is not None and row["cost_usd"] > 0
     assert row["latency_ms"] > 0 and row["ttft_ms"] is not None and row["upstream_attempts"] == 1
+    assert row["request_body"] is None and row["response_body"] is None  # off by default
     srow = logged.row(srid)
     assert srow["stream"] is True and srow["output_tokens"] == final.usage.output_tokens
 
@@ -371,3 +372,58 @@ def test_kill_9_with_spilled_records_replays_them_on_restart(emulator: Emulator)
         engine.dispose()
         bouncer.stop()
         drop_database(dbname)
+
+
+def test_cli_usage_and_logs_tail(logged: LoggedProxy) -> None:
+    env = {"DATABASE_URL": logged.proxy.env["DATABASE_URL"]}
+    follow = spawn(["logs", "tail", "--follow", "--model", "claude-haiku-4-5"], env)
+    try:
+        follow.wait_for(r"created_at\s+id")  # header printed: it is polling now
+        with client(logged) as c:
+            raw = c.messages.with_raw_response.create(
+                model="claude-haiku-4-5", max_tokens=16, messages=HELLO
+            )
+        rid = raw.headers["x-claude-proxy-request-id"]
+        line = follow.wait_for(rf"{rid}.*").group(0)
+        assert "claude-haiku-4-5" in line and " 200 " in line
+    finally:
+        follow.stop()
+    logged.row(rid)
+    tail = spawn(["logs", "tail", "--limit", "5"], env)
+    assert tail.proc.wait(30) == 0 and rid in tail.output()
+    usage = spawn(["usage", "--by", "model", "--since", "1h"], env)
+    assert usage.proc.wait(30) == 0
+    out = usage.output()
+    haiku = [ln for ln in out.splitlines() if ln.strip().startswith("claude-haiku-4-5 ")]
+    assert haiku, out
+    assert "lat_p95" in out and "cache_1h" in out
+    for by in ("key", "day"):
+        run = spawn(["usage", "--by", by, "--since", "7d"], env)
+        assert run.proc.wait(30) == 0 and "requests" in run.output()
+
+
+def test_bodies_are_captured_only_when_asked_and_capped(emulator: Emulator) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-bodies-"))
+    url = f"sqlite:///{tmp / 'log.db'}"
+    env = {
+        "DATABASE_URL": url,
+        "CLAUDE_PROXY_LOG_BODIES": "true",
+        "CLAUDE_PROXY_LOG_BODY_MAX_BYTES": "300",
+        "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2",
+    }
+    px = start_proxy(emulator.url, env, tmp)
+    engine = make_engine(url)
+    try:
+        lp = LoggedProxy(px, engine, tmp)
+        prompt = "Remember the word PINEAPPLE. " + "x" * 1000
+        with client(lp) as c:
+            raw = c.messages.with_raw_response.create(
+                model=MODEL, max_tokens=16, messages=[{"role": "user", "content": prompt}]
+            )
+        row = lp.row(raw.headers["x-claude-proxy-request-id"])
+        assert "PINEAPPLE" in row["request_body"] and len(row["request_body"]) <= 300
+        assert row["response_body"].startswith('{"model"') and len(row["response_body"]) <= 300
+        assert PROXY_KEY not in row["request_body"] + row["response_body"]
+    finally:
+        px.process.stop()
+        engine.dispose()
