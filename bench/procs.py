@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 NOFILE = 65536
@@ -49,6 +49,8 @@ def pin(cores: Sequence[int] | None) -> None:
 
 
 def preexec(cores: Sequence[int] | None) -> Callable[[], None]:
+    """What a child runs before exec: the raised fd limit, then its core."""
+
     def run() -> None:
         raise_nofile()
         pin(cores)
@@ -64,7 +66,6 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     url: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -207,6 +208,20 @@ def rss_mb(pid: int, pids: Sequence[int] | None = None) -> float:
         except OSError:
             continue
     return kb * 1024 / 1e6
+
+
+def io_bytes(pid: int) -> tuple[int, int]:
+    """(bytes read, bytes written) by `pid` through read/write calls, sockets included."""
+    rchar = wchar = 0
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                rchar = int(line.split()[1])
+            elif line.startswith("wchar:"):
+                wchar = int(line.split()[1])
+    except OSError:
+        pass
+    return rchar, wchar
 
 
 def core_busy_seconds() -> dict[int, float]:

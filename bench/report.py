@@ -190,6 +190,17 @@ def _measure_rows(r: dict[str, Any]) -> list[list[str]]:
     ):
         rows.append([label, "-", _fmt(value, "MB"), "-", "-", "-"])
     rows[-1][1] = _fmt(_get(slow, "control_emulator", "growth_mb"), "MB") + " (emulator)"
+    ctl = slow.get("control_emulator") or {}
+    rows.append(
+        [
+            "slow readers: MB the server read / wrote meanwhile",
+            f"{_fmt(ctl.get('server_read_mb'))} / {_fmt(ctl.get('server_written_mb'))} (emulator)",
+            f"{_fmt(slow.get('server_read_mb'))} / {_fmt(slow.get('server_written_mb'))}",
+            "-",
+            "-",
+            "-",
+        ]
+    )
     return rows
 
 
@@ -199,7 +210,9 @@ def conditions(r: dict[str, Any]) -> str:
     v = m["versions"]
     main, burst = c["streams_main"], c["streams_burst"]
     return (
-        f"Measured {r.get('finished', '')} on {m['nproc']} cores ({m['cpu']}), Python "
+        f"Measured {r.get('finished', '')} at commit {m.get('git_commit')}"
+        f"{' (work tree modified)' if m.get('git_dirty') else ''} on {m['nproc']} cores "
+        f"({m['cpu']}), Python "
         f"{m['python']}, uvicorn {v.get('uvicorn')}, httptools {v.get('httptools')}, uvloop "
         f"{v.get('uvloop')}; {m['wrk']}; nginx: {m['nginx'] or 'not installed'}. "
         f"{c['pinning']}. Proxy: {c['proxy_workers']} worker(s), request log "
@@ -215,10 +228,40 @@ def conditions(r: dict[str, Any]) -> str:
     )
 
 
+def notes(r: dict[str, Any]) -> list[str]:
+    """Things a reader of the numbers must know: missing access log, a busy machine, errors."""
+    out: list[str] = []
+    ns = r.get("nonstream", {})
+    info = ns.get("proxy_info", {})
+    if info and not info.get("access_log_lines"):
+        out.append(
+            "The proxy run with CLAUDE_PROXY_LOG_LEVEL=INFO wrote no access-log lines, so its "
+            "column does not show what the access log costs."
+        )
+    worst: tuple[float, str] = (0.0, "")
+    for label, cells in ns.items():
+        for c in ("c1", "c5", "c50"):
+            v = _get(cells, c, "cpu_util", "others") or 0.0
+            worst = max(worst, (v, f"{label} {c}"))
+    for sec, cfg in (("streams_1000", "streams_main"), ("streams_500", "streams_burst")):
+        for label, res in r.get(sec, {}).items():
+            v = _get(res, "cpu_util", "others") or 0.0
+            worst = max(worst, (v, f"{label} {_shape(r, cfg)} streams"))
+    if worst[0] > 0.15:
+        out.append(
+            f"Other programs were busy during the run (up to {worst[0]:.2f} of a core, during "
+            f"{worst[1]}): numbers from those cells are less trustworthy."
+        )
+    if r.get("errors"):
+        out.append(f"Errors: {r['errors']}.")
+    return out
+
+
 def markdown(r: dict[str, Any]) -> str:
     """Two ready-to-paste tables: the measurements, then the targets with pass/fail."""
     out = [
         conditions(r),
+        *[f"\n**Note:** {n}" for n in notes(r)],
         "",
         "| measure | direct | proxy | proxy, access log on | nginx | proxy vs direct |",
         "|---|---|---|---|---|---|",

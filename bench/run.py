@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -370,6 +371,7 @@ class Bench:
         watch = self.watch(
             {"server": pid} if pid == emu_pid else {"server": pid, "emulator": emu_pid}
         )
+        io0 = procs.io_bytes(pid)
         res = self.run_async(
             streams.slow_readers(
                 url,
@@ -383,6 +385,7 @@ class Bench:
             )
         )
         util = watch.stop()
+        io1 = procs.io_bytes(pid)
         peak = max((m for _, m in samples), default=base)
         time.sleep(2.0)
         after = procs.rss_mb(pid)
@@ -395,13 +398,18 @@ class Bench:
                 "after_close_mb": round(after, 1),
                 "timeline_mb": samples[:: max(1, len(samples) // 20)],
                 "cpu_util": util,
+                # What the server read (from the upstream, for the proxy) and wrote meanwhile:
+                # with backpressure both stay near what the readers took.
+                "server_read_mb": round((io1[0] - io0[0]) / 1e6, 2),
+                "server_written_mb": round((io1[1] - io0[1]) / 1e6, 2),
             }
         )
         print(
             f"  {label:<9} {SLOW_READERS['n']} slow readers, {self.args.slow_seconds:.0f} s: "
             f"RSS {base:.1f} -> peak {peak:.1f} MB (+{peak - base:.2f}), {after:.1f} MB 2 s "
-            f"after close; read {res['bytes_read_total']:,} bytes in all; errors {res['errors']}; "
-            f"cpu {util}",
+            f"after close; readers got {res['bytes_read_total']:,} bytes in all, the server read "
+            f"{res['server_read_mb']} MB and wrote {res['server_written_mb']} MB; "
+            f"errors {res['errors']}; cpu {util}",
             flush=True,
         )
         return res
@@ -425,6 +433,7 @@ class Bench:
                 "streams_burst": burst._asdict(),
                 "stream_rounds": a.rounds,
                 "slow_readers": SLOW_READERS | {"seconds": a.slow_seconds},
+                "open_file_limit": procs.raise_nofile(),
                 "quick": a.quick,
             },
             "memory": {},
@@ -491,6 +500,10 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not load.have_wrk():
@@ -501,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         print("warning: fewer than 2 cores, pinning is a no-op", flush=True)
     print(f"open-file limit {nofile}; this client on core {SIDE_CORES}", flush=True)
+    # A SIGTERM (a CI timeout, `kill`) must still stop the children, which run in their own
+    # sessions: turn it into an exception so the `finally` below runs.
+    signal.signal(signal.SIGTERM, _terminate)
     wd = procs.workdir()
     bench = Bench(args, wd)
     ok = False

@@ -71,6 +71,9 @@ def machine() -> dict[str, Any]:
             pkg: _version(pkg)
             for pkg in ("claude-proxy", "uvicorn", "httptools", "uvloop", "orjson")
         },
+        # The proxy under test: the commit, and whether the work tree differed from it.
+        "git_commit": _first_line(["git", "-C", str(procs.REPO), "rev-parse", "--short", "HEAD"]),
+        "git_dirty": bool(_first_line(["git", "-C", str(procs.REPO), "status", "--porcelain"])),
         "wrk": _first_line(["wrk", "-v"]),
         "nginx": _first_line(["nginx", "-v"]) if shutil.which("nginx") else None,
     }

@@ -31,7 +31,6 @@ log = logging.getLogger("claude_proxy.relay")
 
 # Endpoints whose request body must be a JSON object (the proxy reads model/stream from it).
 _JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
-_UNSET = object()
 
 
 class ClientGone(Exception):
@@ -109,11 +108,10 @@ class Relay:
 
         if record.method == "POST" and record.endpoint in _JSON_ENDPOINTS:
             parsed = _parse_json_object(body)
-            if parsed is _UNSET:
+            if parsed is None:
                 return await self._refuse(
                     send, record, "invalid_request_error", "The request body is not valid JSON."
                 )
-            assert isinstance(parsed, dict)
             _note_request(record, parsed)
 
         if self.body_cap:
@@ -301,12 +299,12 @@ class _Watch:
         task.cancel()
 
 
-def _parse_json_object(body: bytes) -> object:
+def _parse_json_object(body: bytes) -> dict[str, Any] | None:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return _UNSET
-    return obj if isinstance(obj, dict) else _UNSET
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _note_request(record: RequestRecord, req: dict[str, Any]) -> None:
