@@ -16,6 +16,7 @@ niquests, aiohttp) spent more CPU per request than the whole proxy budget
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from typing import cast
@@ -30,6 +31,7 @@ from claude_proxy.config import Settings
 _HIGH_WATER = 32 * 1024
 _LOW_WATER = 8 * 1024
 _WATCHDOG_SECONDS = 1.0
+_DNS_TTL_SECONDS = 60.0
 
 
 class UpstreamError(Exception):
@@ -297,7 +299,9 @@ class UpstreamPool:
         )
         self.connect_timeout = settings.connect_timeout_seconds
         self.read_timeout = settings.read_timeout_seconds
-        self.max_idle = 256
+        self.max_idle = 1024
+        self._addr: str | None = None
+        self._addr_expires = 0.0
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
         self._watchdog = loop.create_task(self._watch())
@@ -343,12 +347,27 @@ class UpstreamPool:
                 return conn
         return None
 
+    async def _resolve(self) -> str:
+        """The upstream's address, looked up at most once a minute.
+
+        A burst of new streams opens a burst of connections; resolving the name for
+        each one (a thread-pool hop per getaddrinfo) made stream start-up the slowest
+        part of the proxy. TLS still verifies and sends SNI for the host name.
+        """
+        now = self.loop.time()
+        if self._addr is None or now > self._addr_expires:
+            infos = await self.loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            self._addr = str(infos[0][4][0])
+            self._addr_expires = now + _DNS_TTL_SECONDS
+        return self._addr
+
     async def _connect(self) -> _Connection:
         try:
             async with asyncio.timeout(self.connect_timeout):
+                addr = await self._resolve()
                 _, proto = await self.loop.create_connection(
                     lambda: _Connection(self),
-                    self.host,
+                    addr,
                     self.port,
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None,
