@@ -94,7 +94,13 @@ def start_emulator(wd: Path) -> procs.Proc:
 
 
 def start_proxy(
-    wd: Path, name: str, upstream: str, level: str, workers: int, request_log: bool = True
+    wd: Path,
+    name: str,
+    upstream: str,
+    level: str,
+    workers: int,
+    request_log: bool = True,
+    database_url: str | None = None,
 ) -> procs.Proc:
     argv = [procs.PYTHON, "-m", "claude_proxy", "serve", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--workers", str(workers)]
@@ -104,7 +110,7 @@ def start_proxy(
         "CLAUDE_PROXY_API_KEYS": CLIENT_KEY,
         "CLAUDE_PROXY_LOG_LEVEL": level,
         # The request log stays on (as in production), in a throw-away SQLite file.
-        "DATABASE_URL": f"sqlite:///{wd / (name + '.db')}",
+        "DATABASE_URL": database_url or f"sqlite:///{wd / (name + '.db')}",
         "CLAUDE_PROXY_SPILL_DIR": str(wd / f"{name}-spill"),
         "CLAUDE_PROXY_LOG_REQUESTS": "true" if request_log else "false",
     }

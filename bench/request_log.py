@@ -1,0 +1,113 @@
+"""Request log on versus off, against PostgreSQL, in one run (issue: request log pipeline §8).
+
+Two proxies share one emulator: one records every request in a fresh PostgreSQL
+database, the other has CLAUDE_PROXY_LOG_REQUESTS=false. wrk alternates between
+them in slices (so background noise hits both alike) at concurrency 50, then both
+serve the same burst of streams. Target: throughput with the log on within 5 % of
+off, and no change in stream TTFB p99.
+
+    .venv/bin/python bench/request_log.py [--pg postgresql://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+
+import procs
+import streams
+from load import run_wrk, write_script
+from targets import CLIENT_KEY, SIDE_CORES, start_emulator, start_proxy
+
+
+def _database(admin_url: str) -> tuple[str, str]:
+    name = f"claude_proxy_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = admin_url.rpartition("/")
+    return name, f"{base}/{name}"
+
+
+def _drop(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--seconds", type=float, default=4.0, help="per wrk slice")
+    ap.add_argument("--slices", type=int, default=3)
+    ap.add_argument("--streams", type=int, default=200)
+    args = ap.parse_args()
+    procs.raise_nofile()
+    wd = procs.workdir()
+    dbname, url = _database(args.pg)
+    started: list[procs.Proc] = []
+    try:
+        emu = start_emulator(wd)
+        started.append(emu)
+        on = start_proxy(wd, "log-on", emu.url, "WARNING", 1, True, url)
+        started.append(on)
+        off = start_proxy(wd, "log-off", emu.url, "WARNING", 1, False)
+        started.append(off)
+        script = write_script(wd, "post", CLIENT_KEY)
+        res: dict[str, dict[str, float]] = {
+            n: {"requests": 0, "seconds": 0.0, "cpu": 0.0} for n in ("on", "off")
+        }
+        for _name, p in (("on", on), ("off", off)):  # warm both
+            run_wrk(p.url, script, concurrency=50, seconds=1, cores=SIDE_CORES)
+        for _ in range(args.slices):
+            for name, p in (("on", on), ("off", off)):
+                cpu0 = procs.cpu_seconds(p.pid)
+                w = run_wrk(p.url, script, concurrency=50, seconds=args.seconds, cores=SIDE_CORES)
+                res[name]["cpu"] += procs.cpu_seconds(p.pid) - cpu0
+                res[name]["requests"] += w.requests
+                res[name]["seconds"] += w.seconds
+                if w.errors:
+                    print(f"!! {w.errors} errors against log-{name}", file=sys.stderr)
+        for name, p in (("on", on), ("off", off)):
+            rnd = asyncio.run(
+                streams.run_streams(
+                    p.url,
+                    CLIENT_KEY,
+                    n=args.streams,
+                    events=50,
+                    event_ms=20,
+                    ramp_s=0.5,
+                    timeout_s=60,
+                )
+            )
+            s = streams.summarise([rnd])
+            res[name]["ttfb_p99_ms"] = s["ttfb_p99_ms"]
+            res[name]["ttfb_p50_ms"] = s["ttfb_p50_ms"]
+            res[name]["stream_failures"] = s["streams"] - s["ok"]
+        for r in res.values():
+            r["rps"] = round(r["requests"] / r["seconds"], 1)
+            r["cpu_us_per_request"] = round(r["cpu"] / r["requests"] * 1e6, 1)
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*) FROM request_logs").fetchone()
+        res["on"]["rows_in_postgres"] = row[0] if row else 0
+        ratio = res["on"]["rps"] / res["off"]["rps"]
+        out = {
+            "throughput_on_over_off": round(ratio, 3),
+            "ttfb_p99_delta_ms": round(res["on"]["ttfb_p99_ms"] - res["off"]["ttfb_p99_ms"], 2),
+            **{f"log_{k}": v for k, v in res.items()},
+        }
+        print(json.dumps(out, indent=2))
+        Path("bench/results").mkdir(parents=True, exist_ok=True)
+        Path("bench/results/request_log.json").write_text(json.dumps(out, indent=2))
+    finally:
+        for p in reversed(started):
+            p.stop()
+        _drop(args.pg, dbname)
+
+
+if __name__ == "__main__":
+    main()
