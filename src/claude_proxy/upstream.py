@@ -166,6 +166,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.pool.recv_buffer:
+            # Bounds what one read can hand us after a pause: otherwise a slow client's
+            # stream arrives in kernel-sized (~256 KB) gulps and sits in our memory.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.pool.recv_buffer)
 
     def data_received(self, data: bytes) -> None:
         self.last_io = self.loop.time()
@@ -297,6 +302,7 @@ class UpstreamPool:
             if settings.upstream_key()
             else b""
         )
+        self.recv_buffer = settings.upstream_recv_buffer_bytes
         self.connect_timeout = settings.connect_timeout_seconds
         self.read_timeout = settings.read_timeout_seconds
         self.max_idle = 1024
