@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -72,23 +73,29 @@ class LoggedProxy:
             return len(conn.execute(select(request_logs.c.id)).all())
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres", "pgbouncer"])
-def logged(request: pytest.FixtureRequest, emulator: Emulator) -> Iterator[LoggedProxy]:
-    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-log-"))
+@contextmanager
+def logged_proxy(
+    emulator: Emulator, backend: str, env: dict[str, str] | None = None
+) -> Iterator[LoggedProxy]:
+    """A proxy recording into a fresh database: sqlite, postgres, or postgres via pgbouncer."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"claude-proxy-{backend}-"))
     dbname = None
     bouncer = None
-    if request.param == "sqlite":
+    if backend == "sqlite":
         url = f"sqlite:///{tmp / 'log.db'}"
     else:
         dbname = create_database()
         url = pg_url(dbname)
-        if request.param == "pgbouncer":
+        if backend == "pgbouncer":
             bouncer = PgBouncer(tmp, free_port())
             bouncer.start()
             url = pg_url(dbname, bouncer.port)
-    px = start_proxy(
-        emulator.url, {"DATABASE_URL": url, "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2"}, tmp
-    )
+    full_env = {
+        "DATABASE_URL": url,
+        "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2",
+        **(env or {}),
+    }
+    px = start_proxy(emulator.url, full_env, tmp)
     engine = make_engine(url)
     try:
         yield LoggedProxy(px, engine, tmp, bouncer)
@@ -99,6 +106,12 @@ def logged(request: pytest.FixtureRequest, emulator: Emulator) -> Iterator[Logge
             bouncer.stop()
         if dbname is not None:
             drop_database(dbname)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "pgbouncer"])
+def logged(request: pytest.FixtureRequest, emulator: Emulator) -> Iterator[LoggedProxy]:
+    with logged_proxy(emulator, request.param) as lp:
+        yield lp
 
 
 def client(lp: LoggedProxy, **kw: Any) -> anthropic.Anthropic:
@@ -288,16 +301,13 @@ def _fire(url: str, n: int, concurrency: int, on_done: Callable[[int], None]) ->
 
 
 def test_database_outage_loses_no_row_and_fails_no_request(emulator: Emulator) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-outage-"))
-    dbname = create_database()
-    bouncer = PgBouncer(tmp, free_port())
-    bouncer.start()
-    url = pg_url(dbname, bouncer.port)
-    px = start_proxy(
-        emulator.url, {"DATABASE_URL": url, "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2"}, tmp
-    )
-    engine = make_engine(url)
-    lp = LoggedProxy(px, engine, tmp, bouncer)
+    with logged_proxy(emulator, "pgbouncer") as lp:
+        _outage(lp)
+
+
+def _outage(lp: LoggedProxy) -> None:
+    bouncer, px = lp.bouncer, lp.proxy
+    assert bouncer is not None
     down, up = threading.Event(), threading.Event()
 
     def progress(done: int) -> None:
@@ -314,33 +324,20 @@ def test_database_outage_loses_no_row_and_fails_no_request(emulator: Emulator) -
 
     t = threading.Thread(target=outage)
     t.start()
-    try:
-        failures = _fire(px.url, 2000, 50, progress)
-        t.join()
-        assert failures == []
-        px.process.wait_for(r"spill: ")
-        wait_until("2,000 rows", lambda: lp.count() >= 2000, timeout=90)
-        ids = [r["id"] for r in lp.rows()]
-        assert len(ids) == 2000 and len(set(ids)) == 2000
-        print(f"\n2000 requests, 0 failed, {len(ids)} rows after a database outage")
-    finally:
-        px.process.stop()
-        engine.dispose()
-        bouncer.stop()
-        drop_database(dbname)
+    failures = _fire(px.url, 2000, 50, progress)
+    t.join()
+    assert failures == []
+    px.process.wait_for(r"spill: ")
+    wait_until("2,000 rows", lambda: lp.count() >= 2000, timeout=90)
+    ids = [r["id"] for r in lp.rows()]
+    assert len(ids) == 2000 and len(set(ids)) == 2000
+    print(f"\n2000 requests, 0 failed, {len(ids)} rows after a database outage")
 
 
 def test_kill_9_with_spilled_records_replays_them_on_restart(emulator: Emulator) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-crash-"))
-    dbname = create_database()
-    bouncer = PgBouncer(tmp, free_port())
-    bouncer.start()
-    url = pg_url(dbname, bouncer.port)
-    env = {"DATABASE_URL": url, "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2"}
-    px = start_proxy(emulator.url, env, tmp)
-    engine = make_engine(url)
-    lp = LoggedProxy(px, engine, tmp, bouncer)
-    try:
+    with logged_proxy(emulator, "pgbouncer") as lp:
+        bouncer, px, tmp = lp.bouncer, lp.proxy, lp.tmp
+        assert bouncer is not None
         bouncer.stop()
         with client(lp) as c:
             ids = [
@@ -359,19 +356,13 @@ def test_kill_9_with_spilled_records_replays_them_on_restart(emulator: Emulator)
         os.kill(px.process.proc.pid, signal.SIGKILL)
         px.process.proc.wait()
         bouncer.start()
-        px2 = start_proxy(emulator.url, env, tmp)
+        px2 = start_proxy(emulator.url, px.env, tmp)
         try:
             px2.process.wait_for(r"replay: ")
             wait_until("replayed rows", lambda: lp.count() == 20)
             assert sorted(r["id"] for r in lp.rows()) == sorted(ids)
-            assert not list((tmp / "spill").glob("spill-*.jsonl")) or lp.count() == 20
         finally:
             px2.process.stop()
-    finally:
-        px.process.stop()
-        engine.dispose()
-        bouncer.stop()
-        drop_database(dbname)
 
 
 def test_cli_usage_and_logs_tail(logged: LoggedProxy) -> None:
@@ -403,18 +394,8 @@ def test_cli_usage_and_logs_tail(logged: LoggedProxy) -> None:
 
 
 def test_bodies_are_captured_only_when_asked_and_capped(emulator: Emulator) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-bodies-"))
-    url = f"sqlite:///{tmp / 'log.db'}"
-    env = {
-        "DATABASE_URL": url,
-        "CLAUDE_PROXY_LOG_BODIES": "true",
-        "CLAUDE_PROXY_LOG_BODY_MAX_BYTES": "300",
-        "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2",
-    }
-    px = start_proxy(emulator.url, env, tmp)
-    engine = make_engine(url)
-    try:
-        lp = LoggedProxy(px, engine, tmp)
+    env = {"CLAUDE_PROXY_LOG_BODIES": "true", "CLAUDE_PROXY_LOG_BODY_MAX_BYTES": "300"}
+    with logged_proxy(emulator, "sqlite", env) as lp:
         prompt = "Remember the word PINEAPPLE. " + "x" * 1000
         with client(lp) as c:
             raw = c.messages.with_raw_response.create(
@@ -424,6 +405,3 @@ def test_bodies_are_captured_only_when_asked_and_capped(emulator: Emulator) -> N
         assert "PINEAPPLE" in row["request_body"] and len(row["request_body"]) <= 300
         assert row["response_body"].startswith('{"model"') and len(row["response_body"]) <= 300
         assert PROXY_KEY not in row["request_body"] + row["response_body"]
-    finally:
-        px.process.stop()
-        engine.dispose()
