@@ -7,7 +7,10 @@ has to ship or be found at runtime.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -39,6 +42,22 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """On SQLite, serialise migrations of one file (e.g. `serve --workers 2` starting
+    together) with an flock next to it; PostgreSQL uses an advisory lock instead."""
+    db = engine.url.database
+    if engine.dialect.name != "sqlite" or not db or db == ":memory:":
+        yield
+        return
+    with open(f"{db}.migrate-lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None before the first migration)."""
     with engine.connect() as conn:
@@ -47,7 +66,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate to `revision`; replicas calling this together run it exactly once."""
-    with engine.connect() as conn:
+    with _sqlite_file_lock(engine), engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             # A transaction-scoped advisory lock, taken in the same transaction as the
             # migrations themselves (PostgreSQL DDL is transactional, and Alembic joins
