@@ -24,6 +24,8 @@ def _setup_logging() -> None:
         stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # Alembic narrates every step at INFO; our own line says what was migrated.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _fail(message: str) -> None:
