@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -109,10 +110,35 @@ def test_python_dash_m_and_console_script_both_work() -> None:
     assert "--workers" in run.stdout
 
 
-def test_health_is_fast_under_load(emulator: Emulator) -> None:
+def test_health_answers_while_the_upstream_hangs(emulator: Emulator) -> None:
+    """/health never waits on the upstream: 100 streams stalled upstream don't slow it down."""
     px = start_proxy(emulator.url)
+    headers = {
+        "x-api-key": PROXY_KEY,
+        "anthropic-version": "2023-06-01",
+        "x-emulator-fault": "midstream=stall after=2",
+    }
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 8,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     try:
-        with httpx2.Client(base_url=px.url) as c:
-            assert all(c.get("/health").status_code == 200 for _ in range(200))
+        with contextlib.ExitStack() as stack:
+            http = stack.enter_context(
+                httpx2.Client(
+                    base_url=px.url, timeout=30, limits=httpx2.Limits(max_connections=200)
+                )
+            )
+            for _ in range(100):  # each stays open: the upstream sent 2 events, then nothing
+                r = stack.enter_context(
+                    http.stream("POST", "/v1/messages", headers=headers, json=body)
+                )
+                assert b"message_start" in next(r.iter_bytes())
+            with httpx2.Client(base_url=px.url, timeout=2) as probe:
+                for _ in range(200):
+                    h = probe.get("/health")
+                    assert h.status_code == 200 and h.json() == {"status": "ok"}
     finally:
         px.process.stop()
