@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -317,8 +316,8 @@ def test_events_are_relayed_as_they_arrive(proxy: Proxy) -> None:
                 if line.startswith("event: content_block_delta"):
                     arrivals.append(time.monotonic())
     assert len(arrivals) == 4
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) > 0.1  # not buffered and flushed together
+    # 3 gaps of 150 ms upstream: buffered and flushed together, the span would be ~0.
+    assert arrivals[-1] - arrivals[0] > 0.3
 
 
 def test_slow_first_byte_is_waited_for(client: anthropic.Anthropic) -> None:
