@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 from claude_proxy.sse import Usage
 
@@ -52,9 +52,6 @@ class RequestRecord:
     # Only with CLAUDE_PROXY_LOG_BODIES=true, capped; never headers (credentials).
     request_body: str | None = None
     response_body: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class RecordSink(Protocol):

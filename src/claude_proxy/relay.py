@@ -34,7 +34,7 @@ _JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 
 
 class ClientGone(Exception):
-    """The client disconnected; the request's task was cancelled to stop upstream work."""
+    """Nothing more can be said to the client: it left mid-body, or a plain body broke off."""
 
 
 def endpoint_label(path: str) -> str:
@@ -199,20 +199,17 @@ class Relay:
                 return await self._fail(send, record, "timeout_error", str(exc), 504)
             return await self._fail(send, record, "api_error", f"Upstream error: {exc}", 502)
 
+        status = resp.status
+        record.status_code = status
+        upstream_rid = resp.header(b"request-id")
+        record.upstream_request_id = upstream_rid.decode("latin-1") if upstream_rid else None
+        is_sse = (resp.header(b"content-type") or b"").startswith(b"text/event-stream")
+        encoding = resp.header(b"content-encoding")
+        observer = ResponseObserver(encoding.decode("latin-1") if encoding else None)
+        # Plain JSON is observed for messages and for every error body.
+        observe_json = not is_sse and (record.endpoint in _JSON_ENDPOINTS or status >= 400)
         kept = bytearray() if self.body_cap else None
-        observer: ResponseObserver | None = None
-        is_sse = False
         try:
-            status = resp.status
-            record.status_code = status
-            upstream_rid = resp.header(b"request-id")
-            record.upstream_request_id = upstream_rid.decode("latin-1") if upstream_rid else None
-            ctype = resp.header(b"content-type") or b""
-            is_sse = ctype.startswith(b"text/event-stream")
-            encoding = resp.header(b"content-encoding")
-            observer = ResponseObserver(encoding.decode("latin-1") if encoding else None)
-            # Plain JSON is observed for messages and for every error body.
-            observe_json = not is_sse and (record.endpoint in _JSON_ENDPOINTS or status >= 400)
             await send(
                 {
                     "type": "http.response.start",
@@ -239,7 +236,6 @@ class Relay:
                     if ended:
                         break
             except BodyError as exc:
-                _finish_observation(record, observer, is_sse)
                 if not is_sse:
                     # Without SSE there is no in-band way to say so: cut the connection so
                     # the client sees an incomplete body rather than a valid-looking one.
@@ -249,7 +245,6 @@ class Relay:
                     raise ClientGone() from exc
                 await self._break_stream(send, record, f"Streaming error: {exc}")
                 return
-            _finish_observation(record, observer, is_sse)
             if is_sse and status == 200 and not observer.stream_complete and not ended:
                 await self._break_stream(
                     send, record, "Streaming error: upstream closed the stream before message_stop"
@@ -261,9 +256,8 @@ class Relay:
             resp.release()
             if kept:
                 record.response_body = _clip(kept, self.body_cap)
-            if observer is not None and record.usage is not observer.usage:
-                # Cut short (client gone, cancelled): keep the partial usage seen so far.
-                _finish_observation(record, observer, is_sse)
+            # However the response ended (complete, cut, client gone): what was seen counts.
+            _finish_observation(record, observer, is_sse)
 
     async def _break_stream(self, send: Send, record: RequestRecord, message: str) -> None:
         """End a broken SSE stream with an `error` event the SDK raises on."""
@@ -329,6 +323,7 @@ def _finish_observation(record: RequestRecord, obs: ResponseObserver, is_sse: bo
     record.message_id = obs.message_id
     record.stop_reason = obs.stop_reason
     record.usage = obs.usage
-    if obs.error_type is not None:
+    # An error the proxy itself noted (a broken stream) stands; otherwise the upstream's.
+    if obs.error_type is not None and record.error_type is None:
         record.error_type = obs.error_type
         record.error_message = obs.error_message

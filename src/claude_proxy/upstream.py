@@ -112,11 +112,10 @@ class UpstreamResponse:
 
     def release(self) -> None:
         """Give the connection back when the body was fully read, otherwise close it."""
-        conn = self._conn
-        if self.complete and not self._chunks and self.error is None and not self.until_close:
-            conn.finished()
+        if self.at_end and not self.until_close:
+            self._conn.finished()
         else:
-            conn.abort()
+            self._conn.abort()
 
     # --- called by the connection ------------------------------------------------------
 
@@ -291,10 +290,10 @@ class UpstreamPool:
         self.loop = loop
         self.host = parts.hostname
         tls = parts.scheme == "https"
-        self.port = parts.port or (443 if tls else 80)
+        default_port = 443 if tls else 80
+        self.port = parts.port or default_port
         self.prefix = parts.path.rstrip("/").encode()
-        default_port = self.port == (443 if tls else 80)
-        host_header = self.host if default_port else f"{self.host}:{self.port}"
+        host_header = self.host if self.port == default_port else f"{self.host}:{self.port}"
         self.host_line = b"host: " + host_header.encode("idna") + b"\r\n"
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
         self.api_key_line = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anthropic
 import httpx2
@@ -26,6 +27,21 @@ def client(proxy: Proxy) -> Iterator[anthropic.Anthropic]:
 
 def fault(spec: str) -> dict[str, str]:
     return {"x-emulator-fault": spec}
+
+
+@contextmanager
+def raw_stream(proxy: Proxy, spec: str) -> Iterator[httpx2.Response]:
+    """A streaming /v1/messages request over plain HTTP, with an emulator fault spec."""
+    with (
+        httpx2.Client(timeout=10) as http,
+        http.stream(
+            "POST",
+            f"{proxy.url}/v1/messages",
+            headers={"x-api-key": proxy.key, "anthropic-version": "2023-06-01", **fault(spec)},
+            json={"model": MODEL, "max_tokens": 64, "messages": HELLO, "stream": True},
+        ) as r,
+    ):
+        yield r
 
 
 def access_line(proxy: Proxy, request_id: str) -> str:
@@ -276,22 +292,12 @@ def test_upstream_dying_midstream_becomes_streaming_error(
 def test_client_disconnect_closes_upstream_within_a_second(
     proxy: Proxy, emulator: Emulator
 ) -> None:
-    with httpx2.Client(timeout=10) as http:
-        with http.stream(
-            "POST",
-            f"{proxy.url}/v1/messages",
-            headers={
-                "x-api-key": proxy.key,
-                "anthropic-version": "2023-06-01",
-                **fault("midstream=stall after=2"),
-            },
-            json={"model": MODEL, "max_tokens": 64, "messages": HELLO, "stream": True},
-        ) as r:
-            upstream_rid = r.headers["request-id"]
-            proxy_rid = r.headers["x-claude-proxy-request-id"]
-            it = r.iter_bytes()
-            assert b"message_start" in next(it)
-            closed_at = time.monotonic()
+    with raw_stream(proxy, "midstream=stall after=2") as r:
+        upstream_rid = r.headers["request-id"]
+        proxy_rid = r.headers["x-claude-proxy-request-id"]
+        it = r.iter_bytes()
+        assert b"message_start" in next(it)
+        closed_at = time.monotonic()
     rec = emulator.wait_request(upstream_rid, "client_closed", timeout=1.0)
     assert rec["state"] == "client_closed"
     assert time.monotonic() - closed_at < 1.0
@@ -301,20 +307,10 @@ def test_client_disconnect_closes_upstream_within_a_second(
 def test_events_are_relayed_as_they_arrive(proxy: Proxy) -> None:
     """With a 150 ms gap per event, each event must reach the client on its own."""
     arrivals: list[float] = []
-    with httpx2.Client(timeout=10) as http:
-        with http.stream(
-            "POST",
-            f"{proxy.url}/v1/messages",
-            headers={
-                "x-api-key": proxy.key,
-                "anthropic-version": "2023-06-01",
-                **fault("event-ms=150 events=4"),
-            },
-            json={"model": MODEL, "max_tokens": 64, "messages": HELLO, "stream": True},
-        ) as r:
-            for line in r.iter_lines():
-                if line.startswith("event: content_block_delta"):
-                    arrivals.append(time.monotonic())
+    with raw_stream(proxy, "event-ms=150 events=4") as r:
+        for line in r.iter_lines():
+            if line.startswith("event: content_block_delta"):
+                arrivals.append(time.monotonic())
     assert len(arrivals) == 4
     # 3 gaps of 150 ms upstream: buffered and flushed together, the span would be ~0.
     assert arrivals[-1] - arrivals[0] > 0.3
