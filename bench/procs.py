@@ -48,6 +48,14 @@ def pin(cores: Sequence[int] | None) -> None:
             os.sched_setaffinity(0, usable)
 
 
+def pin_pid(pid: int, cores: Sequence[int]) -> None:
+    """Pin another running process (a child of a server) to `cores`."""
+    usable = {c for c in cores if 0 <= c < (os.cpu_count() or 1)}
+    if usable:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, usable)
+
+
 def preexec(cores: Sequence[int] | None) -> Callable[[], None]:
     """What a child runs before exec: the raised fd limit, then its core."""
 

@@ -114,7 +114,14 @@ def start_proxy(
         "CLAUDE_PROXY_SPILL_DIR": str(wd / f"{name}-spill"),
         "CLAUDE_PROXY_LOG_REQUESTS": "true" if request_log else "false",
     }
-    return procs.start(name, argv, env=env, cores=PROXY_CORES, ready=PROXY_READY, workdir=wd)
+    proc = procs.start(name, argv, env=env, cores=PROXY_CORES, ready=PROXY_READY, workdir=wd)
+    # The request log's writer process inherited core 0. On a 2-vCPU task the kernel runs
+    # it beside the worker, so here it shares the side core with the emulator and wrk (its
+    # CPU still counts in the proxy's CPU per request: /proc is read for the whole tree).
+    for pid in procs.tree(proc.pid):
+        if pid != proc.pid:
+            procs.pin_pid(pid, SIDE_CORES)
+    return proc
 
 
 _NGINX_CONF = """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from decimal import Decimal
 
 from sqlalchemy import Engine
 
@@ -18,12 +17,12 @@ from claude_proxy import __version__
 from claude_proxy.auth import KeyStore
 from claude_proxy.config import Settings
 from claude_proxy.errors import send_error
-from claude_proxy.pricing import PriceTable
-from claude_proxy.records import RecordSink, RequestRecord, log_access, new_request_id
+from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.relay import Relay
-from claude_proxy.store.engine import make_engine, redacted_url
+from claude_proxy.store.engine import redacted_url
+from claude_proxy.store.handoff import ProcessSink
 from claude_proxy.store.migrate import upgrade
-from claude_proxy.store.writer import LogWriter
+from claude_proxy.store.writer_process import WriterConfig, build_writer
 from claude_proxy.types import Receive, Scope, Send
 from claude_proxy.upstream import UpstreamPool
 
@@ -45,8 +44,7 @@ class Components:
     upstream: UpstreamPool
     relay: Relay
     engine: Engine
-    writer: LogWriter
-    prices: PriceTable
+    sink: ProcessSink | None
     migrator: asyncio.Task[None] | None
 
 
@@ -97,40 +95,29 @@ class ProxyApp:
 
     async def startup(self) -> None:
         st = self.settings
-        prices = PriceTable.load(st.prices_file)
-        engine = make_engine(
-            st.database_url, pool_size=st.db_pool_size, max_overflow=st.db_max_overflow
-        )
+        # Load the price table here too: a broken PRICES_FILE stops the start, not the writer.
+        writer_cfg = WriterConfig.from_settings(st)
+        fallback = build_writer(writer_cfg, None)
+        engine = fallback.engine
         migrator = None
         if st.auto_migrate:
             migrator = asyncio.get_running_loop().create_task(_migrate_until_done(engine))
             # Normally done in milliseconds; a database that is down must not stop the
             # proxy from serving (the writer spills until the table exists).
             await asyncio.wait({migrator}, timeout=10.0)
-
-        def cost(record: RequestRecord) -> Decimal | None:
-            return prices.cost(record.model, record.usage, batch=False)
-
-        writer = LogWriter(
-            engine,
-            st.spill_dir,
-            cost_fn=cost,
-            on_record=log_access,
-            queue_size=st.log_queue_size,
-            batch_size=st.log_batch_size,
-            flush_interval=st.log_flush_interval_seconds,
-            statement_timeout=st.db_statement_timeout_seconds,
-        )
-        sink: RecordSink = writer
+        process_sink: ProcessSink | None = None
+        sink: RecordSink
         if st.log_requests:
-            writer.start()
+            process_sink = ProcessSink(writer_cfg, fallback, capacity=st.log_queue_size)
+            await process_sink.start()
+            sink = process_sink
         else:
             log.warning("CLAUDE_PROXY_LOG_REQUESTS=false: requests are not recorded")
             sink = _NoSink()
         upstream = UpstreamPool(st, asyncio.get_running_loop())
         body_cap = st.log_body_max_bytes if st.log_bodies else 0
         relay = Relay(self.keys, upstream, sink, st.max_body_bytes, body_cap)
-        self.components = Components(upstream, relay, engine, writer, prices, migrator)
+        self.components = Components(upstream, relay, engine, process_sink, migrator)
         if st.listen_url:
             # Tests and scripts wait for this line; it means requests are being served.
             print(f"claude-proxy ready on {st.listen_url}", flush=True)
@@ -152,7 +139,8 @@ class ProxyApp:
         if c.migrator is not None and not c.migrator.done():
             c.migrator.cancel()
         # Every record handed over is written or spilled within the window; none is lost.
-        await c.writer.close(self.settings.log_flush_timeout_seconds)
+        if c.sink is not None:
+            await c.sink.close(self.settings.log_flush_timeout_seconds)
         c.engine.dispose()
 
 

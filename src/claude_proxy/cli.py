@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import secrets
 import socket
@@ -13,19 +12,9 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from claude_proxy import __version__
+from claude_proxy.observability import setup_logging
 
 DEMO_UPSTREAM_KEY = "sk-ant-demo-emulator-upstream"
-
-
-def _setup_logging() -> None:
-    level = os.environ.get("CLAUDE_PROXY_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level,
-        stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # Alembic narrates every step at INFO; our own line says what was migrated.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _fail(message: str) -> None:
@@ -79,9 +68,10 @@ def _demo_banner(url: str, key: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from claude_proxy.client_protocol import ClientProtocol
     from claude_proxy.config import Settings
 
-    _setup_logging()
+    setup_logging()
     stop_demo: Callable[[], None] | None = None
     has_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
     has_base = bool(os.environ.get("ANTHROPIC_BASE_URL"))
@@ -116,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         factory=True,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=ClientProtocol,
         lifespan="on",
         access_log=False,
         server_header=False,
@@ -143,7 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_emulator(args: argparse.Namespace) -> None:
     from claude_proxy.emulator import run
 
-    _setup_logging()
+    setup_logging()
     run(args.host, args.port, api_key=args.api_key)
 
 

@@ -12,7 +12,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from claude_proxy.sse import Usage
 
@@ -52,6 +54,17 @@ class RequestRecord:
     # Only with CLAUDE_PROXY_LOG_BODIES=true, capped; never headers (credentials).
     request_body: str | None = None
     response_body: str | None = None
+
+
+def encode_record(record: RequestRecord) -> bytes:
+    """One JSON line: how records travel to the writer process (orjson, ~2 µs)."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def decode_record(line: bytes) -> RequestRecord:
+    d: dict[str, Any] = orjson.loads(line)
+    d["usage"] = Usage(**d["usage"])
+    return RequestRecord(**d)
 
 
 class RecordSink(Protocol):

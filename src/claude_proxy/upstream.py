@@ -28,8 +28,11 @@ from claude_proxy.config import Settings
 
 # Pause reading from the upstream when this much is buffered for a slow client; small so
 # that 100 slow readers cost a few MB (events are ~100-500 bytes, so streams never notice).
-_HIGH_WATER = 32 * 1024
-_LOW_WATER = 8 * 1024
+_HIGH_WATER = 4 * 1024
+_LOW_WATER = 1024
+# Bytes taken from the socket per read. Left to the event loop, one read after a pause
+# hands over whatever the kernel holds (~256 KB), all of it then held for a slow client.
+_READ_SIZE = 4 * 1024
 _WATCHDOG_SECONDS = 1.0
 _DNS_TTL_SECONDS = 60.0
 
@@ -141,8 +144,12 @@ class UpstreamResponse:
         self._wake()
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; parser callbacks feed the current response."""
+class _Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection; parser callbacks feed the current response.
+
+    A buffered protocol so that each read is at most _READ_SIZE bytes, into one buffer
+    the whole pool shares: the parser copies what it keeps before the next read.
+    """
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -171,11 +178,14 @@ class _Connection(asyncio.Protocol):
             # stream arrives in kernel-sized (~256 KB) gulps and sits in our memory.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.pool.recv_buffer)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.pool.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         self.last_io = self.loop.time()
         self.got_bytes = True
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(self.pool.read_buffer[:nbytes])
         except httptools.HttpParserError as exc:
             self._broken(f"invalid HTTP from upstream: {exc}")
             self.abort()
@@ -302,6 +312,7 @@ class UpstreamPool:
             else b""
         )
         self.recv_buffer = settings.upstream_recv_buffer_bytes
+        self.read_buffer = memoryview(bytearray(_READ_SIZE))
         self.connect_timeout = settings.connect_timeout_seconds
         self.read_timeout = settings.read_timeout_seconds
         self.max_idle = 1024

@@ -334,6 +334,34 @@ def _outage(lp: LoggedProxy) -> None:
     print(f"\n2000 requests, 0 failed, {len(ids)} rows after a database outage")
 
 
+def _children(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(k) for k in kids]
+
+
+def test_a_killed_writer_process_loses_no_row(emulator: Emulator) -> None:
+    """The request log's writer runs in a child process; killing it mid-load costs nothing."""
+    with logged_proxy(emulator, "postgres") as lp:
+        px = lp.proxy
+        (first,) = _children(px.process.proc.pid)
+        killed = threading.Event()
+
+        def progress(done: int) -> None:
+            if done == 150 and not killed.is_set():
+                os.kill(first, signal.SIGKILL)
+                killed.set()
+
+        failures = _fire(px.url, 400, 20, progress)
+        assert failures == [] and killed.is_set()
+        px.process.wait_for(r"writer process exited .* restarting")
+        px.process.wait_for(r"writer process \d+ started", count=2)
+        wait_until("400 rows", lambda: lp.count() >= 400)
+        ids = [r["id"] for r in lp.rows()]
+        assert len(ids) == 400 and len(set(ids)) == 400
+        (second,) = _children(px.process.proc.pid)
+        assert second != first
+
+
 def test_kill_9_with_spilled_records_replays_them_on_restart(emulator: Emulator) -> None:
     with logged_proxy(emulator, "pgbouncer") as lp:
         bouncer, px, tmp = lp.bouncer, lp.proxy, lp.tmp

@@ -28,6 +28,7 @@ from claude_proxy.sse import Usage
 from claude_proxy.store.engine import make_engine
 from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.schema import request_logs
+from claude_proxy.store.writer import LogWriter
 from tests.pg import (
     PgBouncer,
     create_database,
@@ -228,6 +229,16 @@ def db(backend: Backend, tmp_path: Path) -> Iterator[Backend]:
     backend.reset()
     yield backend
     backend.close()
+
+
+@pytest.fixture
+def writers() -> Iterator[list[LogWriter]]:
+    """Writers a test made; closed at the end even if the test failed."""
+    made: list[LogWriter] = []
+    yield made
+    for w in made:
+        if w._thread is not None and not w._closed:
+            w.close_sync(2)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,6 @@ from claude_proxy.store.writer import LogWriter
 from tests.store.conftest import WAIT, Backend, make_record, spill_lines, wait_until
 
 FAST = {"flush_interval": 0.05, "backoff_initial": 0.05, "backoff_max": 0.2}
-
-
-@pytest.fixture
-def writers() -> Iterator[list[LogWriter]]:
-    """Writers a test made; closed at the end even if the test failed."""
-    made: list[LogWriter] = []
-    yield made
-    for w in made:
-        if w._thread is not None and not w._closed:
-            w.close_sync(2)
 
 
 def new_writer(

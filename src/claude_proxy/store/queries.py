@@ -135,6 +135,13 @@ class LogFollower:
         self._start = start or _database_now(engine)
         self._watermark = self._start
         self._seen: dict[str, datetime] = {}
+        # Rows already there at the start instant (SQLite's clock has milliseconds only):
+        # seen, so the first poll does not show rows from before the follower began.
+        with engine.connect() as conn:
+            existing = conn.execute(
+                select(t.id, t.logged_at).where(t.logged_at >= self._start)
+            ).all()
+        self._seen.update({rid: at for rid, at in existing})
 
     def poll(self) -> list[dict[str, Any]]:
         """New rows in arrival order (logged_at, id); empty when nothing arrived."""

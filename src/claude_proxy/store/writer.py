@@ -1,7 +1,7 @@
 """LogWriter: records into the database in batches, off the event loop, losing none.
 
-`submit` runs on the event loop for every request, so all it does is
-`put_nowait` onto a bounded queue. One dedicated thread turns records into
+`submit` runs on the event loop for every request, so all it does is append
+to a bounded queue (a deque, checked by length). One dedicated thread turns records into
 rows (cost included), and inserts them in batches with ON CONFLICT (id) DO
 NOTHING, so writing the same record twice is harmless. That idempotence is
 what makes the rest simple:
@@ -23,10 +23,10 @@ import atexit
 import contextlib
 import logging
 import os
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC
 from decimal import Decimal
@@ -45,8 +45,8 @@ from claude_proxy.store.spill import ClaimedFile, SpillFile, append_rejected, cl
 log = logging.getLogger("claude_proxy.store")
 
 CostFn = Callable[[RequestRecord], Decimal | None]
+DurableFn = Callable[[int], None]
 
-_WAKE = object()  # put by close() so the thread notices at once
 # The writer shares the GIL with the event loop. Python only forces a switch every 5 ms,
 # so converting a 500-row batch in one go made the loop wait that long, several times a
 # second: +10 ms at p99 for every client. Yielding every few rows keeps each hold short.
@@ -84,6 +84,7 @@ class LogWriter:
         *,
         cost_fn: CostFn | None = None,
         on_record: Callable[[RequestRecord, Decimal | None], None] | None = None,
+        on_durable: DurableFn | None = None,
         queue_size: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 1.0,
@@ -97,7 +98,11 @@ class LogWriter:
         self._cost_fn = cost_fn
         # Per-record work that must stay off the event loop (the access log line).
         self._on_record = on_record
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # Told how many more submitted records are safe (committed, or spilled and
+        # synced), in submit order: the writer process acknowledges to the proxy with it.
+        self._on_durable = on_durable
+        self._pending: deque[RequestRecord] = deque()
+        self._wake = threading.Event()  # set when a batch is ready, or to stop
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -144,20 +149,33 @@ class LogWriter:
         atexit.register(self._close_at_exit)
 
     def submit(self, record: RequestRecord) -> None:
-        """Hand a finished record over; never blocks, never touches the database."""
+        """Hand a finished record over; never blocks, never touches the database.
+
+        A deque append, not queue.Queue: a Queue wakes the writer thread for every
+        record, and each wake-up is a GIL hand-over the event loop pays for. Here the
+        thread wakes once per batch, or every flush interval.
+        """
         with self._gate:
-            if not self._closed:
-                try:
-                    self._queue.put_nowait(record)
-                    return
-                except queue.Full:
-                    pass
+            pending = self._pending
+            if not self._closed and len(pending) < self._queue_size:
+                pending.append(record)
+                if len(pending) >= self._batch_size:
+                    self._wake.set()
+                return
         # Overload (or after close): append to the spill file from here. A buffered
         # write(2) of one line costs microseconds; waiting for the queue, or dropping
         # the record, are both worse. This path only runs while the writer is behind.
         rows = self._to_rows([record])
         if rows:
             self._spill_rows(rows, queue_full=True)
+        self._durable(1, after_close=True)
+
+    def spill_records(self, records: list[RequestRecord], *, sync: bool = True) -> None:
+        """Spill records straight to the file: the proxy's fallback when its writer
+        process cannot take them. sync=False leaves the fsync to close()."""
+        rows = self._to_rows(records)
+        if rows:
+            self._spill_rows(rows, queue_full=not sync)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Flush within `timeout` seconds without blocking the event loop; spill the rest."""
@@ -167,8 +185,7 @@ class LogWriter:
         """Flush what is queued within `timeout` seconds; whatever is left is spilled."""
         self._deadline = time.monotonic() + timeout
         self._stopping.set()
-        with contextlib.suppress(queue.Full):  # full: the thread is busy with it anyway
-            self._queue.put_nowait(_WAKE)
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(max(0.0, self._deadline - time.monotonic()))
         with self._gate:
@@ -176,12 +193,15 @@ class LogWriter:
         # Whatever the thread did not get to: it ran out of time, or is stuck in a
         # database call (then its batch is spilled too; a later commit of it would
         # only make the replay find duplicates).
-        leftovers = self._to_rows(self._drain_queue())
+        records = self._drain_queue()
+        leftovers = self._to_rows(records)
         inflight = self._inflight
         if inflight:
             leftovers.extend(inflight)
         if leftovers:
             self._spill_rows(leftovers)
+        # The in-flight batch is counted here; its own late ack is then suppressed.
+        self._durable(len(records) + (len(inflight) if inflight else 0), after_close=True)
         self._report_spills(force=True)
         atexit.unregister(self._close_at_exit)
         kept = self._spill.close()
@@ -197,7 +217,7 @@ class LogWriter:
         """Counters for metrics and logs (see _COUNTERS), plus queue depth and health."""
         with self._cond:
             out: dict[str, Any] = dict(self._counts)
-        out["queue_depth"] = self._queue.qsize()
+        out["queue_depth"] = len(self._pending)
         out["queue_capacity"] = self._queue_size
         inflight = self._inflight
         out["inflight"] = len(inflight) if inflight else 0
@@ -226,8 +246,9 @@ class LogWriter:
                 batch = self._collect()
                 if batch:
                     self._write_live(self._to_rows(batch))
+                    self._durable(len(batch))
                 if self._stopping.is_set():
-                    if self._queue.empty():
+                    if not self._pending:
                         break
                 else:
                     self._maybe_replay()
@@ -238,27 +259,16 @@ class LogWriter:
         self._spill.sync()
 
     def _collect(self) -> list[RequestRecord]:
-        """Up to batch_size records, waiting at most flush_interval after the first."""
+        """Up to batch_size records; waits up to flush_interval for a full batch first."""
+        pending = self._pending
+        if len(pending) < self._batch_size and not self._stopping.is_set():
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()  # a set() racing this is harmless: pending is read next
         batch: list[RequestRecord] = []
-        wait = 0.0 if self._stopping.is_set() else self._flush_interval
-        try:
-            item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-        except queue.Empty:
-            return batch
-        until = time.monotonic() + self._flush_interval
-        while True:
-            if isinstance(item, RequestRecord):
-                batch.append(item)
-            if len(batch) >= self._batch_size:
-                return batch
-            remaining = until - time.monotonic()
-            try:
-                if remaining > 0 and not self._stopping.is_set():
-                    item = self._queue.get(timeout=remaining)
-                else:
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                return batch
+        with contextlib.suppress(IndexError):  # close() may drain it concurrently
+            while pending and len(batch) < self._batch_size:
+                batch.append(pending.popleft())
+        return batch
 
     def _write_live(self, rows: list[Row]) -> None:
         now = time.monotonic()
@@ -345,10 +355,11 @@ class LogWriter:
 
     def _write_pending_live(self) -> None:
         """During a long replay, keep live records flowing once a full batch is waiting."""
-        if self._queue.qsize() >= self._batch_size:
+        if len(self._pending) >= self._batch_size:
             batch = self._collect()
             if batch:
                 self._write_live(self._to_rows(batch))
+                self._durable(len(batch))
 
     # --------------------------------------------------------- database side
 
@@ -491,13 +502,21 @@ class LogWriter:
 
     def _drain_queue(self) -> list[RequestRecord]:
         out: list[RequestRecord] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return out
-            if isinstance(item, RequestRecord):
-                out.append(item)
+        with contextlib.suppress(IndexError):
+            while self._pending:
+                out.append(self._pending.popleft())
+        return out
+
+    def _durable(self, n: int, *, after_close: bool = False) -> None:
+        if self._on_durable is None or n == 0:
+            return
+        with self._gate:
+            if self._closed and not after_close:
+                return  # close() counted this batch already (as in flight, spilled)
+        try:
+            self._on_durable(n)
+        except Exception:
+            log.exception("on_durable hook failed")
 
     def _bump(self, **deltas: int) -> None:
         with self._cond:

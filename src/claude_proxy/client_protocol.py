@@ -1,0 +1,21 @@
+"""uvicorn's HTTP/1.1 protocol, with a bounded write buffer per client connection.
+
+uvloop lets 64 KiB queue in user space per connection before it tells uvicorn to
+wait; with the upstream's own read-ahead that made each stream to a slow client
+hold ~400 KB of the proxy's memory. 16 KiB is still many SSE events ahead of
+the client (the kernel's send buffer comes on top), and bounds memory per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+CLIENT_WRITE_HIGH_WATER = 4 * 1024
+
+
+class ClientProtocol(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)

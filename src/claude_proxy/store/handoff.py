@@ -1,0 +1,218 @@
+"""ProcessSink: the proxy's side of the request log. Records go to a writer process.
+
+`submit` appends to a deque; every 50 ms (or every 256 records) the batch is
+encoded (~2 µs a record, the only per-record work left on the event loop) and
+written to the writer process in one write. The process counts back the
+records it has made safe (store/writer_process.py), and until then each one
+stays here, so nothing is lost when the process dies:
+
+- the writer process exits or is killed: a new one starts after a second and
+  gets every record not yet counted (inserts are idempotent, so a record sent
+  twice is still one row);
+- more than `capacity` records wait (the process is gone, or cannot keep up):
+  the oldest waiting ones are spilled from here, through a LogWriter used only
+  for its spill file;
+- shutdown: the process flushes within the window; whatever it did not count
+  back is spilled from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+from collections import deque
+from typing import Any
+
+from claude_proxy.records import RequestRecord, encode_record
+from claude_proxy.store.writer import LogWriter
+from claude_proxy.store.writer_process import WriterConfig
+
+log = logging.getLogger("claude_proxy.store")
+
+_SHIP_SECONDS = 0.05  # how long a record may wait before it is sent
+_SHIP_BATCH = 256  # ... or how many, whichever comes first
+_RESTART_SECONDS = 1.0
+
+
+class ProcessSink:
+    """The `RecordSink` the app uses: `await start()`, `submit()` often, `await close()`."""
+
+    def __init__(self, config: WriterConfig, fallback: LogWriter, *, capacity: int) -> None:
+        self._config = config
+        self._fallback = fallback
+        self._capacity = capacity
+        self._loop = asyncio.get_running_loop()
+        self._pending: deque[RequestRecord] = deque()  # not yet sent
+        self._unacked: deque[RequestRecord] = deque()  # sent, not yet counted back
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._closed = False
+        self._child_gone = asyncio.Event()
+        self.restarts = 0
+
+    async def start(self) -> None:
+        await self._spawn()
+
+    def submit(self, record: RequestRecord) -> None:
+        if self._closed:
+            self._fallback.spill_records([record])
+            return
+        pending = self._pending
+        pending.append(record)
+        if len(pending) >= _SHIP_BATCH:
+            self._ship()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(_SHIP_SECONDS, self._ship)
+        if len(pending) + len(self._unacked) > self._capacity:
+            self._overflow()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "pending": len(self._pending),
+            "unacknowledged": len(self._unacked),
+            "writer_pid": self._proc.pid if self._proc else None,
+            "writer_restarts": self.restarts,
+        }
+
+    async def close(self, timeout: float) -> None:
+        """Let the writer process flush within `timeout`; spill what it did not count back."""
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._ship(force=True)
+            self._transport.write_eof()
+            # The process has `timeout` for its own flush; a little more for it to exit.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._child_gone.wait(), timeout + 2.0)
+        self._closed = True
+        leftovers = list(self._unacked) + list(self._pending)
+        self._unacked.clear()
+        self._pending.clear()
+        if leftovers:
+            log.warning("writer process did not confirm %d records; spilling them", len(leftovers))
+            self._fallback.spill_records(leftovers)
+        if self._transport is not None:
+            self._transport.abort()
+        await asyncio.to_thread(self._reap, 1.0)
+        self._fallback.close_sync(0)
+
+    # --- the writer process -------------------------------------------------------------
+
+    async def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "claude_proxy.store.writer_process", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+            )
+        except OSError as exc:
+            ours.close()
+            log.error("cannot start the writer process (%s); retrying", exc)
+            self._loop.call_later(_RESTART_SECONDS, self._restart)
+            return
+        finally:
+            theirs.close()
+        self._child_gone.clear()
+        transport, _ = await self._loop.create_unix_connection(lambda: _Link(self), sock=ours)
+        self._transport = transport
+        self._write_paused = False
+        transport.write(self._config.to_line())
+        if self._unacked:  # the previous process did not count these back: send again
+            self._pending.extendleft(reversed(self._unacked))
+            self._unacked.clear()
+        self._ship()
+        log.info("writer process %d started", self._proc.pid)
+
+    def _restart(self) -> None:
+        if self._closing:
+            return
+        self.restarts += 1
+        self._loop.create_task(self._respawn())
+
+    async def _respawn(self) -> None:
+        await asyncio.to_thread(self._reap, 5.0)
+        if not self._closing:
+            await self._spawn()
+
+    def _reap(self, timeout: float) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _lost(self) -> None:
+        self._transport = None
+        self._child_gone.set()
+        if self._closing:
+            return
+        code = self._proc.poll() if self._proc else None
+        log.error(
+            "writer process exited (code %s) with %d records unconfirmed; restarting it",
+            code,
+            len(self._unacked),
+        )
+        self._loop.call_later(_RESTART_SECONDS, self._restart)
+
+    # --- records ------------------------------------------------------------------------
+
+    def _ship(self, force: bool = False) -> None:
+        self._timer = None
+        pending = self._pending
+        if self._transport is None or not pending:
+            return
+        if self._write_paused and not force:
+            # The process is not reading; try again shortly (the capacity check spills).
+            self._timer = self._loop.call_later(_SHIP_SECONDS, self._ship)
+            return
+        self._transport.write(b"".join([encode_record(r) for r in pending]))
+        self._unacked.extend(pending)
+        pending.clear()
+
+    def _acked(self, n: int) -> None:
+        unacked = self._unacked
+        for _ in range(min(n, len(unacked))):
+            unacked.popleft()
+
+    def _overflow(self) -> None:
+        over = len(self._pending) + len(self._unacked) - self._capacity
+        if over <= 0 or not self._pending:
+            return
+        spill = [self._pending.popleft() for _ in range(min(over, len(self._pending)))]
+        self._fallback.spill_records(spill, sync=False)
+
+
+class _Link(asyncio.Protocol):
+    """The proxy's end of the socket: counts coming back, flow control, the process's end."""
+
+    def __init__(self, sink: ProcessSink) -> None:
+        self._sink = sink
+        self._partial = b""
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self._sink._acked(sum(int(n) for n in lines if n))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self._sink._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._sink._write_paused = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sink._lost()
