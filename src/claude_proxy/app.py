@@ -20,9 +20,9 @@ from claude_proxy.errors import send_error
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.relay import Relay
 from claude_proxy.store.engine import redacted_url
-from claude_proxy.store.handoff import ProcessSink
+from claude_proxy.store.handoff import ProcessSink, writer_config
 from claude_proxy.store.migrate import upgrade
-from claude_proxy.store.writer_process import WriterConfig, build_writer
+from claude_proxy.store.writer_process import build_writer
 from claude_proxy.types import Receive, Scope, Send
 from claude_proxy.upstream import UpstreamPool
 
@@ -96,7 +96,7 @@ class ProxyApp:
     async def startup(self) -> None:
         st = self.settings
         # Load the price table here too: a broken PRICES_FILE stops the start, not the writer.
-        writer_cfg = WriterConfig.from_settings(st)
+        writer_cfg = writer_config(st)
         fallback = build_writer(writer_cfg, None)
         engine = fallback.engine
         migrator = None

@@ -27,6 +27,7 @@ import sys
 from collections import deque
 from typing import Any
 
+from claude_proxy.config import Settings
 from claude_proxy.records import RequestRecord, encode_record
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_process import WriterConfig
@@ -36,6 +37,21 @@ log = logging.getLogger("claude_proxy.store")
 _SHIP_SECONDS = 0.05  # how long a record may wait before it is sent
 _SHIP_BATCH = 256  # ... or how many, whichever comes first
 _RESTART_SECONDS = 1.0
+
+
+def writer_config(st: Settings) -> WriterConfig:
+    """What the writer process needs (it does not import the settings: less memory)."""
+    return WriterConfig(
+        database_url=st.database_url,
+        spill_dir=st.spill_dir,
+        prices_file=st.prices_file,
+        pool_size=st.db_pool_size,
+        max_overflow=st.db_max_overflow,
+        statement_timeout=st.db_statement_timeout_seconds,
+        batch_size=st.log_batch_size,
+        flush_interval=st.log_flush_interval_seconds,
+        flush_timeout=st.log_flush_timeout_seconds,
+    )
 
 
 class ProcessSink:

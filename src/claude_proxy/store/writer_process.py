@@ -29,7 +29,6 @@ from decimal import Decimal
 
 import orjson
 
-from claude_proxy.config import Settings
 from claude_proxy.observability import setup_logging
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RequestRecord, decode_record, log_access
@@ -54,20 +53,6 @@ class WriterConfig:
     batch_size: int
     flush_interval: float
     flush_timeout: float
-
-    @classmethod
-    def from_settings(cls, st: Settings) -> WriterConfig:
-        return cls(
-            database_url=st.database_url,
-            spill_dir=st.spill_dir,
-            prices_file=st.prices_file,
-            pool_size=st.db_pool_size,
-            max_overflow=st.db_max_overflow,
-            statement_timeout=st.db_statement_timeout_seconds,
-            batch_size=st.log_batch_size,
-            flush_interval=st.log_flush_interval_seconds,
-            flush_timeout=st.log_flush_timeout_seconds,
-        )
 
     def to_line(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_APPEND_NEWLINE)
