@@ -136,7 +136,7 @@ def start_emulator(extra_args: list[str] | None = None) -> Emulator:
             *(extra_args or []),
         ]
     )
-    m = p.wait_for(r"listening on (http://\S+)")
+    m = p.wait_for(r"listening on (https?://\S+)")
     return Emulator(process=p, url=m.group(1))
 
 

@@ -131,10 +131,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_emulator(args: argparse.Namespace) -> None:
-    from claude_proxy.emulator import run
+    from claude_proxy.emulator import run, tls_context
 
     setup_logging()
-    run(args.host, args.port, api_key=args.api_key)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        _fail("--tls-cert and --tls-key go together")
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    run(args.host, args.port, api_key=args.api_key, tls=tls)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8100)
     emu.add_argument("--api-key", default=None, help="accept only this key (default: any key)")
+    emu.add_argument("--tls-cert", default=None, help="serve HTTPS with this PEM certificate")
+    emu.add_argument("--tls-key", default=None, help="... and this PEM private key")
     emu.set_defaults(func=cmd_emulator)
 
     from claude_proxy.reports import add_commands

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -36,7 +37,11 @@ class Emulator:
     """A running emulator on the current event loop."""
 
     def __init__(
-        self, server: asyncio.Server, app: EmulatorApp, connections: set[HttpProtocol]
+        self,
+        server: asyncio.Server,
+        app: EmulatorApp,
+        connections: set[HttpProtocol],
+        tls: bool = False,
     ) -> None:
         self._server = server
         self._connections = connections
@@ -44,7 +49,8 @@ class Emulator:
         sockname = server.sockets[0].getsockname()
         self.host: str = sockname[0]
         self.port: int = sockname[1]
-        self.url = f"http://{_url_host(self.host)}:{self.port}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://{_url_host(self.host)}:{self.port}"
         app.base_url = self.url
 
     async def close(self) -> None:
@@ -55,15 +61,33 @@ class Emulator:
         await self._server.wait_closed()
 
 
-async def start(host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None) -> Emulator:
-    """Listen on host:port (0 = any free port) on the running loop."""
+async def start(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    api_key: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Emulator:
+    """Listen on host:port (0 = any free port) on the running loop; HTTPS with `tls`."""
     app = EmulatorApp(api_key)
     connections: set[HttpProtocol] = set()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: HttpProtocol(app, connections), host, port, backlog=4096, reuse_address=True
+        lambda: HttpProtocol(app, connections),
+        host,
+        port,
+        backlog=4096,
+        reuse_address=True,
+        ssl=tls,
     )
-    return Emulator(server, app, connections)
+    return Emulator(server, app, connections, tls=tls is not None)
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context, so the emulator can stand in for https://api.anthropic.com."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -75,11 +99,13 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run(host: str, port: int, *, api_key: str | None = None) -> None:
+def run(
+    host: str, port: int, *, api_key: str | None = None, tls: ssl.SSLContext | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM; prints the ready line once listening."""
 
     async def main() -> None:
-        emulator = await start(host, port, api_key=api_key)
+        emulator = await start(host, port, api_key=api_key, tls=tls)
         print(f"claude-proxy emulator listening on {emulator.url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
