@@ -2,8 +2,9 @@
 
 uvloop lets 64 KiB queue in user space per connection before it tells uvicorn to
 wait; with the upstream's own read-ahead that made each stream to a slow client
-hold ~400 KB of the proxy's memory. 16 KiB is still many SSE events ahead of
-the client (the kernel's send buffer comes on top), and bounds memory per stream.
+hold ~400 KB of the proxy's memory. 4 KiB is still many SSE events ahead of the
+client (the kernel's send buffer, often megabytes, comes on top), and bounds the
+memory per stream: 100 slow readers cost ~3 MB (docs/benchmarks.md).
 """
 
 from __future__ import annotations

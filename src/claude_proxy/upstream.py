@@ -32,6 +32,7 @@ _HIGH_WATER = 4 * 1024
 _LOW_WATER = 1024
 # Bytes taken from the socket per read. Left to the event loop, one read after a pause
 # hands over whatever the kernel holds (~256 KB), all of it then held for a slow client.
+# 4 KiB holds a typical JSON answer or several SSE events; larger bodies take more reads.
 _READ_SIZE = 4 * 1024
 _WATCHDOG_SECONDS = 1.0
 _DNS_TTL_SECONDS = 60.0
