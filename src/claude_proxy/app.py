@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -120,7 +121,10 @@ class ProxyApp:
         self.components = Components(upstream, relay, engine, process_sink, migrator)
         if st.listen_url:
             # Tests and scripts wait for this line; it means requests are being served.
-            print(f"claude-proxy ready on {st.listen_url}", flush=True)
+            # One write, newline included: print() writes the newline separately, and with
+            # several workers two ready lines then interleave into one.
+            sys.stdout.write(f"claude-proxy ready on {st.listen_url}\n")
+            sys.stdout.flush()
         log.info(
             "claude-proxy %s started: upstream=%s database=%s client_keys=%d demo=%s",
             __version__,
