@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     # thinking pauses, and Claude Code itself gives up after 300 s of silence.
     read_timeout_seconds: float = 300.0
     # Kernel receive buffer per upstream connection (Linux doubles it); 0 = kernel default.
-    # 64 KiB keeps a slow client's backlog small and still allows ~6 MB/s per download at
-    # 20 ms RTT; raise it if large batch-result or file downloads are slow.
+    # 64 KiB keeps a slow client's backlog in the kernel small and still allows ~6 MB/s per
+    # download at 20 ms RTT; raise it if large batch-result or file downloads are slow.
     upstream_recv_buffer_bytes: int = 65536
     # 0 means unlimited: 1,000 concurrent streams must not queue behind a pool cap.
     upstream_max_connections: int = 0

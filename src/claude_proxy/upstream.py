@@ -175,8 +175,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and self.pool.recv_buffer:
-            # Bounds what one read can hand us after a pause: otherwise a slow client's
-            # stream arrives in kernel-sized (~256 KB) gulps and sits in our memory.
+            # Bounds the kernel memory a paused connection holds for a slow client (our own
+            # is bounded by _READ_SIZE and _HIGH_WATER).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.pool.recv_buffer)
 
     def get_buffer(self, sizehint: int) -> memoryview:

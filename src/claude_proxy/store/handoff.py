@@ -207,7 +207,7 @@ class ProcessSink:
         if over <= 0 or not self._pending:
             return
         spill = [self._pending.popleft() for _ in range(min(over, len(self._pending)))]
-        self._fallback.spill_records(spill, sync=False)
+        self._fallback.spill_records(spill, queue_full=True)
 
 
 class _Link(asyncio.Protocol):

@@ -23,7 +23,6 @@ import atexit
 import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -47,13 +46,6 @@ log = logging.getLogger("claude_proxy.store")
 CostFn = Callable[[RequestRecord], Decimal | None]
 DurableFn = Callable[[int], None]
 
-# The writer shares the GIL with the event loop. Python only forces a switch every 5 ms,
-# so converting a 500-row batch in one go made the loop wait that long, several times a
-# second: +10 ms at p99 for every client. Yielding every few rows keeps each hold short.
-_YIELD_EVERY = 16
-# ... and for the stretches that cannot yield (the driver's own Python), a shorter forced
-# switch: 0.5 ms instead of 5 ms bounds how long the event loop can wait for the GIL.
-_SWITCH_INTERVAL = 0.0005
 _REPORT_INTERVAL = 10.0  # seconds between "spill: ..." summaries during an outage
 
 _COUNTERS = (
@@ -141,7 +133,6 @@ class LogWriter:
         """Start the writer thread; it first replays spill files left by dead processes."""
         if self._thread is not None:
             return
-        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._run, name="claude-proxy-log-writer")
         self._thread.daemon = True  # close() is the clean way out; never hang an exit
         self._thread.start()
@@ -152,8 +143,8 @@ class LogWriter:
         """Hand a finished record over; never blocks, never touches the database.
 
         A deque append, not queue.Queue: a Queue wakes the writer thread for every
-        record, and each wake-up is a GIL hand-over the event loop pays for. Here the
-        thread wakes once per batch, or every flush interval.
+        record, each wake-up a GIL hand-over. Here it wakes once per batch, or every
+        flush interval.
         """
         with self._gate:
             pending = self._pending
@@ -170,12 +161,12 @@ class LogWriter:
             self._spill_rows(rows, queue_full=True)
         self._durable(1, after_close=True)
 
-    def spill_records(self, records: list[RequestRecord], *, sync: bool = True) -> None:
+    def spill_records(self, records: list[RequestRecord], *, queue_full: bool = False) -> None:
         """Spill records straight to the file: the proxy's fallback when its writer
-        process cannot take them. sync=False leaves the fsync to close()."""
+        process cannot take them (queue_full: counted so, and fsync left to close())."""
         rows = self._to_rows(records)
         if rows:
-            self._spill_rows(rows, queue_full=not sync)
+            self._spill_rows(rows, queue_full=queue_full)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Flush within `timeout` seconds without blocking the event loop; spill the rest."""
@@ -389,11 +380,7 @@ class LogWriter:
         with self.engine.begin() as conn:
             if not self._is_pg:
                 # Plain executemany: SQLAlchemy's compiled insert cost ~60 µs a row here.
-                values = []
-                for i, row in enumerate(rows):
-                    if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                        time.sleep(0)
-                    values.append(_sqlite_values(row))
+                values = [_sqlite_values(row) for row in rows]
                 return conn.exec_driver_sql(self._sqlite_insert, values).rowcount
             # Bound a hung statement; SET LOCAL is safe behind a transaction pooler.
             conn.execute(text(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}"))
@@ -490,9 +477,7 @@ class LogWriter:
 
     def _to_rows(self, records: list[RequestRecord]) -> list[Row]:
         rows: list[Row] = []
-        for i, record in enumerate(records):
-            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                time.sleep(0)  # hand the GIL back to the event loop (see _YIELD_EVERY)
+        for record in records:
             try:
                 rows.append(self._to_row(record))
             except Exception:  # a malformed record must not take its batch down with it
