@@ -1,15 +1,40 @@
-"""Client key checks.
+"""Who is calling: presented keys resolved to a cached KeyInfo, with no database read
+per request.
 
-Presented keys are hashed (SHA-256) and looked up by digest. The work done
-does not depend on how much of a key matches, so comparison is constant-time
-with respect to the secret; the dict lookup only ever sees digests, which leak
-nothing useful about any key. The database-backed keys later use the same digests.
+Presented keys are hashed (SHA-256) and looked up by digest. The work done does
+not depend on how much of a key matches, so the check is constant-time with
+respect to the secret; the dict lookup only ever sees digests, which leak
+nothing useful about any key.
+
+Keys come from two places: the static `CLAUDE_PROXY_API_KEYS` set, and the
+`api_keys` table, which a background task re-reads every `refresh_interval`
+seconds (only the rows changed since the last read). A key the cache has not
+seen yet (created a moment ago on another replica) costs one database lookup,
+rate-limited so that a flood of bad keys cannot turn into a flood of queries.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import hashlib
+import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from claude_proxy.store.keys import KeyRow, key_by_hash, keys_changed_since
+
+log = logging.getLogger("claude_proxy.auth")
+
+# A refresh reads rows stamped since the last read minus this margin, so a change
+# committed by a transaction that took this long is still seen.
+_REFRESH_OVERLAP = timedelta(seconds=10)
+_NEGATIVE_TTL = 30.0  # seconds a digest the database did not know is not asked again
+_NEGATIVE_MAX = 10_000
 
 
 def key_digest(key: str | bytes) -> bytes:
@@ -18,26 +43,247 @@ def key_digest(key: str | bytes) -> bytes:
 
 
 def key_id_for(digest: bytes) -> str:
-    """A stable, non-secret id for logs and records: never the key itself."""
+    """A stable, non-secret id for a static key: never the key itself."""
     return "static-" + digest.hex()[:12]
 
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
+    """What the request path needs to know about a key; None limits mean unlimited."""
+
     key_id: str
+    name: str = ""
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period: str | None = None
+    expires_at: float | None = None  # unix time
+    revoked: bool = False
+
+    @property
+    def limited(self) -> bool:
+        """True when requests must be counted (RPM, TPM or budget)."""
+        return self.rpm is not None or self.tpm is not None or self.budget_usd is not None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def allows_model(self, model: str) -> bool:
+        """Exact ids or shell-style patterns (`claude-haiku-*`), case-sensitive like the API."""
+        if self.models is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    @classmethod
+    def from_row(cls, row: KeyRow) -> KeyInfo:
+        return cls(
+            key_id=row.id,
+            name=row.name,
+            models=row.models,
+            rpm=row.rpm,
+            tpm=row.tpm,
+            budget_usd=float(row.budget_usd) if row.budget_usd is not None else None,
+            budget_period=row.budget_period,
+            expires_at=row.expires_at.timestamp() if row.expires_at is not None else None,
+            revoked=row.revoked_at is not None,
+        )
 
 
-class KeyStore:
-    """The keys a proxy accepts. Today: the static `CLAUDE_PROXY_API_KEYS` set."""
+class KeyStoreUnavailable(Exception):
+    """The key is not cached and the database cannot be asked: a retryable refusal."""
 
-    def __init__(self, static_keys: list[str]) -> None:
+
+class KeyCache:
+    """Static keys plus the `api_keys` table, held in memory and refreshed in the background."""
+
+    def __init__(
+        self,
+        static_keys: list[str],
+        engine: Engine | None = None,
+        *,
+        refresh_interval: float = 2.0,
+        miss_lookups_per_second: float = 20.0,
+    ) -> None:
         self._by_digest: dict[bytes, KeyInfo] = {}
+        self._static = len(set(static_keys))
         for k in static_keys:
             d = key_digest(k)
             self._by_digest[d] = KeyInfo(key_id=key_id_for(d))
+        self._engine = engine
+        self._refresh_interval = refresh_interval
+        self._digest_of: dict[str, bytes] = {}  # key id -> digest, to drop a rotated secret
+        self._since: datetime | None = None
+        self._loaded = False
+        self._healthy_at = float("-inf")  # monotonic time of the last good refresh
+        self._misses = _TokenBucket(miss_lookups_per_second, miss_lookups_per_second)
+        self._unknown: OrderedDict[bytes, float] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def authenticate(self, credential: bytes) -> KeyInfo | None:
+    @property
+    def static_count(self) -> int:
+        return self._static
+
+    # ------------------------------------------------------------ request path
+
+    def cached(self, credential: bytes) -> KeyInfo | None:
+        """The hot path: a dict lookup by digest."""
         return self._by_digest.get(key_digest(credential))
+
+    async def lookup(self, credential: bytes) -> KeyInfo | None:
+        """A key the cache does not hold: ask the database (rarely), or say it is unknown.
+
+        Raises KeyStoreUnavailable when the answer cannot be known: the database is
+        unreachable and the cache is stale, so a valid new key must not get a 401.
+        """
+        digest = key_digest(credential)
+        info = self._by_digest.get(digest)
+        if info is not None or self._engine is None:
+            return info
+        now = time.monotonic()
+        seen = self._unknown.get(digest)
+        if seen is not None and now - seen < _NEGATIVE_TTL and self._fresh(now):
+            return None
+        if not self._misses.take(now):
+            # Over the lookup rate: trust the cache if it is fresh, else say "try again".
+            if self._fresh(now):
+                return None
+            raise KeyStoreUnavailable()
+        try:
+            row = await asyncio.to_thread(key_by_hash, self._engine, digest.hex())
+        except Exception as exc:
+            log.warning("key lookup failed (%s): database unreachable", type(exc).__name__)
+            raise KeyStoreUnavailable() from exc
+        if row is None:
+            self._remember_unknown(digest, now)
+            return None
+        self.apply(row)
+        return self._by_digest.get(digest)
+
+    # -------------------------------------------------------------- updates
+
+    def apply(self, row: KeyRow) -> None:
+        """Take one key's current state (from a refresh, or at once from the admin API)."""
+        digest = bytes.fromhex(row.key_hash)
+        old = self._digest_of.get(row.id)
+        if old is not None and old != digest:
+            self._by_digest.pop(old, None)  # rotated: the old secret stops working
+        self._digest_of[row.id] = digest
+        self._by_digest[digest] = KeyInfo.from_row(row)
+        self._unknown.pop(digest, None)
+
+    def refresh(self) -> int:
+        """Read the keys changed since the last refresh (all, the first time); blocking."""
+        assert self._engine is not None
+        rows, db_now = keys_changed_since(self._engine, self._since)
+        for row in rows:
+            self.apply(row)
+        self._since = db_now - _REFRESH_OVERLAP
+        self._healthy_at = time.monotonic()
+        if not self._loaded:
+            self._loaded = True
+            log.info("key cache loaded: %d database keys, %d static", len(rows), self._static)
+        return len(rows)
+
+    async def start(self) -> None:
+        """Load once (a database that is down does not stop the start), then keep refreshing."""
+        if self._engine is None:
+            return
+        await self._refresh_logged()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def healthy(self) -> bool:
+        return self._engine is None or self._fresh(time.monotonic())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_interval)
+            await self._refresh_logged()
+
+    async def _refresh_logged(self) -> None:
+        was_healthy = self.healthy()
+        try:
+            await asyncio.to_thread(self.refresh)
+        except Exception as exc:
+            if was_healthy or not self._loaded:
+                log.warning(
+                    "key cache refresh failed (%s); known keys keep working from the cache",
+                    type(exc).__name__,
+                )
+            return
+        if not was_healthy:
+            log.info("key cache refreshed again: database reachable")
+
+    def _fresh(self, now: float) -> bool:
+        return now - self._healthy_at < 3 * self._refresh_interval + 1.0
+
+    def _remember_unknown(self, digest: bytes, now: float) -> None:
+        self._unknown[digest] = now
+        self._unknown.move_to_end(digest)
+        while len(self._unknown) > _NEGATIVE_MAX:
+            self._unknown.popitem(last=False)
+
+
+class BadKeyThrottle:
+    """Slows down guessing: each client address may fail authentication `burst` times,
+    then once per `1/rate` seconds. Only requests whose key is not already known pass
+    through here, so good keys from the same address are never slowed."""
+
+    def __init__(self, burst: float = 20.0, per_minute: float = 20.0, max_clients: int = 10_000):
+        self._burst = burst
+        self._rate = per_minute / 60.0
+        self._max = max_clients
+        self._buckets: OrderedDict[str, _TokenBucket] = OrderedDict()
+
+    def retry_after(self, client: str | None, now: float) -> int | None:
+        """Seconds until this address may try another unknown key; None if it may now."""
+        bucket = self._buckets.get(client or "")
+        if bucket is None:
+            return None
+        return bucket.wait_seconds(now)
+
+    def failed(self, client: str | None, now: float) -> None:
+        key = client or ""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _TokenBucket(self._burst, self._rate, now)
+            while len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(key)
+        bucket.take(now)
+
+
+class _TokenBucket:
+    __slots__ = ("capacity", "rate", "tokens", "updated")
+
+    def __init__(self, capacity: float, rate: float, now: float | None = None) -> None:
+        self.capacity = capacity
+        self.rate = rate
+        self.tokens = capacity
+        self.updated = time.monotonic() if now is None else now
+
+    def _fill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        self._fill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def wait_seconds(self, now: float) -> int | None:
+        self._fill(now)
+        if self.tokens >= 1.0:
+            return None
+        return max(1, int((1.0 - self.tokens) / self.rate + 0.999))

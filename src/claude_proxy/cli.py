@@ -161,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--tls-key", default=None, help="... and this PEM private key")
     emu.set_defaults(func=cmd_emulator)
 
-    from claude_proxy.reports import add_commands
+    from claude_proxy import keys_cli, reports
 
-    add_commands(sub)
+    reports.add_commands(sub)
+    keys_cli.add_commands(sub)
     return parser
 
 

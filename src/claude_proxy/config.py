@@ -25,8 +25,13 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="sqlite:///claude-proxy.db", validation_alias=AliasChoices("DATABASE_URL")
     )
-    # Comma-separated client keys (the bootstrap option; database keys come later).
+    # Comma-separated static client keys (the bootstrap option; `claude-proxy keys create`
+    # and the admin API make database keys with limits).
     api_keys: SecretStr = SecretStr("")
+    # Bearer token for /admin/api/. Unset: the admin API answers 404 and does nothing.
+    admin_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CLAUDE_PROXY_ADMIN_KEY")
+    )
     # Set by `claude-proxy serve` when it runs the built-in emulator as upstream.
     demo: bool = False
     # Set by `claude-proxy serve` once it has bound its socket; announced when ready.
@@ -51,6 +56,17 @@ class Settings(BaseSettings):
     # Addresses whose X-Forwarded-For/-Proto are trusted (the ALB's subnets, e.g. "10.0.0.0/16"
     # or "*" inside a VPC where only the ALB can reach the task). Empty: headers ignored.
     forwarded_allow_ips: str = ""
+
+    # --- access control (docs/access-control.md) ---------------------------------------
+    # How often each process re-reads changed keys: a revocation made elsewhere takes
+    # effect within this plus a query (the promise is 5 s).
+    key_refresh_seconds: float = 2.0
+    # How often each process shares its RPM/TPM counts and reads everyone else's and the
+    # spend. The limits' overshoot across replicas is about one interval of traffic.
+    limits_sync_seconds: float = 1.0
+    # Per client address: this many failed key checks, then this many per minute.
+    bad_key_burst: int = 20
+    bad_key_per_minute: int = 20
 
     # --- request log pipeline -------------------------------------------------------
     # Record every request in the database. Off only for benchmarks and debugging: without
@@ -94,6 +110,9 @@ class Settings(BaseSettings):
 
     def client_keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    def admin_token(self) -> str:
+        return self.admin_key.get_secret_value() if self.admin_key else ""
 
     def upstream_key(self) -> str:
         return self.anthropic_api_key.get_secret_value() if self.anthropic_api_key else ""

@@ -51,6 +51,8 @@ class RequestRecord:
     anthropic_beta: str | None = None
     metadata_user_id: str | None = None
     claude_code_session_id: str | None = None
+    # Set when the proxy itself refused the request: why (limits.Refusal.reason).
+    refusal: str | None = None
     # Only with CLAUDE_PROXY_LOG_BODIES=true, capped; never headers (credentials).
     request_body: str | None = None
     response_body: str | None = None

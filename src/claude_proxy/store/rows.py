@@ -58,6 +58,7 @@ def record_to_row(record: RequestRecord, cost_usd: Decimal | None) -> Row:
         "anthropic_beta": _text(record.anthropic_beta),
         "metadata_user_id": _text(record.metadata_user_id),
         "claude_code_session_id": _text(record.claude_code_session_id),
+        "refusal": _text(record.refusal),
     }
     for name in _TOKEN_FIELDS:
         row[name] = _int(getattr(u, name))

@@ -1,4 +1,5 @@
-"""The `request_logs` table: one row per proxied request.
+"""The tables: `request_logs` (one row per proxied request) and access control's
+`api_keys`, `key_spend`, `rate_usage` and `proxy_instances`.
 
 The raw token buckets are stored next to `cost_usd` so cost can be recomputed
 when prices change. The indexes serve the usage queries: by time, by key and
@@ -143,6 +144,8 @@ request_logs = Table(
     Column("anthropic_beta", Text),
     Column("metadata_user_id", Text),
     Column("claude_code_session_id", Text),
+    # Why the proxy itself refused the request (limits.Refusal.reason); NULL otherwise.
+    Column("refusal", Text),
     # Opt-in body capture (CLAUDE_PROXY_LOG_BODIES); NULL by default.
     Column("request_body", Text),
     Column("response_body", Text),
@@ -159,3 +162,63 @@ request_logs = Table(
 COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in request_logs.columns)  # not quoted_name
 # What the writer supplies; the database fills in the rest (logged_at).
 ROW_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "logged_at")
+
+# --- access control (migration 0002) ---------------------------------------------------
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),  # "key_" + hex: shown in logs, never secret
+    Column("name", Text, nullable=False),
+    # The first characters of the key, so a person can tell keys apart; never enough to use.
+    Column("prefix", Text, nullable=False),
+    # SHA-256 of the key, hex. Keys are 256-bit random, so a fast hash is enough.
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("models", Text),  # JSON array of allowed model patterns; NULL = any model
+    Column("rpm", Integer),
+    Column("tpm", BigInteger),
+    Column("budget_usd", Money()),
+    Column("budget_period", Text),  # day | month | total
+    Column("created_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    # The database's clock at the last change: replicas refresh their caches by it.
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    Column("expires_at", UTCDateTime()),
+    Column("revoked_at", UTCDateTime()),
+    Index("ix_api_keys_updated_at", "updated_at"),
+)
+
+# Spend per key and period ("day:2026-11-27", "month:2026-11", "total"), added by the
+# log writer in the same transaction as the rows it inserts, from the new rows only.
+key_spend = Table(
+    "key_spend",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("period", Text, primary_key=True),
+    Column("cost_usd", Money(), nullable=False, server_default=text("0")),
+    Column("requests", BigInteger, nullable=False, server_default=text("0")),
+    Index("ix_key_spend_period", "period"),
+)
+
+# Each proxy process's own request and token counts per key and second, for the
+# sliding-minute RPM/TPM limits that hold across replicas (limits.py).
+rate_usage = Table(
+    "rate_usage",
+    metadata,
+    Column("instance_id", Text, primary_key=True),
+    Column("key_id", Text, primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),  # unix second
+    Column("requests", Integer, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Index("ix_rate_usage_bucket", "bucket"),
+)
+
+# One row per live proxy process: how many share the limits (limits.py).
+proxy_instances = Table(
+    "proxy_instances",
+    metadata,
+    Column("instance_id", Text, primary_key=True),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("last_seen", UTCDateTime(), nullable=False),
+)
