@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from claude_proxy import __version__
-from claude_proxy.auth import KeyStore
+from claude_proxy.auth import BadKeyThrottle, KeyCache
 from claude_proxy.config import Settings
 from claude_proxy.errors import send_error
+from claude_proxy.limits import Limiter
+from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.relay import Relay
 from claude_proxy.store.engine import redacted_url
 from claude_proxy.store.handoff import ProcessSink, writer_config
 from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.writer_process import build_writer
-from claude_proxy.types import Receive, Scope, Send
+from claude_proxy.types import ASGIApp, Receive, Scope, Send
 from claude_proxy.upstream import UpstreamPool
 
 log = logging.getLogger("claude_proxy.app")
@@ -45,8 +47,11 @@ class Components:
     upstream: UpstreamPool
     relay: Relay
     engine: Engine
+    keys: KeyCache
+    limiter: Limiter
     sink: ProcessSink | None
     migrator: asyncio.Task[None] | None
+    admin: ASGIApp | None
 
 
 class ProxyApp:
@@ -54,7 +59,6 @@ class ProxyApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.client_keys())
         self.components: Components | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,6 +70,9 @@ class ProxyApp:
                 await self.components.relay(scope, receive, send)
             elif path == "/health":
                 await self._health(send)
+            elif path.startswith("/admin/") and self.components and self.components.admin:
+                # Its own key (CLAUDE_PROXY_ADMIN_KEY); proxy keys mean nothing there.
+                await self.components.admin(scope, receive, send)
             else:
                 rid = new_request_id()
                 await send_error(send, "not_found_error", f"Not found: {path}", rid)
@@ -115,10 +122,24 @@ class ProxyApp:
         else:
             log.warning("CLAUDE_PROXY_LOG_REQUESTS=false: requests are not recorded")
             sink = _NoSink()
+        keys = KeyCache(st.client_keys(), engine, refresh_interval=st.key_refresh_seconds)
+        await keys.start()
+        limiter = Limiter(
+            engine, PriceTable.load(st.prices_file), sync_interval=st.limits_sync_seconds
+        )
+        await limiter.start()
+        throttle = BadKeyThrottle(st.bad_key_burst, st.bad_key_per_minute)
+        admin: ASGIApp | None = None
+        if st.admin_token():
+            from claude_proxy.admin import build_admin_app  # only then: FastAPI costs ~7 MB
+
+            admin = build_admin_app(engine, keys, st.admin_token())
         upstream = UpstreamPool(st, asyncio.get_running_loop())
         body_cap = st.log_body_max_bytes if st.log_bodies else 0
-        relay = Relay(self.keys, upstream, sink, st.max_body_bytes, body_cap)
-        self.components = Components(upstream, relay, engine, process_sink, migrator)
+        relay = Relay(keys, limiter, throttle, upstream, sink, st.max_body_bytes, body_cap)
+        self.components = Components(
+            upstream, relay, engine, keys, limiter, process_sink, migrator, admin
+        )
         if st.listen_url:
             # Tests and scripts wait for this line; it means requests are being served.
             # One write, newline included: print() writes the newline separately, and with
@@ -126,11 +147,14 @@ class ProxyApp:
             sys.stdout.write(f"claude-proxy ready on {st.listen_url}\n")
             sys.stdout.flush()
         log.info(
-            "claude-proxy %s started: upstream=%s database=%s client_keys=%d demo=%s",
+            "claude-proxy %s started: upstream=%s database=%s static_keys=%d "
+            "database_keys=%d admin_api=%s demo=%s",
             __version__,
             st.anthropic_base_url,
             redacted_url(st.database_url),
-            len(self.keys),
+            keys.static_count,
+            len(keys) - keys.static_count,
+            admin is not None,
             st.demo,
         )
 
@@ -140,6 +164,8 @@ class ProxyApp:
             return
         self.components = None
         await c.upstream.close()
+        await c.keys.close()
+        await c.limiter.close()
         if c.migrator is not None and not c.migrator.done():
             c.migrator.cancel()
         # Every record handed over is written or spilled within the window; none is lost.

@@ -65,6 +65,24 @@ def _demo_banner(url: str, key: str) -> str:
 """
 
 
+def _database_has_keys(database_url: str) -> bool:
+    """True if `api_keys` holds a key that can still be used (so the proxy is not open)."""
+    from sqlalchemy import inspect
+
+    from claude_proxy.store.engine import make_engine
+    from claude_proxy.store.keys import list_keys
+
+    engine = make_engine(database_url)
+    try:
+        if not inspect(engine).has_table("api_keys"):
+            return False
+        return any(row.status == "active" for row in list_keys(engine, include_revoked=False))
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -87,10 +105,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _fail(f"invalid configuration:\n{exc}")
         raise  # unreachable; keeps type checkers sure `settings` is bound
     keys = settings.client_keys()
-    if not keys:
+    admin = settings.admin_token()
+    if admin and admin in keys:
+        _fail("CLAUDE_PROXY_ADMIN_KEY must not also be a client key in CLAUDE_PROXY_API_KEYS.")
+    if admin and len(admin) < 16:
+        _fail("CLAUDE_PROXY_ADMIN_KEY is too short to be a secret: use at least 16 characters.")
+    if not keys and not admin and not _database_has_keys(settings.database_url):
         _fail(
             "refusing to start: no client keys are configured, and the proxy is never open by "
-            "default. Set CLAUDE_PROXY_API_KEYS=key1,key2 (or unset ANTHROPIC_API_KEY for demo mode)."
+            "default. Create one with `claude-proxy keys create --name NAME`, set "
+            "CLAUDE_PROXY_API_KEYS=key1,key2, set CLAUDE_PROXY_ADMIN_KEY to manage keys over "
+            "the admin API, or unset ANTHROPIC_API_KEY for demo mode."
         )
 
     sock = _bind(args.host, args.port)

@@ -1,9 +1,477 @@
-"""`claude-proxy keys create | list | show | revoke | rotate` (placeholder, being written)."""
+"""`claude-proxy keys create | list | show | update | revoke | rotate`: proxy keys from the
+command line, against the same DATABASE_URL as the server.
+
+The secret is printed once, by `create` and `rotate`, and never again: the database
+keeps only its SHA-256. Running proxies notice a change within
+CLAUDE_PROXY_KEY_REFRESH_SECONDS (they re-read changed keys in the background).
+
+Exit codes: 0 done; 1 no such key, a revoked key cannot be rotated, or the database
+failed; 2 bad arguments (nothing was changed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, NoReturn
+
+import orjson
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from claude_proxy.reports import parse_duration
+from claude_proxy.store.keys import (
+    BUDGET_PERIODS,
+    KeyRow,
+    KeySpec,
+    create_key,
+    current_period,
+    get_key,
+    list_keys,
+    revoke_key,
+    rotate_key,
+    update_key,
+    with_spend,
+)
+from claude_proxy.store.schema import COST_PLACES
+
+# What the columns hold: rpm is INTEGER, tpm BIGINT, budgets NUMERIC(18, 8).
+RPM_MAX = 2**31 - 1
+TPM_MAX = 2**63 - 1
+BUDGET_MAX = Decimal("9999999999.99999999")
+
+_UNSET: Any = object()  # `keys update`: an option that was not given
+
+
+class _Failed(Exception):
+    """A message for stderr and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------ argument types
+
+
+def parse_limit(label: str, maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{label} must be a whole number, not {text!r}"
+            ) from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{label} must be between 1 and {maximum}")
+        return value
+
+    return parse
+
+
+def parse_money(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
+    if not value.is_finite() or value < 0 or value > BUDGET_MAX:
+        raise argparse.ArgumentTypeError(f"a budget is between 0 and {BUDGET_MAX} USD")
+    if value != value.quantize(COST_PLACES):
+        raise argparse.ArgumentTypeError("a budget has at most 8 decimal places")
+    return value
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    models = tuple(m.strip() for m in text.split(","))
+    if not any(models):
+        raise argparse.ArgumentTypeError(
+            "--models takes a comma-separated list (claude-sonnet-4-6,claude-haiku-*)"
+        )
+    if not all(models):
+        raise argparse.ArgumentTypeError(f"an empty model name in {text!r}")
+    return models
+
+
+def parse_expires(text: str) -> datetime:
+    """`30d`, `12h`, `90m`, `2w` from now, or an ISO date/time (UTC unless it says)."""
+    ahead = parse_duration(text)
+    if ahead is not None:
+        at = datetime.now(UTC) + ahead
+    else:
+        try:
+            at = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--expires takes 30d, 12h, 90m, 2w or an ISO date/time, not {text!r}"
+            ) from None
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    if at <= datetime.now(UTC):
+        raise argparse.ArgumentTypeError(f"--expires {text} is not in the future")
+    return at
+
+
+def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """For `keys update`: `none` clears the limit."""
+
+    def wrapped(text: str) -> Any:
+        return None if text.strip().lower() == "none" else parse(text)
+
+    return wrapped
+
+
+# ------------------------------------------------------------------------ output
+
+
+def key_json(row: KeyRow, secret: str | None = None) -> dict[str, Any]:
+    """What `--json` prints (the admin API's key object): never the hash."""
+    out = row.public()
+    out["spend_period"] = (
+        current_period(row.budget_period or "total") if row.spend_usd is not None else None
+    )
+    if secret is not None:
+        out = {"key": secret, **out}
+    return out
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return format(value.quantize(COST_PLACES), "f")  # money as a string: exact
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(
+        orjson.dumps(
+            value, default=_json_default, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+        ).decode()
+    )
+
+
+def money(value: Decimal) -> str:
+    """`10.00`, `0.012345`: at least the cents, and every digit that is there."""
+    text = format(value.quantize(COST_PLACES), "f").rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"{whole}.{cents.ljust(2, '0')}"
+
+
+def _when(value: datetime | None, none: str = "never") -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else none
+
+
+def _limit(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def _budget(row: KeyRow) -> str:
+    if row.budget_usd is None:
+        return "none"
+    return f"${money(row.budget_usd)} per {row.budget_period}".replace("per total", "in total")
+
+
+def _spend(row: KeyRow) -> str:
+    if row.spend_usd is None:
+        return "-"
+    return f"${money(row.spend_usd)} ({current_period(row.budget_period or 'total')})"
+
+
+def _details(row: KeyRow) -> list[str]:
+    return [
+        f"  id:       {row.id}",
+        f"  name:     {row.name}",
+        f"  prefix:   {row.prefix}",
+        f"  status:   {row.status}",
+        f"  models:   {', '.join(row.models) if row.models is not None else 'any'}",
+        f"  rpm:      {_limit(row.rpm)}",
+        f"  tpm:      {_limit(row.tpm)}",
+        f"  budget:   {_budget(row)}",
+        f"  spend:    {_spend(row)}",
+        f"  expires:  {_when(row.expires_at)}",
+        f"  created:  {_when(row.created_at)}",
+        f"  updated:  {_when(row.updated_at)}",
+        f"  revoked:  {_when(row.revoked_at, 'no')}",
+    ]
+
+
+def _print_secret(row: KeyRow, secret: str, verb: str) -> None:
+    print(f"{verb} key {row.id} ({row.name}). The key, shown this once and never again:")
+    print()
+    print(f"  {secret}")
+    print()
+    print("Store it now: only its SHA-256 is kept, so it cannot be shown or recovered later.")
+    print()
+    print("\n".join(_details(row)))
+
+
+_LIST_COLUMNS = (
+    ("id", 20),
+    ("name", 20),
+    ("prefix", 15),
+    ("status", 7),
+    ("rpm", 9),
+    ("tpm", 10),
+    ("budget", 22),
+    ("spend", 12),
+    ("expires", 19),
+)
+
+
+def _list_cells(row: KeyRow) -> tuple[str, ...]:
+    budget = "-" if row.budget_usd is None else f"${money(row.budget_usd)}/{row.budget_period}"
+    spend = "-" if row.spend_usd is None else f"${money(row.spend_usd)}"
+    expires = row.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if row.expires_at else "-"
+    return (
+        row.id,
+        row.name,
+        row.prefix,
+        row.status,
+        "-" if row.rpm is None else str(row.rpm),
+        "-" if row.tpm is None else str(row.tpm),
+        budget,
+        spend,
+        expires,
+    )
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _engine() -> Engine:
+    from pydantic import ValidationError
+
+    from claude_proxy.config import Settings
+    from claude_proxy.store.engine import make_engine
+    from claude_proxy.store.migrate import upgrade
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise _Failed(f"invalid configuration:\n{exc}", 2) from None
+    engine = make_engine(settings.database_url)
+    upgrade(engine)  # idempotent; a fresh SQLite file gets its tables
+    return engine
+
+
+def _spec_from_args(args: argparse.Namespace) -> KeySpec:
+    try:
+        return KeySpec(
+            name=args.name,
+            models=args.models,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            budget_usd=args.budget_usd,
+            budget_period=args.budget_period,
+            expires_at=args.expires,
+        )
+    except ValueError as exc:
+        raise _Failed(str(exc), 2) from None
+
+
+def _found(row: KeyRow | None, key_id: str) -> KeyRow:
+    if row is None:
+        raise _Failed(f"no key with id {key_id!r} (see `claude-proxy keys list --all`)", 1)
+    return row
+
+
+def cmd_create(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
+    spec = _spec_from_args(args)  # before touching the database: a bad spec creates nothing
+    engine = engine_factory()
+    row, secret = create_key(engine, spec)
+    row = with_spend(engine, [row])[0]
+    if args.json:
+        _print_json(key_json(row, secret))
+    else:
+        _print_secret(row, secret, "Created")
+
+
+def cmd_list(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
+    engine = engine_factory()
+    rows = with_spend(engine, list_keys(engine, include_revoked=args.all))
+    if args.json:
+        _print_json({"data": [key_json(r) for r in rows]})
+        return
+    print("  ".join(c.ljust(w) for c, w in _LIST_COLUMNS).rstrip())
+    for row in rows:
+        cells = _list_cells(row)
+        print(
+            "  ".join(v.ljust(w) for v, (_, w) in zip(cells, _LIST_COLUMNS, strict=True)).rstrip()
+        )
+    if not rows:
+        print("(no keys" + ("" if args.all else " that are not revoked; --all shows those") + ")")
+
+
+def cmd_show(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
+    engine = engine_factory()
+    row = with_spend(engine, [_found(get_key(engine, args.id), args.id)])[0]
+    if args.json:
+        _print_json(key_json(row))
+    else:
+        print("\n".join(_details(row)))
+
+
+def cmd_update(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
+    changes = {
+        field: getattr(args, attr)
+        for field, attr in (
+            ("name", "name"),
+            ("models", "models"),
+            ("rpm", "rpm"),
+            ("tpm", "tpm"),
+            ("budget_usd", "budget_usd"),
+            ("budget_period", "budget_period"),
+            ("expires_at", "expires"),
+        )
+        if getattr(args, attr) is not _UNSET
+    }
+    if not changes:
+        raise _Failed(
+            "nothing to change: give --name, --models, --rpm, --tpm, --budget-usd, "
+            "--budget-period or --expires",
+            2,
+        )
+    if changes.get("budget_usd", 0) is None and "budget_period" not in changes:
+        changes["budget_period"] = None  # `--budget-usd none` removes the budget
+    engine = engine_factory()
+    try:
+        updated = update_key(engine, args.id, **changes)
+    except ValueError as exc:  # the new combination is checked before anything is written
+        raise _Failed(str(exc), 2) from None
+    row = _found(updated, args.id)
+    row = with_spend(engine, [row])[0]
+    if args.json:
+        _print_json(key_json(row))
+    else:
+        print(f"Updated key {row.id}.")
+        print("\n".join(_details(row)))
+
+
+def cmd_revoke(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
+    engine = engine_factory()
+    before = _found(get_key(engine, args.id), args.id)
+    row = _found(revoke_key(engine, args.id), args.id)
+    if args.json:
+        _print_json(key_json(row))
+    elif before.revoked_at is not None:
+        print(f"Key {row.id} ({row.name}) was already revoked at {_when(row.revoked_at)}.")
+    else:
+        print(
+            f"Revoked key {row.id} ({row.name}) at {_when(row.revoked_at)}. Running proxies "
+            "refuse it within their key refresh interval (CLAUDE_PROXY_KEY_REFRESH_SECONDS)."
+        )
+
+
+def cmd_rotate(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
+    engine = engine_factory()
+    current = _found(get_key(engine, args.id), args.id)
+    if current.revoked_at is not None:
+        raise _Failed(f"key {args.id} is revoked; a revoked key cannot be rotated", 1)
+    rotated = rotate_key(engine, args.id)
+    if rotated is None:  # revoked between the two statements
+        raise _Failed(f"key {args.id} is revoked; a revoked key cannot be rotated", 1)
+    row, secret = rotated
+    row = with_spend(engine, [row])[0]
+    if args.json:
+        _print_json(key_json(row, secret))
+    else:
+        _print_secret(row, secret, "Rotated")
+        print()
+        print("The old key stops working as soon as running proxies refresh their keys.")
+
+
+def _run(
+    command: Callable[[argparse.Namespace, Callable[[], Engine]], None],
+) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        engines: list[Engine] = []
+
+        def engine_factory() -> Engine:
+            engines.append(_engine())
+            return engines[-1]
+
+        try:
+            command(args, engine_factory)
+        except _Failed as exc:
+            _exit(str(exc), exc.code)
+        except SQLAlchemyError as exc:
+            # The driver's first line says what failed (connection refused, no such
+            # database ...); it never holds the password.
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            _exit(f"database error ({type(exc).__name__}): {first[0] if first else ''}", 1)
+        finally:
+            for engine in engines:
+                engine.dispose()
+
+    return run
+
+
+def _exit(message: str, code: int) -> NoReturn:
+    sys.stdout.flush()
+    print(f"claude-proxy: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    return None
+    keys = sub.add_parser(
+        "keys",
+        help="proxy keys: create, list, show, update, revoke, rotate",
+        description="Proxy keys in DATABASE_URL. Secrets are shown once, by create and rotate.",
+    )
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    rpm = parse_limit("--rpm", RPM_MAX)
+    tpm = parse_limit("--tpm", TPM_MAX)
+
+    create = ksub.add_parser("create", help="a new key; prints its secret once")
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument(
+        "--models",
+        type=parse_models,
+        default=None,
+        help="allowed models, comma-separated; shell patterns work (claude-haiku-*). "
+        "Default: any model",
+    )
+    create.add_argument("--rpm", type=rpm, default=None, help="requests per minute")
+    create.add_argument("--tpm", type=tpm, default=None, help="input+output tokens per minute")
+    create.add_argument("--budget-usd", type=parse_money, default=None, help="spend cap in USD")
+    create.add_argument("--budget-period", choices=BUDGET_PERIODS, default=None)
+    create.add_argument(
+        "--expires",
+        type=parse_expires,
+        default=None,
+        help="30d, 12h, 90m, 2w from now, or an ISO date/time (UTC unless it says)",
+    )
+    create.add_argument("--json", action="store_true", help="one JSON object, secret in 'key'")
+    create.set_defaults(func=_run(cmd_create))
+
+    lst = ksub.add_parser("list", help="keys, without revoked ones unless --all")
+    lst.add_argument("--all", action="store_true", help="include revoked keys")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_run(cmd_list))
+
+    show = ksub.add_parser("show", help="one key, with its spend in the current budget period")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_run(cmd_show))
+
+    upd = ksub.add_parser("update", help="change a key's name or limits ('none' removes a limit)")
+    upd.add_argument("id")
+    upd.add_argument("--name", default=_UNSET)
+    upd.add_argument("--models", type=_or_none(parse_models), default=_UNSET)
+    upd.add_argument("--rpm", type=_or_none(rpm), default=_UNSET)
+    upd.add_argument("--tpm", type=_or_none(tpm), default=_UNSET)
+    upd.add_argument("--budget-usd", type=_or_none(parse_money), default=_UNSET)
+    upd.add_argument("--budget-period", choices=BUDGET_PERIODS, default=_UNSET)
+    upd.add_argument("--expires", type=_or_none(parse_expires), default=_UNSET)
+    upd.add_argument("--json", action="store_true")
+    upd.set_defaults(func=_run(cmd_update))
+
+    revoke = ksub.add_parser("revoke", help="stop a key working, for good")
+    revoke.add_argument("id")
+    revoke.add_argument("--json", action="store_true")
+    revoke.set_defaults(func=_run(cmd_revoke))
+
+    rotate = ksub.add_parser("rotate", help="a new secret for a key (limits and spend stay)")
+    rotate.add_argument("id")
+    rotate.add_argument("--json", action="store_true", help="one JSON object, secret in 'key'")
+    rotate.set_defaults(func=_run(cmd_rotate))

@@ -1,9 +1,10 @@
 """The /v1 relay: forward one request upstream and relay its response.
 
-Flow: headers split → key check → body read (size-capped) → upstream request
-with the real key → response headers and bytes relayed unchanged as they
-arrive, while a ResponseObserver reads a copy → one RequestRecord handed to
-the sink, however the request ended.
+Flow: headers split → key check (auth.py) → body read (size-capped) → limits
+(limits.py: model allowlist, budget, RPM/TPM) → upstream request with the real
+key → response headers and bytes relayed unchanged as they arrive, while a
+ResponseObserver reads a copy → one RequestRecord handed to the sink, however
+the request ended.
 
 A client that goes away cancels the request's task, which closes the upstream
 connection at once; an upstream that dies mid-stream gets an SSE `error` event
@@ -19,9 +20,10 @@ from typing import Any
 
 import orjson
 
-from claude_proxy.auth import KeyStore
+from claude_proxy.auth import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
 from claude_proxy.errors import STATUS_FOR_TYPE, send_error, sse_error_event
 from claude_proxy.headers import ClientHeaders, filter_response_headers, split_request_headers
+from claude_proxy.limits import Limiter, Refusal
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.sse import ResponseObserver
 from claude_proxy.types import Receive, Scope, Send
@@ -31,6 +33,12 @@ log = logging.getLogger("claude_proxy.relay")
 
 # Endpoints whose request body must be a JSON object (the proxy reads model/stream from it).
 _JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+_BATCHES = "/v1/messages/batches"
+# A key the proxy cannot check right now: the SDKs retry a 503 with this advice.
+_KEY_STORE_DOWN = (
+    "The proxy cannot verify this API key right now: its key database is unreachable. "
+    "Retry shortly."
+)
 
 
 class ClientGone(Exception):
@@ -49,13 +57,17 @@ def endpoint_label(path: str) -> str:
 class Relay:
     def __init__(
         self,
-        keys: KeyStore,
+        keys: KeyCache,
+        limiter: Limiter,
+        throttle: BadKeyThrottle,
         upstream: UpstreamPool,
         sink: RecordSink,
         max_body: int,
         body_cap: int = 0,
     ) -> None:
         self.keys = keys
+        self.limiter = limiter
+        self.throttle = throttle
         self.upstream = upstream
         self.sink = sink
         self.max_body = max_body
@@ -97,7 +109,8 @@ class Relay:
         record.anthropic_beta = hdrs.anthropic_beta
         record.claude_code_session_id = hdrs.claude_code_session_id
 
-        if not await self._authenticate(hdrs, record, send):
+        key = await self._authenticate(hdrs, record, send)
+        if key is None:
             return
 
         if hdrs.content_length is not None and hdrs.content_length > self.max_body:
@@ -113,6 +126,20 @@ class Relay:
                     send, record, "invalid_request_error", "The request body is not valid JSON."
                 )
             _note_request(record, parsed)
+        models = [record.model] if record.model else []
+        if key.models is not None and record.method == "POST" and record.endpoint == _BATCHES:
+            batch_models = _batch_models(body)
+            if batch_models is None:
+                return await self._refuse(
+                    send, record, "invalid_request_error", "The request body is not valid JSON."
+                )
+            models = batch_models
+
+        now = time.time()
+        refusal = self.limiter.check(key, models, now)
+        if refusal is not None:
+            return await self._refuse_for(send, record, refusal)
+        self.limiter.admit(key, now)
 
         if self.body_cap:
             record.request_body = _clip(body, self.body_cap)
@@ -136,19 +163,88 @@ class Relay:
             state.finished = True
             if not watcher.done():
                 watcher.cancel()
+            self.limiter.finish(key, record, time.time())
 
-    async def _authenticate(self, hdrs: ClientHeaders, record: RequestRecord, send: Send) -> bool:
-        for cred in (hdrs.api_key, hdrs.bearer):
-            if cred:
-                info = self.keys.authenticate(cred)
+    async def _authenticate(
+        self, hdrs: ClientHeaders, record: RequestRecord, send: Send
+    ) -> KeyInfo | None:
+        """The caller's key, or None once a refusal has been sent."""
+        creds = [c for c in (hdrs.api_key, hdrs.bearer) if c]
+        info = None
+        for cred in creds:
+            info = self.keys.cached(cred)  # the hot path: no I/O
+            if info is not None:
+                break
+        else:
+            if not creds:
+                await self._deny(send, record, "missing_key", "x-api-key header is required")
+                return None
+            info = await self._lookup(creds, record, send)
+            if info is None:
+                return None
+        if info.revoked:
+            await self._deny(send, record, "revoked_key", "This API key has been revoked.")
+            return None
+        if info.expired(time.time()):
+            await self._deny(send, record, "expired_key", "This API key has expired.")
+            return None
+        record.key_id = info.key_id
+        return info
+
+    async def _lookup(
+        self, creds: list[bytes], record: RequestRecord, send: Send
+    ) -> KeyInfo | None:
+        """Keys the cache does not hold: throttled per client address, then the database."""
+        wait = self.throttle.retry_after(record.client_ip, time.monotonic())
+        if wait is not None:
+            msg = (
+                "Too many requests with invalid API keys from this address. "
+                f"Retry after {wait} seconds."
+            )
+            refusal = Refusal(
+                "bad_key_throttled",
+                "rate_limit_error",
+                429,
+                msg,
+                ((b"retry-after", str(wait).encode()),),
+            )
+            await self._refuse_for(send, record, refusal)
+            return None
+        try:
+            for cred in creds:
+                info = await self.keys.lookup(cred)
                 if info is not None:
-                    record.key_id = info.key_id
-                    return True
-        msg = (
-            "invalid x-api-key" if (hdrs.api_key or hdrs.bearer) else "x-api-key header is required"
-        )
+                    return info
+        except KeyStoreUnavailable:
+            refusal = Refusal(
+                "key_store_unavailable",
+                "api_error",
+                503,
+                _KEY_STORE_DOWN,
+                ((b"retry-after", b"5"), (b"x-should-retry", b"true")),
+            )
+            await self._refuse_for(send, record, refusal)
+            return None
+        await self._deny(send, record, "invalid_key", "invalid x-api-key")
+        return None
+
+    async def _deny(self, send: Send, record: RequestRecord, reason: str, msg: str) -> None:
+        """A 401; every failure also spends the client address's allowance for bad keys."""
+        if reason != "missing_key":
+            self.throttle.failed(record.client_ip, time.monotonic())
+        record.refusal = reason
         await self._refuse(send, record, "authentication_error", msg)
-        return False
+
+    async def _refuse_for(self, send: Send, record: RequestRecord, refusal: Refusal) -> None:
+        record.refusal = refusal.reason
+        await self._fail(
+            send,
+            record,
+            refusal.error_type,
+            refusal.message,
+            refusal.status,
+            list(refusal.headers),
+        )
 
     def _too_large_msg(self) -> str:
         return f"Request exceeds the maximum allowed number of bytes ({self.max_body})."
@@ -268,10 +364,16 @@ class Relay:
         await send({"type": "http.response.body", "body": event, "more_body": False})
 
     async def _fail(
-        self, send: Send, record: RequestRecord, error_type: str, msg: str, status: int
+        self,
+        send: Send,
+        record: RequestRecord,
+        error_type: str,
+        msg: str,
+        status: int,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """Answer with a proxy-made Anthropic-shaped error and note it on the record."""
-        await send_error(send, error_type, msg, record.id, status=status)
+        await send_error(send, error_type, msg, record.id, status=status, extra_headers=headers)
         record.status_code = status
         record.error_type = error_type
         record.error_message = msg
@@ -309,6 +411,21 @@ def _note_request(record: RequestRecord, req: dict[str, Any]) -> None:
     meta = req.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
         record.metadata_user_id = meta["user_id"][:256]
+
+
+def _batch_models(body: bytes) -> list[str] | None:
+    """Every model a message batch asks for (for the key's allowlist); None if unreadable."""
+    parsed = _parse_json_object(body)
+    if parsed is None:
+        return None
+    models: list[str] = []
+    requests = parsed.get("requests")
+    for item in requests if isinstance(requests, list) else []:
+        params = item.get("params") if isinstance(item, dict) else None
+        model = params.get("model") if isinstance(params, dict) else None
+        if isinstance(model, str) and model not in models:
+            models.append(model)
+    return models
 
 
 def _clip(data: bytes | bytearray, cap: int) -> str:

@@ -24,11 +24,19 @@ _SINCE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+def parse_duration(text: str) -> timedelta | None:
+    """`7d`, `12h`, `30m`, `45s`, `2w` as a timedelta; None if the text is not one."""
+    m = _SINCE.match(text.strip())
+    if m is None:
+        return None
+    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+
+
 def parse_since(text: str) -> datetime:
     """`7d`, `12h`, `30m` ... or an ISO date/time; returns an aware UTC datetime."""
-    m = _SINCE.match(text.strip())
-    if m:
-        return datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    ago = parse_duration(text)
+    if ago is not None:
+        return datetime.now(UTC) - ago
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:

@@ -21,7 +21,7 @@ COLUMNS = {
     "cache_creation_1h_input_tokens", "cache_read_input_tokens", "cost_usd", "latency_ms",
     "ttft_ms", "upstream_request_id", "client_disconnected", "upstream_attempts", "client_ip",
     "user_agent", "anthropic_beta", "metadata_user_id", "claude_code_session_id",
-    "request_body", "response_body", "logged_at",
+    "refusal", "request_body", "response_body", "logged_at",
 }  # fmt: skip
 
 
@@ -30,7 +30,7 @@ def test_upgrade_twice_is_idempotent_and_matches_the_schema(backend: Backend) ->
     assert current_revision(engine) is None
     upgrade(engine)
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0001"
+    assert current_revision(engine) == head_revision() == "0002"
 
     insp = inspect(engine)
     assert {c["name"] for c in insp.get_columns("request_logs")} == COLUMNS
@@ -42,6 +42,10 @@ def test_upgrade_twice_is_idempotent_and_matches_the_schema(backend: Backend) ->
         "ix_request_logs_model_created_at": ["model", "created_at"],
         "ix_request_logs_logged_at": ["logged_at"],
     }
+    assert {"api_keys", "key_spend", "rate_usage", "proxy_instances"} <= set(
+        insp.get_table_names()
+    )
+    assert insp.get_pk_constraint("key_spend")["constrained_columns"] == ["key_id", "period"]
     # What the migrations built is what schema.py (the writer and the queries) expects.
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -88,7 +92,7 @@ def test_replicas_migrating_together_run_it_once(
         t.join(30)
     assert errors == []
     engine = backend.engine(url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
         # Nobody holds the lock any more: a transaction-scoped lock cannot leak.
@@ -97,7 +101,7 @@ def test_replicas_migrating_together_run_it_once(
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         assert conn.execute(text(advisory)).scalar() == 0
-    migrated = [r for r in caplog.records if "migrated from None to 0001" in r.getMessage()]
+    migrated = [r for r in caplog.records if f"migrated from None to {head_revision()}" in r.getMessage()]
     assert len(migrated) == 1
 
 
@@ -107,4 +111,4 @@ def test_migrations_run_from_the_installed_package_without_alembic_ini(
     monkeypatch.chdir(str(tmp_path))  # no alembic.ini anywhere near
     engine = backend.engine(backend.new_database_url())
     upgrade(engine)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == head_revision()

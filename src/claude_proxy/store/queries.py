@@ -61,7 +61,7 @@ def usage_summary(
     cols: list[ColumnElement[Any]] = [
         bucket.label("bucket"),
         func.count().label("requests"),
-        func.count(case((or_(t.status_code >= 400, t.error_type.is_not(None)), 1))).label("errors"),
+        func.count(case((_is_error(), 1))).label("errors"),
         *(func.coalesce(func.sum(t[c]), 0).label(c) for c in TOKEN_COLUMNS),
         type_coerce(func.coalesce(func.sum(t.cost_usd), 0), Money()).label("cost_usd"),
         func.count(case((t.cost_usd.is_(None), 1))).label("unpriced"),
@@ -89,6 +89,9 @@ def recent_logs(
     key_id: str | None = None,
     model: str | None = None,
     limit: int = 100,
+    status_code: int | None = None,
+    error_type: str | None = None,
+    errors_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows ordered by (created_at, id), oldest first.
 
@@ -96,8 +99,13 @@ def recent_logs(
     rows after it. Without: the latest `limit` rows. For `--follow`, use
     `LogFollower`: a request appears only when it ends, often after rows that
     started later, so a created_at cursor alone would skip long streams.
+    `errors_only` keeps the rows `usage_summary` counts as errors (status >= 400
+    or an error type, e.g. a client that went away mid-stream).
     """
-    stmt = select(request_logs).where(*_filters(key_id, model))
+    filters = _filters(
+        key_id, model, status_code=status_code, error_type=error_type, errors_only=errors_only
+    )
+    stmt = select(request_logs).where(*filters)
     if after is not None:
         at, rid = after
         stmt = stmt.where(or_(t.created_at > at, and_(t.created_at == at, t.id > rid))).order_by(
@@ -207,12 +215,31 @@ def _window(since: datetime, until: datetime | None) -> ColumnElement[bool]:
     return and_(cond, t.created_at < until) if until is not None else cond
 
 
-def _filters(key_id: str | None, model: str | None) -> list[ColumnElement[bool]]:
+def _is_error() -> ColumnElement[bool]:
+    """What counts as an error: an HTTP error status, or an error type (mid-stream
+    `error` event, client gone) on a response that began with 200."""
+    return or_(t.status_code >= 400, t.error_type.is_not(None))
+
+
+def _filters(
+    key_id: str | None,
+    model: str | None,
+    *,
+    status_code: int | None = None,
+    error_type: str | None = None,
+    errors_only: bool = False,
+) -> list[ColumnElement[bool]]:
     out: list[ColumnElement[bool]] = []
     if key_id is not None:
         out.append(t.key_id == key_id)
     if model is not None:
         out.append(t.model == model)
+    if status_code is not None:
+        out.append(t.status_code == status_code)
+    if error_type is not None:
+        out.append(t.error_type == error_type)
+    if errors_only:
+        out.append(_is_error())
     return out
 
 

@@ -37,6 +37,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 
 from claude_proxy.records import RequestRecord
+from claude_proxy.store.keys import spend_periods
 from claude_proxy.store.rows import Row, dump_row, record_to_row
 from claude_proxy.store.schema import ROW_COLUMNS
 from claude_proxy.store.spill import ClaimedFile, SpillFile, append_rejected, claim, spill_files
@@ -377,15 +378,28 @@ class LogWriter:
         return new
 
     def _execute(self, rows: list[Row]) -> int:
+        """Insert the rows and add the new ones' cost to `key_spend`, in one transaction:
+        spend is then exactly the sum over the log, however often a row is replayed."""
         with self.engine.begin() as conn:
             if not self._is_pg:
+                ids = [row["id"] for row in rows]
+                marks = ", ".join("?" for _ in ids)
+                present = set(
+                    conn.exec_driver_sql(
+                        f"SELECT id FROM request_logs WHERE id IN ({marks})", tuple(ids)
+                    ).scalars()
+                )
                 # Plain executemany: SQLAlchemy's compiled insert cost ~60 µs a row here.
                 values = [_sqlite_values(row) for row in rows]
-                return conn.exec_driver_sql(self._sqlite_insert, values).rowcount
+                inserted: int = conn.exec_driver_sql(self._sqlite_insert, values).rowcount
+                spend = _spend_rows(rows, present)
+                if spend:
+                    conn.exec_driver_sql(_SQLITE_SPEND, spend)
+                return inserted
             # Bound a hung statement; SET LOCAL is safe behind a transaction pooler.
             conn.execute(text(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}"))
             batch = orjson.dumps(rows, default=_json_default).decode()
-            return conn.exec_driver_sql(self._pg_insert, (batch,)).rowcount
+            return int(conn.exec_driver_sql(self._pg_insert, (batch,)).scalar_one())
 
     def _reject(self, row: Row, exc: BaseException) -> None:
         try:
@@ -534,21 +548,60 @@ def _sqlite_values(row: Row) -> tuple[object, ...]:
     return tuple(out)
 
 
+_SQLITE_SPEND = (
+    "INSERT INTO key_spend (key_id, period, cost_usd, requests) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (key_id, period) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd, "
+    "requests = requests + excluded.requests"
+)
+
+
+def _spend_rows(rows: list[Row], present: set[str]) -> list[tuple[str, str, float, int]]:
+    """(key_id, period, cost, requests) summed over the rows that are new to the table."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    seen = set(present)
+    for row in rows:
+        key_id = row["key_id"]
+        if key_id is None or row["id"] in seen:
+            continue
+        seen.add(row["id"])
+        cost = float(row["cost_usd"] or 0)
+        for period in spend_periods(row["created_at"]):
+            t = totals.setdefault((key_id, period), [0.0, 0])
+            t[0] += cost
+            t[1] += 1
+    return [(k, p, c, int(n)) for (k, p), (c, n) in sorted(totals.items())]
+
+
 def _pg_json_insert() -> str:
-    """INSERT ... SELECT FROM json_populate_recordset(%s) ON CONFLICT (id) DO NOTHING.
+    """INSERT ... SELECT FROM json_populate_recordset(%s) ON CONFLICT (id) DO NOTHING,
+    and the new rows' cost added to key_spend by day, month and in total.
 
     The whole batch travels as ONE json parameter, serialised by orjson (C). A
     multi-row VALUES list (SQLAlchemy's insertmanyvalues) makes psycopg parse ~15,000
     placeholders in Python per 500-row batch (~400 ms of CPU, GIL held); one array
     per column (unnest) still has psycopg dump every value in Python (~50 µs a row).
     Here PostgreSQL does the parsing, and the writer's cost per row is a few µs.
-    The column list leaves `logged_at` to its server default. Rowcount = new rows.
+    The column list leaves `logged_at` to its server default. Spend comes from
+    RETURNING, i.e. only from rows this statement inserted, so a replayed row never
+    counts twice; key_spend rows are updated in key order, so two writers cannot
+    deadlock. The statement's one result is the number of new rows.
     """
     names = ", ".join(ROW_COLUMNS)
+    day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    month = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')"
     return (
-        f"INSERT INTO request_logs ({names}) SELECT {names} "
+        f"WITH ins AS (INSERT INTO request_logs ({names}) SELECT {names} "
         "FROM json_populate_recordset(NULL::request_logs, %s::json) "
-        "ON CONFLICT (id) DO NOTHING"
+        "ON CONFLICT (id) DO NOTHING RETURNING key_id, cost_usd, created_at), "
+        "spend AS (INSERT INTO key_spend (key_id, period, cost_usd, requests) "
+        "SELECT key_id, p.period, coalesce(sum(cost_usd), 0), count(*) FROM ins "
+        f"CROSS JOIN LATERAL (VALUES ('day:' || {day}), ('month:' || {month}), ('total')) "
+        "AS p(period) WHERE key_id IS NOT NULL GROUP BY key_id, p.period "
+        "ORDER BY key_id, p.period "
+        "ON CONFLICT (key_id, period) DO UPDATE SET "
+        "cost_usd = key_spend.cost_usd + EXCLUDED.cost_usd, "
+        "requests = key_spend.requests + EXCLUDED.requests) "
+        "SELECT count(*) FROM ins"
     )
 
 

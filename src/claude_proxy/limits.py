@@ -1,0 +1,497 @@
+"""Model allowlists, RPM/TPM limits and budgets, shared by every replica through the database.
+
+Nothing here touches the database on the request path. Each process counts its own
+admissions exactly, per key and per second, and a background task every
+`sync_interval` seconds:
+
+- writes this process's counts of the last minute to `rate_usage` (absolute values,
+  so a retried write never counts twice) and a heartbeat to `proxy_instances`;
+- reads every other process's counts, the number of live processes N, and the
+  spend of the keys with budgets from `key_spend` (which the log writer adds to in
+  the same transaction as the rows it inserts).
+
+RPM and TPM are sliding 60-second windows (1-second buckets, a bucket counts until
+it is wholly outside the window, so the window errs on the strict side). What one
+process cannot see is what the others admitted since their last write, so between
+two syncs each process may admit at most its share of what was left, ceil(left/N):
+the replicas together cannot overshoot by N times. Stated bounds are in
+docs/access-control.md.
+
+While the database is unreachable, counting goes on locally: the others' last
+known counts still count until they slide out of the window, each process admits
+at most ceil(limit/N) on its own, and the counts are written when the database is
+back. Spend keeps adding up locally from this process's own requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from claude_proxy.auth import KeyInfo
+from claude_proxy.pricing import PriceTable
+from claude_proxy.records import RequestRecord
+from claude_proxy.store.keys import current_period
+from claude_proxy.store.schema import DatabaseNow, key_spend, proxy_instances, rate_usage
+
+log = logging.getLogger("claude_proxy.limits")
+
+WINDOW = 60  # seconds: "per minute"
+_LIVE = timedelta(seconds=5)  # a process not heard from for this long is not counted in N
+_PRUNE_EVERY = 30.0  # seconds between deletions of old rate_usage rows
+_STALE_AFTER = 3  # sync intervals without a good sync: counting is local only
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is refused before it goes upstream, and how to say so."""
+
+    reason: str  # model_not_allowed | rpm | tpm | budget (stored in request_logs.refusal)
+    error_type: str
+    status: int
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+class _Window:
+    """One key's counts in this process, per second, over the last minute."""
+
+    __slots__ = ("buckets", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()  # [second, requests, tokens]
+        self.requests = 0
+        self.tokens = 0
+
+    def expire(self, now_s: int) -> None:
+        buckets = self.buckets
+        while buckets and buckets[0][0] <= now_s - WINDOW:
+            _, r, t = buckets.popleft()
+            self.requests -= r
+            self.tokens -= t
+
+    def add(self, now_s: int, requests: int, tokens: int) -> None:
+        buckets = self.buckets
+        if buckets and buckets[-1][0] == now_s:
+            b = buckets[-1]
+            b[1] += requests
+            b[2] += tokens
+        else:
+            buckets.append([now_s, requests, tokens])
+        self.requests += requests
+        self.tokens += tokens
+
+
+@dataclass
+class _Others:
+    """Every other process's counts for one key, as of the last sync."""
+
+    buckets: list[tuple[int, int, int]] = field(default_factory=list)  # oldest first
+    at_second: int = -1
+    requests: int = 0
+    tokens: int = 0
+
+    def totals(self, now_s: int) -> tuple[int, int]:
+        if now_s != self.at_second:  # buckets slide out of the window as time passes
+            cut = now_s - WINDOW
+            self.requests = sum(r for s, r, _ in self.buckets if s > cut)
+            self.tokens = sum(t for s, _, t in self.buckets if s > cut)
+            self.at_second = now_s
+        return self.requests, self.tokens
+
+
+@dataclass
+class _SyncResult:
+    others: dict[str, _Others]
+    instances: int
+    spend: dict[tuple[str, str], float]
+
+
+class Limiter:
+    """`check` → `admit` → (request runs) → `finish`, all on the event loop and cheap."""
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        prices: PriceTable,
+        *,
+        sync_interval: float = 1.0,
+        spend_lag: float = 3.0,
+        instance_id: str | None = None,
+    ) -> None:
+        self._engine = engine
+        self._prices = prices
+        self._sync_interval = sync_interval
+        # Spend of a finished request reaches key_spend within about the writer's flush
+        # interval; until a snapshot read this long after it, it is counted locally too.
+        self._spend_lag = spend_lag
+        self.instance_id = (
+            instance_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        )
+        self._started_at = datetime.now(UTC)
+        self._own: dict[str, _Window] = {}
+        self._dirty: set[tuple[str, int]] = set()
+        self._others: dict[str, _Others] = {}
+        self._instances = 1
+        self._generation = 0  # successful syncs so far
+        self._allowance: dict[str, tuple[int, int]] = {}  # key -> (generation, admissions left)
+        self._synced_at = float("-inf")  # monotonic
+        self._spend_db: dict[tuple[str, str], float] = {}
+        self._spend_local: dict[str, deque[tuple[float, float]]] = {}  # (unix time, usd)
+        self._budget_keys: dict[str, str] = {}  # key id -> budget period, seen here
+        self._healthy = True
+        self._next_prune = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------- request path
+
+    def check(self, key: KeyInfo, models: list[str], now: float) -> Refusal | None:
+        """The first limit this request would break, or None to let it through."""
+        for model in models:
+            if not key.allows_model(model):
+                allowed = ", ".join(key.models or ())
+                return Refusal(
+                    "model_not_allowed",
+                    "permission_error",
+                    403,
+                    f"This key may not use model '{model}'. Allowed models: {allowed}.",
+                )
+        if not key.limited:
+            return None
+        if key.budget_usd is not None:
+            refusal = self._check_budget(key, now)
+            if refusal is not None:
+                return refusal
+        if key.rpm is None and key.tpm is None:
+            return None
+        now_s = int(now)
+        own = self._window(key.key_id, now_s)
+        others = self._others.get(key.key_id)
+        o_req, o_tok = others.totals(now_s) if others is not None else (0, 0)
+        if key.rpm is not None:
+            used = own.requests + o_req
+            if used >= key.rpm:
+                wait = _seconds_until_below(own, others, key.rpm, 1, now, now_s)
+                return _rate_refusal("rpm", f"{key.rpm} requests per minute", key, wait)
+            if not self._within_share(key, key.rpm, used, own.requests, now):
+                return _rate_refusal(
+                    "rpm", f"{key.rpm} requests per minute", key, max(1, round(self._sync_interval))
+                )
+        if key.tpm is not None and own.tokens + o_tok >= key.tpm:
+            wait = _seconds_until_below(own, others, key.tpm, 2, now, now_s)
+            return _rate_refusal("tpm", f"{key.tpm} tokens per minute", key, wait)
+        return None
+
+    def admit(self, key: KeyInfo, now: float) -> None:
+        """Count a request that passed `check` (as one request in this second)."""
+        if key.rpm is None and key.tpm is None:
+            if key.budget_usd is not None:
+                self._budget_keys[key.key_id] = key.budget_period or "total"
+            return
+        now_s = int(now)
+        self._window(key.key_id, now_s).add(now_s, 1, 0)
+        self._dirty.add((key.key_id, now_s))
+        gen_left = self._allowance.get(key.key_id)
+        if gen_left is not None:
+            self._allowance[key.key_id] = (gen_left[0], gen_left[1] - 1)
+        if key.budget_usd is not None:
+            self._budget_keys[key.key_id] = key.budget_period or "total"
+
+    def finish(self, key: KeyInfo, record: RequestRecord, now: float) -> None:
+        """Count what a finished request used: its tokens (TPM) and its cost (budget)."""
+        if key.tpm is not None:
+            u = record.usage
+            # Like the API's input limits, cache reads do not count; cache writes do.
+            tokens = (
+                (u.input_tokens or 0)
+                + (u.cache_creation_input_tokens or 0)
+                + (u.output_tokens or 0)
+            )
+            if tokens:
+                now_s = int(now)
+                self._window(key.key_id, now_s).add(now_s, 0, tokens)
+                self._dirty.add((key.key_id, now_s))
+        if key.budget_usd is not None and record.model:
+            cost = self._prices.cost(record.model, record.usage, batch=False)
+            if cost:
+                self._spend_local.setdefault(key.key_id, deque()).append((now, float(cost)))
+
+    # ------------------------------------------------------------- the checks
+
+    def _window(self, key_id: str, now_s: int) -> _Window:
+        w = self._own.get(key_id)
+        if w is None:
+            w = self._own[key_id] = _Window()
+        else:
+            w.expire(now_s)
+        return w
+
+    def _within_share(self, key: KeyInfo, limit: int, used: int, own_used: int, now: float) -> bool:
+        """With N processes, admit at most ceil(left/N) between two syncs."""
+        n = self._instances
+        if n <= 1:
+            return True
+        if time.monotonic() - self._synced_at > _STALE_AFTER * self._sync_interval:
+            # The database is unreachable: nobody sees anybody; each keeps to its share.
+            return own_used < math.ceil(limit / n)
+        gen_left = self._allowance.get(key.key_id)
+        if gen_left is None or gen_left[0] != self._generation:
+            gen_left = (self._generation, math.ceil(max(0, limit - used) / n))
+            self._allowance[key.key_id] = gen_left
+        return gen_left[1] > 0
+
+    def _check_budget(self, key: KeyInfo, now: float) -> Refusal | None:
+        assert key.budget_usd is not None
+        period = key.budget_period or "total"
+        self._budget_keys[key.key_id] = period
+        spent = self.spent(key.key_id, period, now)
+        if spent < key.budget_usd:
+            return None
+        if period == "total":
+            when = "It does not reset: raise the budget to continue."
+            span = "in total"
+        else:
+            when = f"It resets at {_period_end(period, now)}."
+            span = f"this {period}"
+        msg = (
+            f"Budget exhausted for key '{key.name or key.key_id}': "
+            f"${spent:.2f} of ${key.budget_usd:.2f} spent {span}. {when}"
+        )
+        return Refusal("budget", "rate_limit_error", 429, msg, ((b"x-should-retry", b"false"),))
+
+    def spent(self, key_id: str, period: str, now: float) -> float:
+        """Spend in the current period: the last snapshot plus this process's recent costs."""
+        db = self._spend_db.get((key_id, current_period(period, _utc(now))), 0.0)
+        local = self._spend_local.get(key_id)
+        return db + (sum(c for _, c in local) if local else 0.0)
+
+    # --------------------------------------------------------------- syncing
+
+    async def start(self) -> None:
+        if self._engine is None:
+            return
+        await self.sync()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Write the last counts and leave `proxy_instances`, so N drops at once."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._engine is not None:
+            dirty = self._collect_dirty()
+            try:
+                await asyncio.to_thread(self._leave, dirty)
+            except Exception as exc:
+                log.warning("limits: final sync failed (%s)", type(exc).__name__)
+
+    def healthy(self) -> bool:
+        return self._engine is None or self._healthy
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._sync_interval)
+            await self.sync()
+
+    async def sync(self) -> bool:
+        """One round: write own counts, read the others' and the spend. False on failure."""
+        assert self._engine is not None
+        dirty = self._collect_dirty()
+        now = time.time()
+        budget_keys = dict(self._budget_keys)
+        try:
+            result = await asyncio.to_thread(self._sync_db, dirty, budget_keys, now)
+        except Exception as exc:
+            self._dirty.update((k, s) for k, s, _, _ in dirty)  # written next time
+            if self._healthy:
+                log.warning(
+                    "limits: database unreachable (%s); counting locally, each process "
+                    "keeps to its share",
+                    type(exc).__name__,
+                )
+            self._healthy = False
+            return False
+        if not self._healthy:
+            log.info("limits: database reachable again; counts reconciled")
+        self._healthy = True
+        self._others = result.others
+        self._instances = max(1, result.instances)
+        self._spend_db = result.spend
+        self._generation += 1
+        self._synced_at = time.monotonic()
+        self._prune_local_spend(now - self._spend_lag)
+        return True
+
+    def _collect_dirty(self) -> list[tuple[str, int, int, int]]:
+        """(key, second, requests, tokens) for every bucket changed since the last write."""
+        out = []
+        for key_id, second in self._dirty:
+            w = self._own.get(key_id)
+            if w is None:
+                continue
+            for s, r, t in w.buckets:
+                if s == second:
+                    out.append((key_id, s, r, t))
+                    break
+        self._dirty = set()
+        return out
+
+    def _prune_local_spend(self, before: float) -> None:
+        for key_id in list(self._spend_local):
+            q = self._spend_local[key_id]
+            while q and q[0][0] < before:
+                q.popleft()
+            if not q:
+                del self._spend_local[key_id]
+
+    def _sync_db(
+        self, dirty: list[tuple[str, int, int, int]], budget_keys: dict[str, str], now: float
+    ) -> _SyncResult:
+        """Runs in a thread: one write transaction, then the reads."""
+        assert self._engine is not None
+        engine = self._engine
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        now_s = int(now)
+        with engine.begin() as conn:
+            db_now: datetime = conn.execute(select(DatabaseNow())).scalar_one()
+            beat = insert(proxy_instances).values(
+                instance_id=self.instance_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=self._started_at,
+                last_seen=db_now,
+            )
+            conn.execute(
+                beat.on_conflict_do_update(
+                    index_elements=["instance_id"], set_={"last_seen": beat.excluded.last_seen}
+                )
+            )
+            if dirty:
+                rows = [
+                    {"instance_id": self.instance_id, "key_id": k, "bucket": s, "requests": r,
+                     "tokens": t}
+                    for k, s, r, t in sorted(dirty)
+                ]  # fmt: skip
+                up = insert(rate_usage)
+                conn.execute(
+                    up.on_conflict_do_update(
+                        index_elements=["instance_id", "key_id", "bucket"],
+                        set_={"requests": up.excluded.requests, "tokens": up.excluded.tokens},
+                    ),
+                    rows,
+                )
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + _PRUNE_EVERY
+                conn.execute(delete(rate_usage).where(rate_usage.c.bucket <= now_s - 2 * WINDOW))
+                conn.execute(
+                    delete(proxy_instances).where(
+                        proxy_instances.c.last_seen < db_now - timedelta(hours=1)
+                    )
+                )
+        with engine.connect() as conn:
+            others: dict[str, _Others] = {}
+            stmt = (
+                select(
+                    rate_usage.c.key_id,
+                    rate_usage.c.bucket,
+                    func.sum(rate_usage.c.requests),
+                    func.sum(rate_usage.c.tokens),
+                )
+                .where(
+                    rate_usage.c.bucket > now_s - WINDOW,
+                    rate_usage.c.instance_id != self.instance_id,
+                )
+                .group_by(rate_usage.c.key_id, rate_usage.c.bucket)
+                .order_by(rate_usage.c.key_id, rate_usage.c.bucket)
+            )
+            for key_id, bucket, req, tok in conn.execute(stmt):
+                others.setdefault(key_id, _Others()).buckets.append(
+                    (int(bucket), int(req), int(tok))
+                )
+            instances = conn.execute(
+                select(func.count())
+                .select_from(proxy_instances)
+                .where(proxy_instances.c.last_seen > db_now - _LIVE)
+            ).scalar_one()
+            spend: dict[tuple[str, str], float] = {}
+            if budget_keys:
+                periods = {current_period(p, _utc(now)) for p in budget_keys.values()}
+                rows_ = conn.execute(
+                    select(key_spend.c.key_id, key_spend.c.period, key_spend.c.cost_usd).where(
+                        key_spend.c.period.in_(sorted(periods)),
+                        key_spend.c.key_id.in_(sorted(budget_keys)),
+                    )
+                )
+                spend = {(k, p): float(c) for k, p, c in rows_}
+        return _SyncResult(others, int(instances), spend)
+
+    def _leave(self, dirty: list[tuple[str, int, int, int]]) -> None:
+        assert self._engine is not None
+        self._sync_db(dirty, {}, time.time())
+        with self._engine.begin() as conn:
+            conn.execute(
+                delete(proxy_instances).where(proxy_instances.c.instance_id == self.instance_id)
+            )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "instances": self._instances,
+            "healthy": self._healthy,
+            "keys_counted": len(self._own),
+        }
+
+
+def _rate_refusal(reason: str, what: str, key: KeyInfo, wait: int) -> Refusal:
+    msg = (
+        f"Rate limit exceeded for key '{key.name or key.key_id}': {what}. "
+        f"Retry after {wait} seconds."
+    )
+    return Refusal(reason, "rate_limit_error", 429, msg, ((b"retry-after", str(wait).encode()),))
+
+
+def _seconds_until_below(
+    own: _Window, others: _Others | None, limit: int, col: int, now: float, now_s: int
+) -> int:
+    """Whole seconds until enough old buckets leave the window to get under `limit`."""
+    per_second: dict[int, int] = {}
+    for b in own.buckets:
+        per_second[b[0]] = per_second.get(b[0], 0) + b[col]
+    if others is not None:
+        cut = now_s - WINDOW
+        for b3 in others.buckets:
+            if b3[0] > cut:
+                per_second[b3[0]] = per_second.get(b3[0], 0) + b3[col]
+    excess = sum(per_second.values()) - limit + 1
+    freed = 0
+    for second in sorted(per_second):
+        freed += per_second[second]
+        if freed >= excess:
+            # Bucket `second` leaves the window when the clock reaches second + WINDOW.
+            return max(1, math.ceil(second + WINDOW - now))
+    return WINDOW
+
+
+def _utc(now: float) -> datetime:
+    return datetime.fromtimestamp(now, tz=UTC)
+
+
+def _period_end(period: str, now: float) -> str:
+    t = _utc(now)
+    if period == "day":
+        end = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        first = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (first + timedelta(days=32)).replace(day=1)
+    return end.strftime("%Y-%m-%dT%H:%M:%SZ")
