@@ -25,6 +25,17 @@ READY_TIMEOUT = 20.0
 UPSTREAM_KEY = "sk-ant-api03-upstream-secret-0123456789"
 PROXY_KEY = "sk-proxy-test-client-key-abcdef"
 
+# Every secret the suite uses, and every server it started: at the end of the session no
+# server's output may contain any of them (see `no_secret_in_any_server_output`).
+SECRETS: set[str] = {UPSTREAM_KEY, PROXY_KEY, "sk-wrong"}
+SERVERS: list[Process] = []
+
+
+def register_secret(secret: str) -> str:
+    """Note a key the tests made or sent, so the end-of-session scan looks for it."""
+    SECRETS.add(secret)
+    return secret
+
 
 @dataclass
 class Process:
@@ -100,7 +111,23 @@ def spawn(args: list[str], env: dict[str, str] | None = None, cwd: Path | None =
     )
     p = Process(proc)
     p.start_reader()
+    if args and args[0] in ("serve", "emulator"):
+        SERVERS.append(p)
     return p
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_server_output() -> Iterator[None]:
+    """After the whole suite: no key, upstream or client, appears in anything a proxy or
+    emulator printed (logs, access lines, errors). Only key ids and short prefixes may."""
+    yield
+    leaks = []
+    for server in SERVERS:
+        out = server.output()
+        leaks.extend(
+            f"{server.proc.args[3]}: ...{secret[-6:]}" for secret in SECRETS if secret in out
+        )
+    assert not leaks, f"secrets leaked into server output: {leaks}"
 
 
 @dataclass

@@ -125,7 +125,10 @@ class ProxyApp:
         keys = KeyCache(st.client_keys(), engine, refresh_interval=st.key_refresh_seconds)
         await keys.start()
         limiter = Limiter(
-            engine, PriceTable.load(st.prices_file), sync_interval=st.limits_sync_seconds
+            engine,
+            PriceTable.load(st.prices_file),
+            sync_interval=st.limits_sync_seconds,
+            budgets=keys.budgets,
         )
         await limiter.start()
         throttle = BadKeyThrottle(st.bad_key_burst, st.bad_key_per_minute)

@@ -113,6 +113,7 @@ class KeyCache:
         self._engine = engine
         self._refresh_interval = refresh_interval
         self._digest_of: dict[str, bytes] = {}  # key id -> digest, to drop a rotated secret
+        self._budgets: dict[str, str] = {}  # key id -> budget period, for keys that have one
         self._since: datetime | None = None
         self._loaded = False
         self._healthy_at = float("-inf")  # monotonic time of the last good refresh
@@ -172,8 +173,16 @@ class KeyCache:
         if old is not None and old != digest:
             self._by_digest.pop(old, None)  # rotated: the old secret stops working
         self._digest_of[row.id] = digest
-        self._by_digest[digest] = KeyInfo.from_row(row)
+        info = self._by_digest[digest] = KeyInfo.from_row(row)
         self._unknown.pop(digest, None)
+        if info.budget_usd is not None and not info.revoked:
+            self._budgets[row.id] = info.budget_period or "total"
+        else:
+            self._budgets.pop(row.id, None)
+
+    def budgets(self) -> dict[str, str]:
+        """{key id: budget period} of the usable keys with a budget: whose spend to read."""
+        return dict(self._budgets)
 
     def refresh(self) -> int:
         """Read the keys changed since the last refresh (all, the first time); blocking."""
@@ -210,17 +219,17 @@ class KeyCache:
             await self._refresh_logged()
 
     async def _refresh_logged(self) -> None:
-        was_healthy = self.healthy()
+        was_healthy, was_loaded = self.healthy(), self._loaded
         try:
             await asyncio.to_thread(self.refresh)
         except Exception as exc:
-            if was_healthy or not self._loaded:
+            if was_healthy or not was_loaded:
                 log.warning(
                     "key cache refresh failed (%s); known keys keep working from the cache",
                     type(exc).__name__,
                 )
             return
-        if not was_healthy:
+        if not was_healthy and was_loaded:
             log.info("key cache refreshed again: database reachable")
 
     def _fresh(self, now: float) -> bool:

@@ -32,6 +32,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -129,9 +130,13 @@ class Limiter:
         sync_interval: float = 1.0,
         spend_lag: float = 3.0,
         instance_id: str | None = None,
+        budgets: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self._engine = engine
         self._prices = prices
+        # The keys with budgets that this process knows of (the key cache): their spend is
+        # read at every sync, so the first request after a restart already sees it.
+        self._known_budgets = budgets
         self._sync_interval = sync_interval
         # Spend of a finished request reaches key_spend within about the writer's flush
         # interval; until a snapshot read this long after it, it is counted locally too.
@@ -242,7 +247,7 @@ class Limiter:
         n = self._instances
         if n <= 1:
             return True
-        if time.monotonic() - self._synced_at > _STALE_AFTER * self._sync_interval:
+        if self.local_only():
             # The database is unreachable: nobody sees anybody; each keeps to its share.
             return own_used < math.ceil(limit / n)
         gen_left = self._allowance.get(key.key_id)
@@ -266,7 +271,7 @@ class Limiter:
             span = f"this {period}"
         msg = (
             f"Budget exhausted for key '{key.name or key.key_id}': "
-            f"${spent:.2f} of ${key.budget_usd:.2f} spent {span}. {when}"
+            f"{_usd(spent)} of {_usd(key.budget_usd)} spent {span}. {when}"
         )
         return Refusal("budget", "rate_limit_error", 429, msg, ((b"x-should-retry", b"false"),))
 
@@ -300,6 +305,10 @@ class Limiter:
     def healthy(self) -> bool:
         return self._engine is None or self._healthy
 
+    def local_only(self) -> bool:
+        """True while no sync has succeeded lately: each process keeps to its share."""
+        return time.monotonic() - self._synced_at > _STALE_AFTER * self._sync_interval
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._sync_interval)
@@ -311,6 +320,8 @@ class Limiter:
         dirty = self._collect_dirty()
         now = time.time()
         budget_keys = dict(self._budget_keys)
+        if self._known_budgets is not None:
+            budget_keys.update(self._known_budgets())
         try:
             result = await asyncio.to_thread(self._sync_db, dirty, budget_keys, now)
         except Exception as exc:
@@ -481,6 +492,14 @@ def _seconds_until_below(
             # Bucket `second` leaves the window when the clock reaches second + WINDOW.
             return max(1, math.ceil(second + WINDOW - now))
     return WINDOW
+
+
+def _usd(amount: float) -> str:
+    """Cents for ordinary amounts; enough digits that a tiny budget does not read as $0.00."""
+    if amount >= 1 or amount == 0:
+        return f"${amount:,.2f}"
+    digits = f"{amount:.6f}".rstrip("0")
+    return "$" + (digits if len(digits.split(".")[1]) >= 2 else f"{amount:.2f}")
 
 
 def _utc(now: float) -> datetime:

@@ -24,11 +24,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Body, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 from sqlalchemy import Engine
+from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException
 
 from claude_proxy import __version__
@@ -50,7 +51,7 @@ from claude_proxy.store.keys import (
 )
 from claude_proxy.store.queries import recent_logs, usage_summary
 from claude_proxy.store.schema import COST_PLACES
-from claude_proxy.types import Receive, Scope, Send
+from claude_proxy.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("claude_proxy.admin")
 
@@ -66,8 +67,17 @@ TPM_MAX = 2**63 - 1
 BUDGET_MAX = Decimal("9999999999.99999999")
 
 T = TypeVar("T")
-Money = Annotated[Decimal, Field(ge=0, le=BUDGET_MAX, max_digits=18, decimal_places=8)]
 Period = Literal["day", "month", "total"]
+
+
+def _money_text(value: Decimal) -> str:
+    """8 places, never exponent notation (str(Decimal("0.00000000")) is "0E-8")."""
+    return format(value.quantize(COST_PLACES), "f")
+
+
+# Money in: a JSON number or string. Money out: a decimal string with 8 places, exact.
+MoneyIn = Annotated[Decimal, Field(ge=0, le=BUDGET_MAX, max_digits=18, decimal_places=8)]
+MoneyOut = Annotated[Decimal, PlainSerializer(_money_text, return_type=str, when_used="json")]
 
 
 # ------------------------------------------------------------------------- models
@@ -98,7 +108,7 @@ class _KeyFields(BaseModel):
     tpm: int | None = Field(
         default=None, ge=1, le=TPM_MAX, description="Input + output tokens per minute."
     )
-    budget_usd: Money | None = Field(
+    budget_usd: MoneyIn | None = Field(
         default=None, description="Spend cap per budget_period, in USD (a number or a string)."
     )
     budget_period: Period | None = None
@@ -124,7 +134,7 @@ class _KeyFields(BaseModel):
             return None
         v = v if v.tzinfo else v.replace(tzinfo=UTC)
         if v <= datetime.now(UTC):
-            raise ValueError("expires_at must be in the future (to stop a key now, revoke it)")
+            raise ValueError("must be in the future (to stop a key now, revoke it)")
         return v
 
 
@@ -152,9 +162,9 @@ class KeyOut(BaseModel):
     models: list[str] | None
     rpm: int | None
     tpm: int | None
-    budget_usd: Decimal | None
+    budget_usd: MoneyOut | None
     budget_period: Period | None
-    spend_usd: Decimal | None = Field(description="Spend in spend_period.")
+    spend_usd: MoneyOut | None = Field(description="Spend in spend_period.")
     spend_period: str | None = Field(
         description="The budget period counted now (`day:2026-11-27`, `month:2026-11`, "
         "`total`); `total` for a key without a budget."
@@ -186,7 +196,7 @@ class UsageRow(BaseModel):
     cache_creation_5m_input_tokens: int
     cache_creation_1h_input_tokens: int
     cache_read_input_tokens: int
-    cost_usd: Decimal = Field(description="Sum of the known costs.")
+    cost_usd: MoneyOut = Field(description="Sum of the known costs.")
     unpriced: int = Field(description="Requests whose model has no known price.")
     latency_ms_p50: float | None
     latency_ms_p95: float | None
@@ -223,7 +233,7 @@ class LogEntry(BaseModel):
     cache_creation_5m_input_tokens: int | None
     cache_creation_1h_input_tokens: int | None
     cache_read_input_tokens: int | None
-    cost_usd: Decimal | None
+    cost_usd: MoneyOut | None = Field(description="null: the model has no known price.")
     latency_ms: float | None
     ttft_ms: float | None
     upstream_request_id: str | None
@@ -246,23 +256,20 @@ class Logs(BaseModel):
 # ------------------------------------------------------------------------ helpers
 
 
-def _money(value: Decimal | None) -> Decimal | None:
-    """8 places always, and never exponent notation (Decimal(0) would print as 0E-8)."""
-    if value is None:
-        return None
-    return Decimal(format(value.quantize(COST_PLACES), "f"))
-
-
-def key_out(row: KeyRow, secret: str | None = None) -> KeyOut:
+def _key_fields(row: KeyRow) -> dict[str, Any]:
     fields = row.public()  # everything but the hash
-    fields["budget_usd"] = _money(row.budget_usd)
-    fields["spend_usd"] = _money(row.spend_usd)
     fields["spend_period"] = (
         current_period(row.budget_period or "total") if row.spend_usd is not None else None
     )
-    if secret is not None:
-        return CreatedKey(key=secret, **fields)
-    return KeyOut(**fields)
+    return fields
+
+
+def key_out(row: KeyRow) -> KeyOut:
+    return KeyOut(**_key_fields(row))
+
+
+def created_out(row: KeyRow, secret: str) -> CreatedKey:
+    return CreatedKey(key=secret, **_key_fields(row))
 
 
 def _request_id(request: Request) -> str:
@@ -305,6 +312,8 @@ def _validation_message(errors: Sequence[Any]) -> str:
             loc = []
         elif err.get("type") == "model_attributes_type" and not loc:
             msg = "the body must be a JSON object, sent with content-type: application/json"
+        elif err.get("type") == "missing" and not loc:
+            msg = "a JSON body is required"
         elif msg.startswith("Value error, "):
             msg = msg.removeprefix("Value error, ")
         parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
@@ -343,7 +352,6 @@ def _build_fastapi(engine: Engine, keys: KeyCache) -> FastAPI:
         docs_url=None,  # the docs UI would load its assets from a CDN
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
-        max_body_size=MAX_BODY_BYTES,
     )
 
     async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -405,7 +413,7 @@ def _build_fastapi(engine: Engine, keys: KeyCache) -> FastAPI:
         """Create a key. The response holds the secret in `key`, this once."""
         spec = _spec(body.model_dump())
         row, secret = await db(create_key, engine, spec)
-        return CreatedKey.model_validate(key_out(await changed(row), secret).model_dump())
+        return created_out(await changed(row), secret)
 
     @router.get("/keys", response_model=KeyList, tags=["keys"])
     async def list_(
@@ -425,7 +433,7 @@ def _build_fastapi(engine: Engine, keys: KeyCache) -> FastAPI:
         return key_out(await shown(row))
 
     @router.patch("/keys/{key_id}", response_model=KeyOut, tags=["keys"])
-    async def update(key_id: str, body: Annotated[KeyUpdate, Body()]) -> KeyOut:
+    async def update(key_id: str, body: KeyUpdate) -> KeyOut:
         """Change a key's name or limits: only the fields sent change; null removes a limit."""
         changes = {f: getattr(body, f) for f in body.model_fields_set}
         if not changes:
@@ -469,9 +477,11 @@ def _build_fastapi(engine: Engine, keys: KeyCache) -> FastAPI:
             current = await db(get_key, engine, key_id)
             if current is None:
                 raise _not_found(key_id)
-            raise ApiError("invalid_request_error", f"key {key_id} is revoked: it cannot be rotated")
+            raise ApiError(
+                "invalid_request_error", f"key {key_id} is revoked: it cannot be rotated"
+            )
         row, secret = rotated
-        return CreatedKey.model_validate(key_out(await changed(row), secret).model_dump())
+        return created_out(await changed(row), secret)
 
     # ------------------------------------------------------------ usage, logs
 
@@ -487,8 +497,6 @@ def _build_fastapi(engine: Engine, keys: KeyCache) -> FastAPI:
         start = _when("since", since)
         end = _when("until", until) if until is not None else None
         rows = await db(usage_summary, engine, by, start, end)
-        for r in rows:
-            r["cost_usd"] = _money(r["cost_usd"])
         return Usage(by=by, since=start, until=end, data=[UsageRow(**r) for r in rows])
 
     @router.get("/logs", response_model=Logs, tags=["logs"])
@@ -518,9 +526,8 @@ def _build_fastapi(engine: Engine, keys: KeyCache) -> FastAPI:
             errors_only=errors,
             limit=limit,
         )
-        for r in rows:
-            r["cost_usd"] = _money(r["cost_usd"])
-            if not include_bodies:
+        if not include_bodies:
+            for r in rows:
                 r["request_body"] = r["response_body"] = None
         return Logs(data=[LogEntry(**r) for r in rows])
 
@@ -548,6 +555,16 @@ def _when(name: str, text: str) -> datetime:
             "invalid_request_error", f"{name}: use 7d, 12h, 30m or an ISO date/time, not {text!r}"
         ) from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _hide_sql_parameters(exc: BaseException | None) -> None:
+    """SQLAlchemy puts a failed statement's parameters in the exception's text."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StatementError):
+            exc.hide_parameters = True
+        exc = exc.__cause__ or exc.__context__
 
 
 class AdminApp:
@@ -599,10 +616,22 @@ class AdminApp:
             )
             return
 
+        body = await self._read_body(scope, receive, send, rid)
+        if body is None:
+            return
+        replayed = False
+
+        async def receive_body() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # http.disconnect, whenever it comes
+
         started = False
         rid_bytes = rid.encode()
 
-        async def send_with_headers(message: dict[str, Any]) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -616,9 +645,15 @@ class AdminApp:
             await send(message)
 
         try:
-            await self.app({**scope, REQUEST_ID_SCOPE_KEY: rid}, receive, send_with_headers)
-        except Exception:
-            log.exception("admin API error: %s %s (request_id %s)", scope.get("method"), scope.get("path"), rid)
+            await self.app({**scope, REQUEST_ID_SCOPE_KEY: rid}, receive_body, send_with_headers)
+        except Exception as exc:
+            _hide_sql_parameters(exc)  # they can hold a key's hash
+            log.exception(
+                "admin API error: %s %s (request_id %s)",
+                scope.get("method"),
+                scope.get("path"),
+                rid,
+            )
             if not started:
                 await send_error(
                     send,
@@ -628,6 +663,34 @@ class AdminApp:
                     rid,
                     extra_headers=[(b"cache-control", b"no-store")],
                 )
+
+    @staticmethod
+    async def _read_body(scope: Scope, receive: Receive, send: Send, rid: str) -> bytes | None:
+        """The whole request body (they are small), or None once a 413 has been sent
+        or the client has gone."""
+        too_large = False
+        for name, value in scope.get("headers", ()):
+            if name.lower() == b"content-length":
+                too_large = not value.isdigit() or int(value) > MAX_BODY_BYTES
+        body = bytearray()
+        while not too_large:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            too_large = len(body) > MAX_BODY_BYTES
+            if not message.get("more_body", False):
+                break
+        if too_large:
+            await send_error(
+                send,
+                "request_too_large",
+                f"the admin API takes request bodies of at most {MAX_BODY_BYTES // 1024} KiB",
+                rid,
+                extra_headers=[(b"cache-control", b"no-store")],
+            )
+            return None
+        return bytes(body)
 
 
 def build_admin_app(engine: Engine, keys: KeyCache, admin_token: str) -> AdminApp:
