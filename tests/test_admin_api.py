@@ -512,6 +512,8 @@ async def test_logs(client: httpx2.AsyncClient, db: Engine) -> None:
     assert await ids(status_code=429) == [rows[2]["id"]]
     assert await ids(error_type="rate_limit_error", key_id="key_b") == [rows[2]["id"]]
     assert await ids(error_type="api_error") == []
+    assert await ids(refusal="rpm") == [rows[2]["id"]]
+    assert await ids(refusal="budget") == []
     assert await ids(key_id="key_a", model="claude-sonnet-4-5", limit=1) == [rows[0]["id"]]
 
     r = await client.get(f"{BASE}/logs", params={"include_bodies": "true", "key_id": "key_a"})

@@ -132,7 +132,7 @@ def key_json(row: KeyRow, secret: str | None = None) -> dict[str, Any]:
         current_period(row.budget_period or "total") if row.spend_usd is not None else None
     )
     if secret is not None:
-        out = {"key": secret, **out}
+        out["key"] = secret  # last, as in the admin API's answer
     return out
 
 
@@ -350,16 +350,14 @@ def cmd_update(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -
 def cmd_revoke(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     engine = engine_factory()
     before = _found(get_key(engine, args.id), args.id)
-    row = _found(revoke_key(engine, args.id), args.id)
+    row = with_spend(engine, [_found(revoke_key(engine, args.id), args.id)])[0]
     if args.json:
         _print_json(key_json(row))
     elif before.revoked_at is not None:
         print(f"Key {row.id} ({row.name}) was already revoked at {_when(row.revoked_at)}.")
     else:
-        print(
-            f"Revoked key {row.id} ({row.name}) at {_when(row.revoked_at)}. Running proxies "
-            "refuse it within their key refresh interval (CLAUDE_PROXY_KEY_REFRESH_SECONDS)."
-        )
+        print(f"Revoked key {row.id} ({row.name}) at {_when(row.revoked_at)}.")
+        print("Running proxies refuse it from their next key refresh (within a few seconds).")
 
 
 def cmd_rotate(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:

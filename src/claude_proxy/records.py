@@ -81,7 +81,7 @@ def log_access(record: RequestRecord, cost_usd: Decimal | None) -> None:
         return
     u = record.usage
     log.info(
-        "request id=%s key=%s %s %s model=%s stream=%s status=%s error=%s stop=%s "
+        "request id=%s key=%s %s %s model=%s stream=%s status=%s error=%s refusal=%s stop=%s "
         "in=%s out=%s cache_write=%s cache_read=%s cost_usd=%s latency_ms=%.1f ttft_ms=%s "
         "upstream_request_id=%s disconnected=%s",
         record.id,
@@ -92,6 +92,7 @@ def log_access(record: RequestRecord, cost_usd: Decimal | None) -> None:
         record.stream,
         record.status_code,
         record.error_type,
+        record.refusal,
         record.stop_reason,
         u.input_tokens,
         u.output_tokens,

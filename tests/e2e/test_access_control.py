@@ -87,7 +87,9 @@ class Cluster:
             with self.engine.connect() as conn:
                 found[:] = [
                     dict(r._mapping)
-                    for r in conn.execute(select(request_logs).where(request_logs.c.id == request_id))
+                    for r in conn.execute(
+                        select(request_logs).where(request_logs.c.id == request_id)
+                    )
                 ]
             return bool(found)
 

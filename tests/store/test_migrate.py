@@ -42,9 +42,7 @@ def test_upgrade_twice_is_idempotent_and_matches_the_schema(backend: Backend) ->
         "ix_request_logs_model_created_at": ["model", "created_at"],
         "ix_request_logs_logged_at": ["logged_at"],
     }
-    assert {"api_keys", "key_spend", "rate_usage", "proxy_instances"} <= set(
-        insp.get_table_names()
-    )
+    assert {"api_keys", "key_spend", "rate_usage", "proxy_instances"} <= set(insp.get_table_names())
     assert insp.get_pk_constraint("key_spend")["constrained_columns"] == ["key_id", "period"]
     # What the migrations built is what schema.py (the writer and the queries) expects.
     with engine.connect() as conn:
@@ -101,7 +99,9 @@ def test_replicas_migrating_together_run_it_once(
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         assert conn.execute(text(advisory)).scalar() == 0
-    migrated = [r for r in caplog.records if f"migrated from None to {head_revision()}" in r.getMessage()]
+    migrated = [
+        r for r in caplog.records if f"migrated from None to {head_revision()}" in r.getMessage()
+    ]
     assert len(migrated) == 1
 
 

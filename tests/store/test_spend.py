@@ -39,7 +39,7 @@ def test_spend_counts_each_row_once_through_replays(
     for r in recs:
         w.submit(r)
     w.close_sync(10)
-    day, month, total = spend_periods(record_to_row(recs[0], None)["created_at"])
+    day, month, _ = spend_periods(record_to_row(recs[0], None)["created_at"])
     expected = (PRICE * 7, 7)
     assert spend_of(db, key) == {day: expected, month: expected, "total": expected}
 

@@ -106,7 +106,10 @@ class _KeyFields(BaseModel):
     )
     rpm: int | None = Field(default=None, ge=1, le=RPM_MAX, description="Requests per minute.")
     tpm: int | None = Field(
-        default=None, ge=1, le=TPM_MAX, description="Input + output tokens per minute."
+        default=None,
+        ge=1,
+        le=TPM_MAX,
+        description="Tokens per minute: input, cache writes and output (not cache reads).",
     )
     budget_usd: MoneyIn | None = Field(
         default=None, description="Spend cap per budget_period, in USD (a number or a string)."
@@ -507,6 +510,10 @@ def _build_fastapi(engine: Engine, keys: KeyCache) -> FastAPI:
         error_type: Annotated[
             str | None, Query(description="e.g. rate_limit_error, client_disconnected")
         ] = None,
+        refusal: Annotated[
+            str | None,
+            Query(description="Why the proxy refused: rpm, tpm, budget, model_not_allowed, ..."),
+        ] = None,
         errors: Annotated[
             bool, Query(description="Only errors: status >= 400 or an error type.")
         ] = False,
@@ -523,6 +530,7 @@ def _build_fastapi(engine: Engine, keys: KeyCache) -> FastAPI:
             model=model,
             status_code=status_code,
             error_type=error_type,
+            refusal=refusal,
             errors_only=errors,
             limit=limit,
         )

@@ -87,6 +87,9 @@ def make_engine(
         pool_pre_ping=True,
         pool_recycle=300,
         connect_args=connect_args,
+        # Error messages must not carry statement parameters: they hold request data and
+        # key hashes, and errors get logged.
+        hide_parameters=True,
     )
 
 
@@ -101,6 +104,7 @@ def _sqlite_engine(
         # The writer thread and request handlers use different threads; the pool
         # hands a connection to one thread at a time, so this check is only noise.
         connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+        hide_parameters=True,  # as for PostgreSQL: no request data or key hashes in errors
     )
 
     @event.listens_for(engine, "connect")

@@ -23,7 +23,12 @@ from claude_proxy.store.schema import DatabaseNow, api_keys, key_spend
 BUDGET_PERIODS = ("day", "month", "total")
 # Recognisable in a config file, a log scan or a secret scanner's rules.
 KEY_PREFIX = "sk-proxy-"
-_SHOWN_RANDOM_CHARS = 6  # 36 of the key's 256 random bits: enough to tell keys apart
+_SHOWN_RANDOM_CHARS = 6
+_INT_MAX = 2**31 - 1  # the rpm column is INTEGER
+_BIGINT_MAX = 2**63 - 1
+_MAX_BUDGET = Decimal(
+    "9999999999"
+)  # NUMERIC(18, 8)  # 36 of the key's 256 random bits: enough to tell keys apart
 
 
 def key_hash(secret: str | bytes) -> str:
@@ -52,17 +57,17 @@ class KeySpec:
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ValueError("a key needs a name")
-        for label, value in (("rpm", self.rpm), ("tpm", self.tpm)):
-            if value is not None and value < 1:
-                raise ValueError(f"{label} must be at least 1")
+        for label, value, top in (("rpm", self.rpm, _INT_MAX), ("tpm", self.tpm, _BIGINT_MAX)):
+            if value is not None and not 1 <= value <= top:
+                raise ValueError(f"{label} must be between 1 and {top}")
         if (self.budget_usd is None) != (self.budget_period is None):
             raise ValueError("a budget needs both an amount and a period (day, month or total)")
         if self.budget_period is not None and self.budget_period not in BUDGET_PERIODS:
             raise ValueError("budget period must be day, month or total")
-        if self.budget_usd is not None and self.budget_usd < 0:
-            raise ValueError("a budget cannot be negative")
-        if self.models is not None and not all(m.strip() for m in self.models):
-            raise ValueError("model patterns cannot be empty")
+        if self.budget_usd is not None and not 0 <= self.budget_usd <= _MAX_BUDGET:
+            raise ValueError(f"a budget must be between 0 and {_MAX_BUDGET}")
+        if self.models is not None and (not self.models or not all(m.strip() for m in self.models)):
+            raise ValueError("a model allowlist needs at least one non-empty pattern")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise ValueError("expires_at must be timezone-aware")
 

@@ -91,6 +91,7 @@ def recent_logs(
     limit: int = 100,
     status_code: int | None = None,
     error_type: str | None = None,
+    refusal: str | None = None,
     errors_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows ordered by (created_at, id), oldest first.
@@ -103,7 +104,12 @@ def recent_logs(
     or an error type, e.g. a client that went away mid-stream).
     """
     filters = _filters(
-        key_id, model, status_code=status_code, error_type=error_type, errors_only=errors_only
+        key_id,
+        model,
+        status_code=status_code,
+        error_type=error_type,
+        refusal=refusal,
+        errors_only=errors_only,
     )
     stmt = select(request_logs).where(*filters)
     if after is not None:
@@ -227,6 +233,7 @@ def _filters(
     *,
     status_code: int | None = None,
     error_type: str | None = None,
+    refusal: str | None = None,
     errors_only: bool = False,
 ) -> list[ColumnElement[bool]]:
     out: list[ColumnElement[bool]] = []
@@ -238,6 +245,8 @@ def _filters(
         out.append(t.status_code == status_code)
     if error_type is not None:
         out.append(t.error_type == error_type)
+    if refusal is not None:
+        out.append(t.refusal == refusal)
     if errors_only:
         out.append(_is_error())
     return out
