@@ -186,6 +186,7 @@ def test_database_keys_allowlists_rpm_and_every_refusal_leaves_a_row(emulator: E
             with pytest.raises(anthropic.AuthenticationError) as unauth:
                 ask(px, register_secret(secret))
             assert words in unauth.value.message
+            assert secret not in unauth.value.response.text  # never echoed back
             refusals[request_id(unauth.value)] = reason
 
         for rid, reason in refusals.items():

@@ -6,12 +6,23 @@ import contextlib
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import anthropic
 import httpx2
 import pytest
 
-from tests.conftest import PROXY_KEY, UPSTREAM_KEY, Emulator, spawn, start_proxy
+from claude_proxy.store.engine import make_engine
+from claude_proxy.store.keys import KeySpec, create_key
+from claude_proxy.store.migrate import upgrade
+from tests.conftest import (
+    PROXY_KEY,
+    UPSTREAM_KEY,
+    Emulator,
+    register_secret,
+    spawn,
+    start_proxy,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -23,6 +34,34 @@ def test_refuses_to_start_without_client_keys(emulator: Emulator) -> None:
     )
     assert p.proc.wait(20) == 2
     assert "no client keys are configured" in p.output()
+
+
+def test_starts_on_database_keys_alone_and_never_with_the_admin_key_as_a_client_key(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    upstream = {"ANTHROPIC_API_KEY": UPSTREAM_KEY, "ANTHROPIC_BASE_URL": emulator.url}
+    p = spawn(["serve", "--port", "0"], {**upstream, "DATABASE_URL": url})
+    assert p.proc.wait(20) == 2  # an empty key table is no better than no keys
+    engine = make_engine(url)
+    upgrade(engine)
+    _, secret = create_key(engine, KeySpec(name="only-key"))
+    engine.dispose()
+    px = start_proxy(emulator.url, {"CLAUDE_PROXY_API_KEYS": "", "DATABASE_URL": url}, tmp_path)
+    try:
+        client = anthropic.Anthropic(base_url=px.url, api_key=register_secret(secret))
+        reply = client.messages.create(
+            model="claude-haiku-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.content
+    finally:
+        px.process.stop()
+    same = spawn(
+        ["serve", "--port", "0"],
+        {**upstream, "CLAUDE_PROXY_API_KEYS": PROXY_KEY, "CLAUDE_PROXY_ADMIN_KEY": PROXY_KEY},
+    )
+    assert same.proc.wait(20) == 2
+    assert "must not also be a client key" in same.output()
 
 
 def test_refuses_base_url_without_upstream_key(emulator: Emulator) -> None:
