@@ -113,6 +113,7 @@ def start_proxy(
         "DATABASE_URL": database_url or f"sqlite:///{wd / (name + '.db')}",
         "CLAUDE_PROXY_SPILL_DIR": str(wd / f"{name}-spill"),
         "CLAUDE_PROXY_LOG_REQUESTS": "true" if request_log else "false",
+        "CLAUDE_PROXY_PRE_STOP_SECONDS": "0",  # no load balancer to wait for at stop
     }
     proc = procs.start(name, argv, env=env, cores=PROXY_CORES, ready=PROXY_READY, workdir=wd)
     # The request log's writer process inherited core 0. On a 2-vCPU task the kernel runs

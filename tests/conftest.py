@@ -100,6 +100,8 @@ def spawn(args: list[str], env: dict[str, str] | None = None, cwd: Path | None =
         k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_PROXY_"))
     }
     full_env["PYTHONUNBUFFERED"] = "1"
+    # No load balancer to wait for: stopping a test proxy skips the 10 s pre-stop delay.
+    full_env["CLAUDE_PROXY_PRE_STOP_SECONDS"] = "0"
     full_env.update(env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "claude_proxy", *args],

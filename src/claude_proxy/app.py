@@ -10,18 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from dataclasses import dataclass
 
+import orjson
 from sqlalchemy import Engine
 
 from claude_proxy import __version__
 from claude_proxy.auth import BadKeyThrottle, KeyCache
+from claude_proxy.breaker import BreakerConfig, CircuitBreaker
 from claude_proxy.config import Settings
+from claude_proxy.dispatch import Dispatcher
+from claude_proxy.drain import Drain
 from claude_proxy.errors import send_error
 from claude_proxy.limits import Limiter
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.relay import Relay
+from claude_proxy.retry import RetryConfig, RetryPolicy
 from claude_proxy.store.engine import redacted_url
 from claude_proxy.store.handoff import ProcessSink, writer_config
 from claude_proxy.store.migrate import upgrade
@@ -32,11 +38,7 @@ from claude_proxy.upstream import UpstreamPool
 log = logging.getLogger("claude_proxy.app")
 
 _HEALTH_BODY = b'{"status":"ok"}'
-_HEALTH_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(_HEALTH_BODY)).encode()),
-    (b"cache-control", b"no-store"),
-]
+_DRAINING_BODY = b'{"status":"draining"}'
 
 
 _MIGRATE_RETRY_SECONDS = 30.0
@@ -45,6 +47,8 @@ _MIGRATE_RETRY_SECONDS = 30.0
 @dataclass
 class Components:
     upstream: UpstreamPool
+    breaker: CircuitBreaker
+    retry: RetryPolicy
     relay: Relay
     engine: Engine
     keys: KeyCache
@@ -52,13 +56,15 @@ class Components:
     sink: ProcessSink | None
     migrator: asyncio.Task[None] | None
     admin: ASGIApp | None
+    drain_task: asyncio.Task[None]
 
 
 class ProxyApp:
     """ASGI callable; `create_app` is the way to build one."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, drain: Drain | None = None) -> None:
         self.settings = settings
+        self.drain = drain or Drain(settings.pre_stop_seconds, settings.drain_seconds)
         self.components: Components | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,6 +76,8 @@ class ProxyApp:
                 await self.components.relay(scope, receive, send)
             elif path == "/health":
                 await self._health(send)
+            elif path == "/ready":
+                await self._ready(send)
             elif path.startswith("/admin/") and self.components and self.components.admin:
                 # Its own key (CLAUDE_PROXY_ADMIN_KEY); proxy keys mean nothing there.
                 await self.components.admin(scope, receive, send)
@@ -81,9 +89,32 @@ class ProxyApp:
 
     async def _health(self, send: Send) -> None:
         # Liveness only: never touches the upstream or the database, so an outage
-        # there cannot make the load balancer kill every task.
-        await send({"type": "http.response.start", "status": 200, "headers": _HEALTH_HEADERS})
-        await send({"type": "http.response.body", "body": _HEALTH_BODY})
+        # there cannot make the load balancer kill every task. 503 once draining, so
+        # the load balancer deregisters this task before it stops listening.
+        if self.drain.draining:
+            await _json(send, 503, _DRAINING_BODY, close=True)
+        else:
+            await _json(send, 200, _HEALTH_BODY)
+
+    async def _ready(self, send: Send) -> None:
+        """A readiness report for people and dashboards (no I/O: cached states only)."""
+        c = self.components
+        if c is None:
+            return await _json(send, 503, b'{"status":"starting"}')
+        report = {
+            "status": "draining" if self.drain.draining else "ok",
+            "upstream": {
+                "circuit": c.breaker.stats(),
+                "in_flight": c.upstream.in_flight,
+                "retries": c.retry.stats(),
+            },
+            "database": {
+                "keys": "ok" if c.keys.healthy() else "unreachable",
+                "limits": "ok" if c.limiter.healthy() else "unreachable",
+            },
+            "log_queue": c.sink.stats() if c.sink is not None else None,
+        }
+        await _json(send, 503 if self.drain.draining else 200, orjson.dumps(report))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -138,10 +169,45 @@ class ProxyApp:
 
             admin = build_admin_app(engine, keys, st.admin_token())
         upstream = UpstreamPool(st, asyncio.get_running_loop())
+        breaker = CircuitBreaker(
+            BreakerConfig(
+                failure_ratio=st.breaker_failure_ratio,
+                min_requests=st.breaker_min_requests,
+                window_seconds=st.breaker_window_seconds,
+                open_seconds=st.breaker_open_seconds,
+                probes=st.breaker_half_open_probes,
+            )
+        )
+        retry = RetryPolicy(
+            RetryConfig(
+                statuses=st.retry_statuses(),
+                connect_errors=st.retry_connect_errors(),
+                max_attempts=st.retry_max_attempts,
+                backoff_initial=st.retry_backoff_initial_seconds,
+                max_backoff=st.retry_backoff_max_seconds,
+                ratio=st.retry_budget_ratio,
+                min_per_second=st.retry_budget_min_per_second,
+            )
+        )
+        dispatcher = Dispatcher(upstream, breaker, retry)
         body_cap = st.log_body_max_bytes if st.log_bodies else 0
-        relay = Relay(keys, limiter, throttle, upstream, sink, st.max_body_bytes, body_cap)
+        relay = Relay(
+            keys, limiter, throttle, dispatcher, sink, self.drain, st.max_body_bytes, body_cap
+        )
+        self.drain.attach(asyncio.get_running_loop())
+        drain_task = asyncio.get_running_loop().create_task(self._drain(upstream))
         self.components = Components(
-            upstream, relay, engine, keys, limiter, process_sink, migrator, admin
+            upstream,
+            breaker,
+            retry,
+            relay,
+            engine,
+            keys,
+            limiter,
+            process_sink,
+            migrator,
+            admin,
+            drain_task,
         )
         if st.listen_url:
             # Tests and scripts wait for this line; it means requests are being served.
@@ -166,6 +232,7 @@ class ProxyApp:
         if c is None:
             return
         self.components = None
+        c.drain_task.cancel()
         await c.upstream.close()
         await c.keys.close()
         await c.limiter.close()
@@ -175,6 +242,37 @@ class ProxyApp:
         if c.sink is not None:
             await c.sink.close(self.settings.log_flush_timeout_seconds)
         c.engine.dispose()
+
+    async def _drain(self, upstream: UpstreamPool) -> None:
+        """Log the drain's steps, and end what is still in flight at its deadline."""
+        d = self.drain
+        await d.wait_begun()
+        log.info(
+            "drain started: /health answers 503; serving for %gs (pre-stop), then %d "
+            "in-flight requests get up to %gs to finish",
+            d.pre_stop,
+            upstream.in_flight,
+            d.window,
+        )
+        await asyncio.sleep(max(0.0, d.stop_accepting_at - time.monotonic()))
+        log.info("drain: listener closed; %d requests in flight", upstream.in_flight)
+        await asyncio.sleep(max(0.0, d.deadline - time.monotonic()))
+        ended = upstream.abort_all(
+            "the proxy is shutting down (drain window over); retry the request"
+        )
+        log.warning("drain: window over; %d requests still in flight were ended", ended)
+
+
+async def _json(send: Send, status: int, body: bytes, *, close: bool = False) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _NoSink:
@@ -200,5 +298,5 @@ async def _migrate_until_done(engine: Engine) -> None:
             await asyncio.sleep(_MIGRATE_RETRY_SECONDS)
 
 
-def create_app(settings: Settings | None = None) -> ProxyApp:
-    return ProxyApp(settings or Settings())
+def create_app(settings: Settings | None = None, drain: Drain | None = None) -> ProxyApp:
+    return ProxyApp(settings or Settings(), drain)

@@ -84,9 +84,6 @@ def _database_has_keys(database_url: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from claude_proxy.client_protocol import ClientProtocol
     from claude_proxy.config import Settings
 
     setup_logging()
@@ -126,33 +123,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if settings.demo:
         print(_demo_banner(url, keys[0]), flush=True)
 
-    config = uvicorn.Config(
-        "claude_proxy.app:create_app",
-        factory=True,
-        workers=args.workers,
-        loop="uvloop",
-        http=ClientProtocol,
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        log_config=None,
-        timeout_keep_alive=settings.keepalive_seconds,
-        # X-Forwarded-For is trusted only from the load balancer's addresses; off otherwise
-        # (uvicorn's default trusts 127.0.0.1 and costs a middleware hop per request).
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or None,
-    )
-    try:
-        if args.workers > 1:
-            from uvicorn.supervisors import Multiprocess
+    from claude_proxy.server import serve
 
-            Multiprocess(config, sockets=[sock]).run()
-        else:
-            uvicorn.Server(config).run(sockets=[sock])
+    try:
+        code = serve(sock, args.workers)
     finally:
         if stop_demo is not None:
             stop_demo()
+    if code:
+        raise SystemExit(code)
 
 
 def cmd_emulator(args: argparse.Namespace) -> None:

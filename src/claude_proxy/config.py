@@ -39,11 +39,59 @@ class Settings(BaseSettings):
 
     # The API's own limit for /v1/messages and count_tokens (larger bodies get 413).
     max_body_bytes: int = 32 * 1024 * 1024
+    # --- timeouts (docs/reliability.md): each fires as a 504 timeout_error before any byte
+    # reached the client, or an SSE error event after; the log line says "Timeout (which)".
     # Reaching api.anthropic.com takes milliseconds; 10 s only trips on a real outage.
     connect_timeout_seconds: float = 10.0
-    # Longest silence tolerated between upstream bytes. The API pings during long
-    # thinking pauses, and Claude Code itself gives up after 300 s of silence.
-    read_timeout_seconds: float = 300.0
+    # From the request sent to the response headers. A streamed answer starts within
+    # seconds, but a non-streaming one arrives whole, after the model has written all of it:
+    # minutes for a long answer. 600 s is the SDKs' own default request timeout.
+    first_byte_timeout_seconds: float = 600.0
+    # Longest silence between upstream bytes once the response started. The API sends
+    # pings during long thinking pauses, and Claude Code itself gives up after 300 s.
+    idle_timeout_seconds: float = Field(
+        default=300.0,
+        validation_alias=AliasChoices(
+            "CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS", "CLAUDE_PROXY_READ_TIMEOUT_SECONDS"
+        ),
+    )
+    # Whole request, first byte to last. 128k output tokens at ~40 tokens/s take ~55 min;
+    # anything longer is stuck, and holds a connection and a slot in the drain.
+    total_timeout_seconds: float = 3600.0
+
+    # --- retries, before the first byte only (docs/reliability.md) -----------------------
+    # What the proxy retries itself: `connect_error` (the request never left: refused,
+    # unreachable, connect timeout, TLS failure) and HTTP statuses. 529 is the API's
+    # "overloaded", which a second attempt usually gets past. Not retried: a connection lost
+    # after the request was sent (the API may have run it; the client's SDK decides).
+    retry_on: str = "connect_error,529"
+    retry_max_attempts: int = 3  # attempts in all, the first included
+    retry_backoff_initial_seconds: float = 0.5
+    # Longest wait before a retry. An upstream retry-after longer than this is passed to
+    # the client instead, whose SDK waits and retries on its own.
+    retry_backoff_max_seconds: float = 8.0
+    # Retries may be at most this share of requests over the last 10 s (plus a few per
+    # second at low volume), so that an outage is not multiplied by the proxy.
+    retry_budget_ratio: float = 0.2
+    retry_budget_min_per_second: float = 1.0
+
+    # --- circuit breaker on the upstream -------------------------------------------------
+    # Opens when at least this share of the attempts in the window failed (connection
+    # errors, timeouts, 5xx, 529), once there were at least breaker_min_requests of them.
+    breaker_failure_ratio: float = 0.5
+    breaker_min_requests: int = 20
+    breaker_window_seconds: float = 30.0
+    # Open: answer 529 overloaded_error at once for this long, then let probes through.
+    breaker_open_seconds: float = 15.0
+    breaker_half_open_probes: int = 3
+
+    # --- graceful drain on SIGTERM (docs/reliability.md) -----------------------------------
+    # /health answers 503 at once, and requests are still served for this long, so the
+    # load balancer stops sending new ones before the listener closes.
+    pre_stop_seconds: float = 10.0
+    # Then in-flight requests get this long to finish; what is left gets an SSE error
+    # event. pre-stop + drain + the writer's flush (10 s) = 110 s < ECS stopTimeout 120 s.
+    drain_seconds: float = 90.0
     # Kernel receive buffer per upstream connection (Linux doubles it); 0 = kernel default.
     # 64 KiB keeps a slow client's backlog in the kernel small and still allows ~6 MB/s per
     # download at 20 ms RTT; raise it if large batch-result or file downloads are slow.
@@ -100,6 +148,14 @@ class Settings(BaseSettings):
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
 
+    @field_validator("retry_on")
+    @classmethod
+    def _known_retry_tokens(cls, v: str) -> str:
+        bad = [t for t in _tokens(v) if t != "connect_error" and not t.isdigit()]
+        if bad:
+            raise ValueError(f"CLAUDE_PROXY_RETRY_ON takes connect_error and HTTP statuses: {bad}")
+        return v
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, v: str) -> str:
@@ -111,8 +167,18 @@ class Settings(BaseSettings):
     def client_keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
+    def retry_statuses(self) -> frozenset[int]:
+        return frozenset(int(t) for t in _tokens(self.retry_on) if t.isdigit())
+
+    def retry_connect_errors(self) -> bool:
+        return "connect_error" in _tokens(self.retry_on)
+
     def admin_token(self) -> str:
         return self.admin_key.get_secret_value() if self.admin_key else ""
 
     def upstream_key(self) -> str:
         return self.anthropic_api_key.get_secret_value() if self.anthropic_api_key else ""
+
+
+def _tokens(text: str) -> list[str]:
+    return [t.strip().lower() for t in text.split(",") if t.strip()]

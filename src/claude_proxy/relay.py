@@ -21,13 +21,15 @@ from typing import Any
 import orjson
 
 from claude_proxy.auth import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
+from claude_proxy.dispatch import Dispatcher, Failed
+from claude_proxy.drain import Drain
 from claude_proxy.errors import STATUS_FOR_TYPE, send_error, sse_error_event
 from claude_proxy.headers import ClientHeaders, filter_response_headers, split_request_headers
 from claude_proxy.limits import Limiter, Refusal
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.sse import ResponseObserver
 from claude_proxy.types import Receive, Scope, Send
-from claude_proxy.upstream import BodyError, ConnectError, UpstreamPool
+from claude_proxy.upstream import BodyError
 
 log = logging.getLogger("claude_proxy.relay")
 
@@ -60,15 +62,17 @@ class Relay:
         keys: KeyCache,
         limiter: Limiter,
         throttle: BadKeyThrottle,
-        upstream: UpstreamPool,
+        dispatcher: Dispatcher,
         sink: RecordSink,
+        drain: Drain,
         max_body: int,
         body_cap: int = 0,
     ) -> None:
         self.keys = keys
         self.limiter = limiter
         self.throttle = throttle
-        self.upstream = upstream
+        self.dispatcher = dispatcher
+        self.drain = drain
         self.sink = sink
         self.max_body = max_body
         # > 0 only with CLAUDE_PROXY_LOG_BODIES=true: bytes of each body kept on the record.
@@ -286,14 +290,13 @@ class Relay:
         target: bytes = scope["raw_path"]
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
-        record.upstream_attempts = 1
-        try:
-            resp = await self.upstream.request(record.method.encode(), target, hdrs.forward, body)
-        except ConnectError as exc:
-            log.error("%s request_id=%s", exc, rid)
-            if exc.timeout:
-                return await self._fail(send, record, "timeout_error", str(exc), 504)
-            return await self._fail(send, record, "api_error", f"Upstream error: {exc}", 502)
+        resp = await self.dispatcher.send(
+            record.method.encode(), target, hdrs.forward, body, record
+        )
+        if isinstance(resp, Failed):
+            return await self._fail(
+                send, record, resp.error_type, resp.message, resp.status, list(resp.headers)
+            )
 
         status = resp.status
         record.status_code = status
@@ -305,14 +308,11 @@ class Relay:
         # Plain JSON is observed for messages and for every error body.
         observe_json = not is_sse and (record.endpoint in _JSON_ENDPOINTS or status >= 400)
         kept = bytearray() if self.body_cap else None
+        out_headers = filter_response_headers(resp.headers, rid.encode())
+        if self.drain.draining:
+            out_headers.append((b"connection", b"close"))  # reconnect to another replica
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": filter_response_headers(resp.headers, rid.encode()),
-                }
-            )
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
             try:
                 ended = False
                 while chunk := await resp.read():
@@ -336,10 +336,10 @@ class Relay:
                     # Without SSE there is no in-band way to say so: cut the connection so
                     # the client sees an incomplete body rather than a valid-looking one.
                     log.error("Streaming error: %s request_id=%s", exc, rid)
-                    record.error_type = "api_error"
+                    record.error_type = _error_type(exc)
                     record.error_message = f"Streaming error: {exc}"
                     raise ClientGone() from exc
-                await self._break_stream(send, record, f"Streaming error: {exc}")
+                await self._break_stream(send, record, f"Streaming error: {exc}", _error_type(exc))
                 return
             if is_sse and status == 200 and not observer.stream_complete and not ended:
                 await self._break_stream(
@@ -355,12 +355,14 @@ class Relay:
             # However the response ended (complete, cut, client gone): what was seen counts.
             _finish_observation(record, observer, is_sse)
 
-    async def _break_stream(self, send: Send, record: RequestRecord, message: str) -> None:
+    async def _break_stream(
+        self, send: Send, record: RequestRecord, message: str, error_type: str = "api_error"
+    ) -> None:
         """End a broken SSE stream with an `error` event the SDK raises on."""
         log.error("%s request_id=%s", message, record.id)
-        record.error_type = "api_error"
+        record.error_type = error_type
         record.error_message = message
-        event = sse_error_event("api_error", message, record.id)
+        event = sse_error_event(error_type, message, record.id)
         await send({"type": "http.response.body", "body": event, "more_body": False})
 
     async def _fail(
@@ -411,6 +413,10 @@ def _note_request(record: RequestRecord, req: dict[str, Any]) -> None:
     meta = req.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
         record.metadata_user_id = meta["user_id"][:256]
+
+
+def _error_type(exc: BodyError) -> str:
+    return "timeout_error" if exc.timeout else "api_error"
 
 
 def _batch_models(body: bytes) -> list[str] | None:

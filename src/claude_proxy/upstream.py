@@ -10,7 +10,8 @@ niquests, aiohttp) spent more CPU per request than the whole proxy budget
   as the chunks that arrived, with transfer-encoding removed;
 - keep-alive connections are pooled (LIFO) and reused;
 - reading pauses when the consumer lags (backpressure to the upstream);
-- a per-pool watchdog enforces the idle-read timeout without per-chunk timers.
+- a per-pool watchdog enforces the first-byte, idle and total timeouts without
+  per-request timers.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ _DNS_TTL_SECONDS = 60.0
 class UpstreamError(Exception):
     """Base of the transport-level failures the relay turns into Anthropic-shaped errors."""
 
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
+    def __init__(self, message: str, *, timeout: bool = False, sent: bool = True) -> None:
         super().__init__(message)
         self.timeout = timeout
+        # False only when the request provably never reached the upstream (so retrying
+        # it cannot run it twice): the connection itself could not be made.
+        self.sent = sent
 
 
 class ConnectError(UpstreamError):
@@ -163,6 +167,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.paused = False
         self.got_bytes = False
         self.last_io = 0.0
+        self.sent_at = 0.0
         self.keep_alive = True
         self.head = False
         self._write_paused = False
@@ -282,7 +287,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.got_bytes = False
         self.resp = UpstreamResponse(self)
         self.headers_ready = self.loop.create_future()
-        self.last_io = self.loop.time()
+        self.last_io = self.sent_at = self.loop.time()
         self.transport.write(data)
         if self._write_paused:  # a large body: wait until the kernel took it
             self._drain = self.loop.create_future()
@@ -315,7 +320,11 @@ class UpstreamPool:
         self.recv_buffer = settings.upstream_recv_buffer_bytes
         self.read_buffer = memoryview(bytearray(_READ_SIZE))
         self.connect_timeout = settings.connect_timeout_seconds
-        self.read_timeout = settings.read_timeout_seconds
+        self.first_byte_timeout = settings.first_byte_timeout_seconds
+        self.idle_timeout = settings.idle_timeout_seconds
+        self.total_timeout = settings.total_timeout_seconds
+        self._tick = max(0.05, min(_WATCHDOG_SECONDS, self.first_byte_timeout / 4,
+                                   self.idle_timeout / 4))  # fmt: skip
         self.max_idle = 1024
         self._addr: str | None = None
         self._addr_expires = 0.0
@@ -390,10 +399,15 @@ class UpstreamPool:
                     server_hostname=self.host if self.ssl else None,
                 )
         except TimeoutError:
-            raise ConnectError("Timeout: connecting to the upstream API", timeout=True) from None
+            raise ConnectError(
+                f"Timeout (connect): no connection to the upstream API within "
+                f"{self.connect_timeout:g}s",
+                timeout=True,
+                sent=False,
+            ) from None
         except OSError as exc:
             raise ConnectError(
-                f"cannot connect to the upstream API: {exc.strerror or exc}"
+                f"cannot connect to the upstream API: {exc.strerror or exc}", sent=False
             ) from None
         assert isinstance(proto, _Connection)
         return proto
@@ -410,22 +424,14 @@ class UpstreamPool:
         self._busy.discard(conn)
 
     async def _watch(self) -> None:
-        """Once a second: time out silent upstreams and drop long-idle connections."""
+        """Every tick: time out slow upstreams and drop long-idle connections."""
         while True:
-            await asyncio.sleep(_WATCHDOG_SECONDS)
+            await asyncio.sleep(self._tick)
             now = self.loop.time()
             for conn in list(self._busy):
-                resp = conn.resp
-                if (
-                    resp is not None
-                    and not resp.complete
-                    and not conn.paused
-                    and now - conn.last_io > self.read_timeout
-                ):
-                    conn._broken(
-                        f"Timeout: no data from the upstream API for {self.read_timeout:g}s",
-                        timeout=True,
-                    )
+                why = self._overdue(conn, now)
+                if why is not None:
+                    conn._broken(why, timeout=True)
                     conn.abort()
             if self._idle and now - self._idle[0].last_io > 60:
                 keep = [c for c in self._idle if now - c.last_io <= 60]
@@ -433,6 +439,37 @@ class UpstreamPool:
                     if now - c.last_io > 60:
                         c.abort()
                 self._idle = keep
+
+    def _overdue(self, conn: _Connection, now: float) -> str | None:
+        """Which timeout this connection's request has run past, if any."""
+        resp = conn.resp
+        if resp is None or resp.complete:
+            return None
+        if now - conn.sent_at > self.total_timeout:
+            return f"Timeout (total): the upstream response took over {self.total_timeout:g}s"
+        if not resp.status:
+            if now - conn.sent_at > self.first_byte_timeout:
+                return (
+                    f"Timeout (first byte): no response from the upstream API within "
+                    f"{self.first_byte_timeout:g}s"
+                )
+            return None
+        # A paused connection is waiting for a slow client, not for the upstream.
+        if not conn.paused and now - conn.last_io > self.idle_timeout:
+            return f"Timeout (idle): no data from the upstream API for {self.idle_timeout:g}s"
+        return None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+    def abort_all(self, message: str) -> int:
+        """End every request in flight with `message` (the drain window is over)."""
+        busy = list(self._busy)
+        for conn in busy:
+            conn._broken(message)
+            conn.abort()
+        return len(busy)
 
     async def close(self) -> None:
         self._watchdog.cancel()

@@ -1,0 +1,89 @@
+"""Getting a response from the upstream: through the circuit breaker, with retries.
+
+Everything here happens before the first byte reaches the client, which is what
+makes a retry safe. It returns either the response to relay (possibly an upstream
+error, passed through unchanged) or a `Failed`: an answer the proxy makes itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from claude_proxy.breaker import CircuitBreaker, is_failure_status
+from claude_proxy.records import RequestRecord
+from claude_proxy.retry import RetryPolicy
+from claude_proxy.upstream import ConnectError, UpstreamPool, UpstreamResponse
+
+log = logging.getLogger("claude_proxy.upstream")
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """No upstream response to relay: the proxy answers with this error itself."""
+
+    error_type: str
+    status: int
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+class Dispatcher:
+    def __init__(self, pool: UpstreamPool, breaker: CircuitBreaker, retry: RetryPolicy) -> None:
+        self.pool = pool
+        self.breaker = breaker
+        self.retry = retry
+
+    async def send(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        record: RequestRecord,
+    ) -> UpstreamResponse | Failed:
+        self.retry.note_request()
+        attempt = 0
+        while True:
+            if not self.breaker.allow():
+                wait = self.breaker.retry_after()
+                msg = (
+                    "The upstream API is failing, so the proxy's circuit breaker is open; "
+                    f"retry in {wait} seconds."
+                )
+                log.warning("circuit open: refused request_id=%s", record.id)
+                return Failed("overloaded_error", 529, msg, ((b"retry-after", b"%d" % wait),))
+            attempt += 1
+            record.upstream_attempts = attempt
+            try:
+                resp = await self.pool.request(method, target, headers, body)
+            except ConnectError as exc:
+                self.breaker.record(False)
+                delay = self.retry.after_connect_error(attempt, exc.sent)
+                _log_attempt(str(exc), record.id, attempt, delay)
+                if delay is None:
+                    if exc.timeout:
+                        return Failed("timeout_error", 504, str(exc))
+                    return Failed("api_error", 502, f"Upstream error: {exc}")
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self.breaker.forget()  # cancelled (client gone): no outcome to count
+                raise
+            self.breaker.record(not is_failure_status(resp.status))
+            delay = self.retry.after_status(attempt, resp.status, resp.header)
+            if delay is None:
+                return resp
+            _log_attempt(f"upstream answered {resp.status}", record.id, attempt, delay)
+            resp.release()
+            await asyncio.sleep(delay)
+
+
+def _log_attempt(what: str, request_id: str, attempt: int, delay: float | None) -> None:
+    if delay is None:
+        log.error("%s (attempt %d) request_id=%s", what, attempt, request_id)
+    else:
+        log.warning(
+            "%s (attempt %d); retrying in %.2fs request_id=%s", what, attempt, delay, request_id
+        )
