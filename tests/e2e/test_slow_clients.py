@@ -1,0 +1,93 @@
+"""A client that reads slowly gets backpressure all the way to the upstream: the proxy
+holds a few KB per stream, not the whole response, and the upstream is made to wait."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+
+import orjson
+import pytest
+
+from tests.conftest import PROXY_KEY, Emulator, Proxy
+
+pytestmark = pytest.mark.e2e
+
+READERS = 10
+# 20,000 events of 1,000 bytes: ~23 MB per stream, more than the kernel's socket buffers on
+# the way (a few MB) can hold, and 230 MB in all if the proxy buffered it.
+EVENTS, TEXT_BYTES = 20_000, 1000
+FAULT = f"events={EVENTS} text-bytes={TEXT_BYTES}"
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def open_unread_stream(px: Proxy) -> tuple[socket.socket, str]:
+    """Send a streaming request and read only the response head; returns the upstream id."""
+    host, port = px.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect((host, int(port)))
+    body = orjson.dumps(
+        {
+            "model": "claude-haiku-4-5",
+            "max_tokens": EVENTS * TEXT_BYTES // 4 + 64,  # ~4 bytes a token
+            "stream": True,
+            "messages": [{"role": "user", "content": "Hello"}],
+        }
+    )
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\nx-api-key: {PROXY_KEY}\r\n"
+        f"anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+        f"x-emulator-fault: {FAULT}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + body)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(1)  # one byte at a time: leave the body in the kernel
+    for line in data.decode("latin-1").split("\r\n"):
+        if line.lower().startswith("request-id:"):
+            return sock, line.split(":", 1)[1].strip()
+    raise AssertionError(f"no upstream request-id in {data!r}")
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything up to the end of the chunked body (the response stays keep-alive)."""
+    data = bytearray()
+    while not data.endswith(b"\r\n0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def test_slow_readers_hold_the_upstream_back_and_memory_stays_bounded(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    pid = proxy.process.proc.pid
+    before = rss_mb(pid)
+    streams = [open_unread_stream(proxy) for _ in range(READERS)]
+    try:
+        # The upstream cannot finish while nobody reads: its wait for "completed" times out.
+        upstream_id = streams[0][1]
+        with pytest.raises(urllib.error.HTTPError) as waited:
+            emulator.wait_request(upstream_id, "completed", timeout=2.0)
+        assert waited.value.code == 408
+        grown = rss_mb(pid) - before
+        print(f"{READERS} unread 23 MB streams: proxy RSS grew {grown:.1f} MB")
+        assert grown < 10, f"the proxy buffered the streams: +{grown:.1f} MB"
+        # Reading resumes: every stream is delivered whole.
+        for sock, _ in streams:
+            data = read_to_end(sock)
+            assert b'"type":"message_stop"' in data
+        assert emulator.wait_request(upstream_id, "completed", timeout=10)["state"] == "completed"
+    finally:
+        for sock, _ in streams:
+            sock.close()
