@@ -96,8 +96,6 @@ class Settings(BaseSettings):
     # 64 KiB keeps a slow client's backlog in the kernel small and still allows ~6 MB/s per
     # download at 20 ms RTT; raise it if large batch-result or file downloads are slow.
     upstream_recv_buffer_bytes: int = 65536
-    # 0 means unlimited: 1,000 concurrent streams must not queue behind a pool cap.
-    upstream_max_connections: int = 0
     # Idle keep-alive towards clients. Must exceed the load balancer's idle timeout
     # (ALB: 300 s here), or the ALB reuses closed connections and answers 502.
     keepalive_seconds: int = 310

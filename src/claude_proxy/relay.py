@@ -375,6 +375,8 @@ class Relay:
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """Answer with a proxy-made Anthropic-shaped error and note it on the record."""
+        if self.drain.draining:
+            headers = [*(headers or ()), (b"connection", b"close")]
         await send_error(send, error_type, msg, record.id, status=status, extra_headers=headers)
         record.status_code = status
         record.error_type = error_type

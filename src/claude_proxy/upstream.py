@@ -36,18 +36,23 @@ _LOW_WATER = 1024
 # 4 KiB holds a typical JSON answer or several SSE events; larger bodies take more reads.
 _READ_SIZE = 4 * 1024
 _WATCHDOG_SECONDS = 1.0
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _DNS_TTL_SECONDS = 60.0
 
 
 class UpstreamError(Exception):
     """Base of the transport-level failures the relay turns into Anthropic-shaped errors."""
 
-    def __init__(self, message: str, *, timeout: bool = False, sent: bool = True) -> None:
+    def __init__(
+        self, message: str, *, timeout: bool = False, sent: bool = True, local: bool = False
+    ) -> None:
         super().__init__(message)
         self.timeout = timeout
         # False only when the request provably never reached the upstream (so retrying
         # it cannot run it twice): the connection itself could not be made.
         self.sent = sent
+        # The proxy ended it itself (a timeout, the end of the drain), not the upstream.
+        self.local = local or timeout
 
 
 class ConnectError(UpstreamError):
@@ -249,13 +254,13 @@ class _Connection(asyncio.BufferedProtocol):
 
     # used by the pool and the response
 
-    def _broken(self, message: str, *, timeout: bool = False) -> None:
+    def _broken(self, message: str, *, timeout: bool = False, local: bool = False) -> None:
         resp = self.resp
         fut = self.headers_ready
         if fut is not None and not fut.done():
-            fut.set_exception(ConnectError(message, timeout=timeout))
+            fut.set_exception(ConnectError(message, timeout=timeout, local=local))
         elif resp is not None:
-            resp._fail(BodyError(message, timeout=timeout))
+            resp._fail(BodyError(message, timeout=timeout, local=local))
 
     def pause(self) -> None:
         if not self.paused and self.transport is not None:
@@ -337,9 +342,12 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request and return once its response headers arrived.
 
-        A pooled connection the server already closed fails before any byte comes
-        back; the request is then sent once more on a fresh connection, which is
-        safe because the server never saw it.
+        A pooled connection the server closed just as it was taken fails before any
+        byte comes back. Like Go's http.Transport, the request is then sent again on a
+        fresh connection only if it is idempotent (GET, HEAD, OPTIONS): a POST may
+        have reached the API, which may be running it, so its failure goes to the
+        client (502), whose SDK decides. A timeout or the proxy's own abort is never
+        sent again.
         """
         parts = [method, b" ", self.prefix, target, b" HTTP/1.1\r\n", self.host_line]
         for name, value in headers:
@@ -358,8 +366,8 @@ class UpstreamPool:
             self._busy.add(conn)
             try:
                 return await conn.send(data, head)
-            except ConnectError:
-                if reused and not conn.got_bytes:
+            except ConnectError as exc:
+                if reused and not conn.got_bytes and not exc.local and method in _IDEMPOTENT:
                     continue
                 raise
             except BaseException:
@@ -467,7 +475,7 @@ class UpstreamPool:
         """End every request in flight with `message` (the drain window is over)."""
         busy = list(self._busy)
         for conn in busy:
-            conn._broken(message)
+            conn._broken(message, local=True)
             conn.abort()
         return len(busy)
 
