@@ -29,10 +29,13 @@ $(CLAUDE_CODE_STAMP): $(CLAUDE_CODE)/package.json $(CLAUDE_CODE)/package-lock.js
 	npm ci --prefix $(CLAUDE_CODE) --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The database tests use a real pgbouncer (Debian's package) in front of PostgreSQL.
+# The database tests use a real pgbouncer (Debian's package) in front of PostgreSQL; the
+# rolling-deploy rehearsal (tests/e2e/test_rolling_deploy.py) a real haproxy as load balancer.
 system-deps:
 	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || \
 		{ echo "installing pgbouncer"; apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || \
+		{ echo "installing haproxy"; apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
 
 run: $(STAMP)
 	$(BIN)/claude-proxy serve

@@ -1,0 +1,554 @@
+"""Rolling-deploy rehearsal: two replicas behind a real load balancer, replaced one at a time
+under continuous load, lose no request and no log row.
+
+The load balancer is a real haproxy (Debian's package) configured like an AWS ALB: HTTP mode,
+`GET /health` checks expecting 200, a target failing its check leaves the rotation. Replicas
+are registered and deregistered through haproxy's admin socket, as ECS does with a target
+group. Every wait is on an event (a line haproxy or a proxy prints, a process exit) or a
+bounded poll on the database; the only sleeps are the load itself running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anthropic
+import pytest
+from sqlalchemy import Engine, func, select
+
+from claude_proxy.store.engine import make_engine
+from claude_proxy.store.schema import request_logs
+from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
+from tests.pg import create_database, drop_database, free_port, pg_url
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "claude-haiku-4-5"
+HELLO = [{"role": "user", "content": "Hello there"}]
+RID = "x-claude-proxy-request-id"
+BACKEND = "proxies"
+
+PRE_STOP = 1.5  # > haproxy's detection time (one 200 ms check interval, fall 1)
+DRAIN = 20.0
+FLUSH = 10.0  # the log writer's flush timeout at shutdown (the default)
+CLIENT_THREADS = 10
+
+
+def fault(kind: str, n: int) -> dict[str, str]:
+    """The emulator's pacing for request `n` of a kind: streams of ~1 s and ~3 s (longer than
+    the pre-stop: some are in flight when the listener closes), and non-streaming requests
+    waiting 50-250 ms for their headers. The spread keeps the threads out of step, so
+    requests start at any moment of the deploy."""
+    if kind == "message":
+        spec = f"first-byte-ms={50 + n * 37 % 200}"
+    elif kind == "stream":
+        spec = f"events=20 event-ms={40 + n % 3 * 10}"
+    else:
+        spec = f"events=40 event-ms={70 + n % 3 * 5}"
+    return {"x-emulator-fault": spec}
+
+
+REPLICA_ENV = {
+    "CLAUDE_PROXY_PRE_STOP_SECONDS": str(PRE_STOP),
+    "CLAUDE_PROXY_DRAIN_SECONDS": str(DRAIN),
+    "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.2",
+}
+
+# Like an ALB target group: round robin, `GET /health` every 200 ms expecting 200, one failed
+# check takes a target out, one passed check puts it in. Why each setting is there:
+# docs/reliability.md. The retry settings are a safety net the test requires to stay unused.
+HAPROXY_CFG = """\
+global
+    log stderr format raw local0 info
+    stats socket {admin_socket} mode 600 level admin
+    maxconn 1000
+
+defaults
+    mode http
+    log global
+    option httplog
+    option log-health-checks
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 30s
+    timeout check 1s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response
+
+frontend front
+    bind 127.0.0.1:{port}
+    default_backend {backend}
+
+backend {backend}
+    balance roundrobin
+    http-reuse safe
+    option httpchk GET /health
+    http-check expect status 200
+{servers}
+"""
+CHECK = "check inter 200 fall 1 rise 1"
+# haproxy's counters (`show stat`) of what the clients would have seen fail without its help:
+# connection errors, response errors, retries, redispatches, aborted transfers, 5xx.
+LB_ERRORS = ("econ", "eresp", "wretr", "wredis", "cli_abrt", "srv_abrt", "hrsp_5xx")
+LISTENER_CLOSED = r"drain: listener closed; (\d+) requests in flight"
+
+
+def haproxy_binary() -> str:
+    path = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
+    )
+    if path is None:
+        pytest.fail(
+            "haproxy is not installed: apt-get install -y haproxy (or `make system-deps`); "
+            "the rolling-deploy rehearsal runs the replicas behind it",
+            pytrace=False,
+        )
+    return path
+
+
+@dataclass
+class HAProxy:
+    """A real haproxy in the foreground, its output captured, driven by its admin socket."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    admin_socket: Path
+    lines: list[str] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def start_reader(self) -> None:
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+            with self._cond:
+                self._cond.notify_all()
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> str:
+        """Block until haproxy prints a line matching `pattern`; returns it. The deadline is
+        overall: haproxy prints a line per request, and none of them may extend it."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if rx.search(line):
+                        return line
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if self.proc.poll() is not None or remaining <= 0:
+                    state = "exited" if self.proc.poll() is not None else "timed out"
+                    raise AssertionError(
+                        f"haproxy {state} waiting for {pattern!r}:\n{''.join(self.lines)}"
+                    )
+                self._cond.wait(remaining)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, cmd: str) -> str:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.admin_socket))
+            s.sendall(cmd.encode() + b"\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        return out.decode().strip()
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """`show stat`, by "proxy/server" (FRONTEND and BACKEND for the totals)."""
+        header, *rows = self.command("show stat").splitlines()
+        names = header.removeprefix("# ").split(",")
+        table = {}
+        for row in rows:
+            values = dict(zip(names, row.split(","), strict=False))
+            table[f"{values['pxname']}/{values['svname']}"] = values
+        return table
+
+    def register(self, server: str, proxy: Proxy) -> None:
+        """Add a target in maintenance, let it pass a real health check, then put it in."""
+        addr = proxy.url.removeprefix("http://")
+        reply = self.command(f"add server {BACKEND}/{server} {addr} {CHECK}")
+        assert "New server registered" in reply, reply
+        assert self.command(f"enable health {BACKEND}/{server}") == ""
+        self.wait_for(rf"\[WARNING\].*Health check for server {BACKEND}/{server} succeeded")
+        assert self.command(f"enable server {BACKEND}/{server}") == ""
+        self.wait_for(rf"\[WARNING\].*Server {BACKEND}/{server} is UP")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_haproxy(workdir: Path, servers: dict[str, Proxy]) -> HAProxy:
+    port = free_port()
+    admin = workdir / "admin.sock"
+    lines = "\n".join(
+        f"    server {name} {px.url.removeprefix('http://')} {CHECK}"
+        for name, px in servers.items()
+    )
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(
+        HAPROXY_CFG.format(admin_socket=admin, port=port, backend=BACKEND, servers=lines)
+    )
+    check = subprocess.run(
+        [haproxy_binary(), "-c", "-f", str(cfg)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, f"haproxy rejects its config:\n{check.stdout}{check.stderr}"
+    proc = subprocess.Popen(
+        [haproxy_binary(), "-db", "-f", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    hx = HAProxy(proc, port, admin)
+    hx.start_reader()
+    # The first passed check of each target: the frontend is bound and the targets are in.
+    for name in servers:
+        hx.wait_for(rf"\[WARNING\].*Health check for server {BACKEND}/{name} succeeded")
+    return hx
+
+
+# ---------------------------------------------------------------------- the load
+
+
+@dataclass
+class Outcome:
+    kind: str  # "message", "stream", "long-stream" or "pinned-stream"
+    started: float  # monotonic
+    ended: float
+    request_id: str | None
+    error: str | None = None
+
+
+@dataclass
+class Load:
+    """Client threads sending streaming and non-streaming requests until stopped."""
+
+    url: str
+    threads: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        for i in range(self.threads):
+            t = threading.Thread(target=self._run, args=(i,), name=f"client-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self._workers:
+            t.join(60)
+            assert not t.is_alive(), f"{t.name} is stuck"
+
+    def add(self, outcome: Outcome) -> None:
+        with self._cond:
+            self.outcomes.append(outcome)
+            self._cond.notify_all()
+
+    def wait_more(self, n: int, timeout: float = 15.0) -> None:
+        """Block until `n` more requests have finished."""
+        with self._cond:
+            target = len(self.outcomes) + n
+            ok = self._cond.wait_for(lambda: len(self.outcomes) >= target, timeout)
+        assert ok, f"the load is stuck at {len(self.outcomes)} requests"
+
+    def _run(self, i: int) -> None:
+        kinds = ("stream", "message", "long-stream", "message")
+        n = i  # threads start at different points of the mix
+        with anthropic.Anthropic(
+            base_url=self.url, api_key=PROXY_KEY, max_retries=0, timeout=30
+        ) as client:
+            while not self.stopping.is_set():
+                self.add(one_request(client, kinds[n % len(kinds)], n))
+                n += 1
+
+
+def one_request(
+    client: anthropic.Anthropic,
+    kind: str,
+    n: int = 0,
+    on_headers: Callable[[], None] | None = None,
+) -> Outcome:
+    started = time.monotonic()
+    rid: str | None = None
+    error: str | None = None
+    try:
+        if kind == "message":
+            raw = client.messages.with_raw_response.create(
+                model=MODEL, max_tokens=1024, messages=HELLO, extra_headers=fault(kind, n)
+            )
+            rid = raw.headers.get(RID)
+            msg = raw.parse()
+            if raw.status_code != 200 or msg.stop_reason != "end_turn":
+                error = f"status {raw.status_code}, stop_reason {msg.stop_reason}"
+        else:
+            with client.messages.stream(
+                model=MODEL, max_tokens=1024, messages=HELLO, extra_headers=fault(kind, n)
+            ) as stream:
+                rid = stream.response.headers.get(RID)
+                if on_headers is not None:
+                    on_headers()
+                events = [event.type for event in stream]
+                final = stream.get_final_message()
+            if stream.response.status_code != 200 or events[-1:] != ["message_stop"]:
+                error = f"status {stream.response.status_code}, events ended {events[-3:]}"
+            elif final.stop_reason != "end_turn":
+                error = f"stop_reason {final.stop_reason}"
+    except anthropic.APIStatusError as exc:
+        rid = rid or exc.response.headers.get(RID)
+        error = f"{type(exc).__name__} {exc.status_code}: {exc.message}"
+    except Exception as exc:  # connection reset, timeout, a cut stream: all failures
+        error = f"{type(exc).__name__}: {exc}"
+    if rid is None and error is None:
+        error = f"no {RID} header"
+    return Outcome(kind, started, time.monotonic(), rid, error)
+
+
+# ------------------------------------------------------------------ the replicas
+
+
+@dataclass
+class Replica:
+    name: str
+    proxy: Proxy
+    tmp: Path
+    sigterm_at: float | None = None
+    detected_after: float | None = None  # SIGTERM to haproxy's "is DOWN"
+    down: str = ""  # haproxy's failed health check, with the reason
+    exit_code: int | None = None
+
+    def terminate(self) -> None:
+        """What ECS does to stop a task: SIGTERM."""
+        self.sigterm_at = time.monotonic()
+        self.proxy.process.proc.send_signal(signal.SIGTERM)
+
+    def wait_exit(self) -> None:
+        """The whole drain, bounded: pre-stop, drain window, the log writer's flush."""
+        self.exit_code = self.proxy.process.proc.wait(PRE_STOP + DRAIN + FLUSH + 5)
+
+    def output_tail(self) -> str:
+        """What it said about draining, and anything that went wrong."""
+        keep = re.compile(r"drain|WARNING|ERROR|Traceback")
+        return "".join(ln for ln in self.proxy.process.lines if keep.search(ln))
+
+    def access_ids(self) -> set[str]:
+        return set(re.findall(r"request id=(\S+)", self.proxy.output()))
+
+    def spilled(self) -> list[str]:
+        spill = self.tmp / "spill"
+        return [str(p) for p in spill.rglob("*") if p.is_file()] if spill.exists() else []
+
+
+def start_replica(name: str, emulator: Emulator, database_url: str) -> Replica:
+    tmp = Path(tempfile.mkdtemp(prefix=f"claude-proxy-{name}-"))
+    px = start_proxy(emulator.url, {"DATABASE_URL": database_url, **REPLICA_ENV}, tmp)
+    return Replica(name, px, tmp)
+
+
+def pinned_stream(load: Load, replica: Replica) -> threading.Thread:
+    """A long stream straight to `replica`, started before it is told to stop: whatever the
+    balancer did with the load, one request is still running when the listener closes."""
+    headers = threading.Event()
+
+    def run() -> None:
+        with anthropic.Anthropic(
+            base_url=replica.proxy.url, api_key=PROXY_KEY, max_retries=0, timeout=30
+        ) as client:
+            load.add(one_request(client, "pinned-stream", on_headers=headers.set))
+        headers.set()  # also when it failed before its headers: the outcome says why
+
+    t = threading.Thread(target=run, name=f"pinned-{replica.name}", daemon=True)
+    t.start()
+    assert headers.wait(10), "the pinned stream did not start"
+    return t
+
+
+def replace(hx: HAProxy, load: Load, old: Replica, new: Replica) -> None:
+    """The deploy step for one target: register the new task, wait until it is healthy, stop
+    the old one (SIGTERM) and wait for it to exit. Assertions come later, with the counts."""
+    hx.register(new.name, new.proxy)
+    pinned = pinned_stream(load, old)
+    old.terminate()
+    # The load balancer must see the 503 and take the target out before the listener closes.
+    old.down = hx.wait_for(rf"\[WARNING\].*Health check for server {BACKEND}/{old.name} failed")
+    hx.wait_for(rf"\[WARNING\].*Server {BACKEND}/{old.name} is DOWN")
+    old.detected_after = time.monotonic() - old.sigterm_at
+    old.wait_exit()
+    pinned.join(30)
+    # Deregister it, as ECS does once the task is gone.
+    hx.command(f"disable server {BACKEND}/{old.name}")
+
+
+def poll(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Re-check a database condition until it holds or `timeout` passes (no push there)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def logged_ids(engine: Engine) -> Counter[str]:
+    with engine.connect() as conn:
+        return Counter(conn.execute(select(request_logs.c.id)).scalars())
+
+
+# ---------------------------------------------------------------------- the test
+
+
+def test_rolling_deploy_loses_no_request_and_no_row(emulator: Emulator) -> None:
+    haproxy_binary()  # fail at once, with the fix, if it is missing
+    dbname = create_database()
+    url = pg_url(dbname)
+    engine = make_engine(url)
+    workdir = Path(tempfile.mkdtemp(prefix="haproxy-"))
+    replicas: list[Replica] = []
+    hx: HAProxy | None = None
+    load: Load | None = None
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            r1, r2 = pool.map(lambda n: start_replica(n, emulator, url), ("r1", "r2"))
+        replicas += [r1, r2]
+        hx = start_haproxy(workdir, {"r1": r1.proxy, "r2": r2.proxy})
+
+        load = Load(hx.url, CLIENT_THREADS)
+        load.start()
+        load.wait_more(2 * CLIENT_THREADS)
+        for old, name in ((r1, "n1"), (r2, "n2")):
+            new = start_replica(name, emulator, url)
+            replicas.append(new)
+            replace(hx, load, old, new)
+            load.wait_more(CLIENT_THREADS)  # the load runs on the new set for a moment
+        load.stop()
+        outcomes = load.outcomes
+        sent = {o.request_id for o in outcomes if o.request_id}
+        failed = [o for o in outcomes if o.error]
+
+        landed = poll(lambda: sent <= logged_ids(engine).keys())
+        # Stopping the new replicas flushes whatever they still hold: now count exactly.
+        for new in replicas[2:]:
+            new.terminate()
+        for new in replicas[2:]:
+            new.wait_exit()
+        rows = logged_ids(engine)
+        with engine.connect() as conn:
+            bad_rows = conn.execute(
+                select(func.count()).where(
+                    (request_logs.c.status_code != 200) | request_logs.c.error_type.is_not(None)
+                )
+            ).scalar_one()
+
+        served = {r.name: r.access_ids() for r in replicas}
+        by_replica = {r.name: len(served[r.name] & sent) for r in replicas}
+        at_sigterm = {
+            r.name: sum(
+                1 for o in outcomes if o.request_id in served[r.name] and o.started < t < o.ended
+            )
+            for r in (r1, r2)
+            if (t := r.sigterm_at) is not None
+        }
+        at_close = {
+            r.name: [int(n) for n in re.findall(LISTENER_CLOSED, r.proxy.output())]
+            for r in replicas
+        }
+        detected = {r.name: round(r.detected_after or -1, 2) for r in (r1, r2)}
+        codes = {r.name: r.exit_code for r in replicas}
+        stats = hx.stats()
+        front, back = stats["front/FRONTEND"], stats[f"{BACKEND}/BACKEND"]
+        via_lb = sum(1 for o in outcomes if o.kind != "pinned-stream")
+        lb_errors = {c: int(back[c]) for c in LB_ERRORS if back[c] != "0"}
+        lb_errors |= {c: int(front[c]) for c in ("ereq", "hrsp_5xx") if front[c] != "0"}
+        lb_requests = {r.name: int(stats[f"{BACKEND}/{r.name}"]["req_tot"]) for r in replicas}
+        spilled = [f for r in replicas for f in r.spilled()]
+        missing = sent - rows.keys()
+        unknown = rows.keys() - sent
+        duplicated = {k: n for k, n in rows.items() if n > 1}
+        print(
+            f"\nrolling deploy: {len(outcomes)} requests sent "
+            f"({dict(Counter(o.kind for o in outcomes))}), {len(failed)} failed; "
+            f"{rows.total()} rows found: {len(missing)} missing, {len(duplicated)} duplicated, "
+            f"{len(unknown)} unknown, {bad_rows} not 200; per replica: {by_replica}; "
+            f"in flight at SIGTERM: {at_sigterm}; in flight when the listener closed: "
+            f"{at_close}; haproxy saw SIGTERM after (s): {detected}; "
+            f"haproxy: {front['req_tot']} requests ({lb_requests}), errors {lb_errors}; "
+            f"exit codes: {codes}"
+        )
+
+        assert not failed, (
+            "requests failed during the deploy:\n"
+            + "\n".join(
+                f"  {o.kind} {o.request_id} after {o.ended - o.started:.2f}s: {o.error}"
+                for o in failed
+            )
+            + "\nhaproxy:\n"
+            + "".join(hx.lines[-80:])
+            + "".join(f"\n{r.name}:\n{r.output_tail()}" for r in replicas)
+        )
+        assert all(0 < d < PRE_STOP for d in detected.values()), (
+            f"haproxy must take a draining replica out before its listener closes "
+            f"({PRE_STOP}s): {detected}"
+        )
+        for r in (r1, r2):  # ... because /health said so, not because the port was closed
+            assert "Layer7 wrong status, code: 503" in r.down, r.down
+        assert codes == {r.name: 0 for r in replicas}, f"exit codes: {codes}"
+        assert landed and not missing and not unknown and not duplicated, (
+            f"rows: missing {sorted(missing)}, unknown {sorted(unknown)}, "
+            f"duplicated {duplicated}; spilled: {spilled}"
+        )
+        assert not spilled, f"records were spilled instead of written: {spilled}"
+        assert bad_rows == 0, f"{bad_rows} rows record a failed request"
+        assert len(sent) == len(outcomes), "a request id was returned twice"
+        # Not vacuous: the old replicas were busy when told to stop (a stream still running
+        # when the listener closed, too), and every replica served its share.
+        assert all(at_sigterm.values()), f"no request in flight at SIGTERM: {at_sigterm}"
+        assert all(at_close[r.name] and at_close[r.name][0] > 0 for r in (r1, r2)), (
+            f"no request in flight when the listener closed: {at_close}"
+        )
+        assert all(by_replica.values()), f"a replica served nothing: {by_replica}"
+        # The load balancer had nothing to hide: an ALB does not retry, so a retried or cut
+        # request here would have been a 502 there.
+        assert int(front["req_tot"]) == via_lb, f"haproxy saw {front['req_tot']} of {via_lb}"
+        assert not lb_errors, f"haproxy counted errors, retries or redispatches: {lb_errors}"
+    finally:
+        if load is not None:
+            load.stopping.set()
+        for r in replicas:
+            r.proxy.process.stop()
+        if hx is not None:
+            hx.stop()
+        engine.dispose()
+        drop_database(dbname)
+        for path in [workdir, *(r.tmp for r in replicas)]:
+            shutil.rmtree(path, ignore_errors=True)
