@@ -212,6 +212,6 @@ def proxy(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Itera
     px.process.stop()
     # Everything the proxy printed during the whole session: no secret may appear in it.
     out = px.output()
-    assert "request id=" in out, "the access log is missing"
+    assert '"message":"request"' in out, "the access log is missing"
     for secret in (UPSTREAM_KEY, PROXY_KEY, "sk-wrong"):
         assert secret not in out, "a key leaked into the proxy's output"

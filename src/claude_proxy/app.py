@@ -8,10 +8,12 @@ Components are built once in the lifespan and passed in; nothing is global.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import Engine
@@ -19,11 +21,13 @@ from sqlalchemy import Engine
 from claude_proxy import __version__
 from claude_proxy.auth import BadKeyThrottle, KeyCache
 from claude_proxy.breaker import BreakerConfig, CircuitBreaker
+from claude_proxy.client_protocol import TELEMETRY_STATE_KEY
 from claude_proxy.config import Settings
 from claude_proxy.dispatch import Dispatcher
 from claude_proxy.drain import Drain
 from claude_proxy.errors import send_error
 from claude_proxy.limits import Limiter
+from claude_proxy.metrics import CIRCUIT_STATES, CONTENT_TYPE, ProxyMetrics
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.relay import Relay
@@ -32,6 +36,7 @@ from claude_proxy.store.engine import redacted_url
 from claude_proxy.store.handoff import ProcessSink, writer_config
 from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.writer_process import build_writer
+from claude_proxy.telemetry import Telemetry
 from claude_proxy.types import ASGIApp, Receive, Scope, Send
 from claude_proxy.upstream import UpstreamPool
 
@@ -57,6 +62,9 @@ class Components:
     migrator: asyncio.Task[None] | None
     admin: ASGIApp | None
     drain_task: asyncio.Task[None]
+    telemetry: Telemetry
+    metrics: ProxyMetrics
+    background: list[asyncio.Task[None]]
 
 
 class ProxyApp:
@@ -78,6 +86,8 @@ class ProxyApp:
                 await self._health(send)
             elif path == "/ready":
                 await self._ready(send)
+            elif path == "/metrics":
+                await self._metrics(scope, send)
             elif path.startswith("/admin/") and self.components and self.components.admin:
                 # Its own key (CLAUDE_PROXY_ADMIN_KEY); proxy keys mean nothing there.
                 await self.components.admin(scope, receive, send)
@@ -85,7 +95,7 @@ class ProxyApp:
                 rid = new_request_id()
                 await send_error(send, "not_found_error", f"Not found: {path}", rid)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await self._lifespan(scope, receive, send)
 
     async def _health(self, send: Send) -> None:
         # Liveness only: never touches the upstream or the database, so an outage
@@ -96,32 +106,79 @@ class ProxyApp:
         else:
             await _json(send, 200, _HEALTH_BODY)
 
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        """Prometheus text format, summed over every process of this task."""
+        c = self.components
+        if c is None:
+            return await _json(send, 503, b'{"status":"starting"}')
+        token = self.settings.metrics_token
+        if token is not None:
+            given = b""
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    given = value
+            expected = b"Bearer " + token.get_secret_value().encode()
+            if not hmac.compare_digest(given, expected):
+                rid = new_request_id()
+                return await send_error(
+                    send, "authentication_error", "/metrics wants the metrics token.", rid
+                )
+        # Point-in-time values are set at scrape time: nothing to do on the request path.
+        m = c.metrics
+        m.circuit_state.set(CIRCUIT_STATES.get(c.breaker.state, 0))
+        if c.sink is not None:
+            depth = c.sink.stats()
+            m.log_queue_depth.set(depth["pending"] + depth["unacknowledged"])
+        body = await asyncio.to_thread(m.expose)
+        headers = [
+            (b"content-type", CONTENT_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def _ready(self, send: Send) -> None:
         """A readiness report for people and dashboards (no I/O: cached states only)."""
         c = self.components
         if c is None:
             return await _json(send, 503, b'{"status":"starting"}')
+        writer = c.sink.writer_stats if c.sink is not None else {}
+        last = writer.get("last_write_at")
         report = {
             "status": "draining" if self.drain.draining else "ok",
+            "version": __version__,
+            "draining": self.drain.draining,
             "upstream": {
                 "circuit": c.breaker.stats(),
                 "in_flight": c.upstream.in_flight,
                 "retries": c.retry.stats(),
             },
             "database": {
+                "reachable": c.keys.healthy()
+                and c.limiter.healthy()
+                and writer.get("healthy", True),
                 "keys": "ok" if c.keys.healthy() else "unreachable",
                 "limits": "ok" if c.limiter.healthy() else "unreachable",
+                "last_written_at": _iso(last) if last else None,
+                "last_written_seconds_ago": round(time.time() - last, 1) if last else None,
             },
             "log_queue": c.sink.stats() if c.sink is not None else None,
+            "live": c.telemetry.live.snapshot(),
         }
         await _json(send, 503 if self.drain.draining else 200, orjson.dumps(report))
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
+                    # uvicorn shares this state with every connection: the client protocol
+                    # counts connections into the telemetry through it.
+                    assert self.components is not None
+                    if "state" in scope:
+                        scope["state"][TELEMETRY_STATE_KEY] = self.components.telemetry
                 except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -189,11 +246,34 @@ class ProxyApp:
                 min_per_second=st.retry_budget_min_per_second,
             )
         )
-        dispatcher = Dispatcher(upstream, breaker, retry)
+        metrics = ProxyMetrics()
+        tracing = None
+        if st.tracing:
+            from claude_proxy.tracing import build_tracing  # only then: OpenTelemetry
+
+            tracing = build_tracing(st)
+        telemetry = Telemetry(metrics, tracing)
+        dispatcher = Dispatcher(upstream, breaker, retry, telemetry)
         body_cap = st.log_body_max_bytes if st.log_bodies else 0
         relay = Relay(
-            keys, limiter, throttle, dispatcher, sink, self.drain, st.max_body_bytes, body_cap
+            keys,
+            limiter,
+            throttle,
+            dispatcher,
+            sink,
+            self.drain,
+            telemetry,
+            st.max_body_bytes,
+            body_cap,
         )
+        background: list[asyncio.Task[None]] = []
+        if st.emf_enabled:
+            from claude_proxy.emf import EmfReporter
+
+            emf = EmfReporter(
+                telemetry.live, st.emf_namespace, st.service_name, st.emf_interval_seconds
+            )
+            background.append(asyncio.get_running_loop().create_task(emf.run()))
         self.drain.attach(asyncio.get_running_loop())
         drain_task = asyncio.get_running_loop().create_task(self._drain(upstream))
         self.components = Components(
@@ -208,6 +288,9 @@ class ProxyApp:
             migrator,
             admin,
             drain_task,
+            telemetry,
+            metrics,
+            background,
         )
         if st.listen_url:
             # Tests and scripts wait for this line; it means requests are being served.
@@ -233,6 +316,10 @@ class ProxyApp:
             return
         self.components = None
         c.drain_task.cancel()
+        for task in c.background:
+            task.cancel()
+        if c.telemetry.tracing is not None:
+            c.telemetry.tracing.shutdown()
         await c.upstream.close()
         await c.keys.close()
         await c.limiter.close()
@@ -261,6 +348,10 @@ class ProxyApp:
             "the proxy is shutting down (drain window over); retry the request"
         )
         log.warning("drain: window over; %d requests still in flight were ended", ended)
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, tz=UTC).isoformat(timespec="milliseconds")
 
 
 async def _json(send: Send, status: int, body: bytes, *, close: bool = False) -> None:

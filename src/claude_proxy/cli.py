@@ -115,6 +115,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "the admin API, or unset ANTHROPIC_API_KEY for demo mode."
         )
 
+    from claude_proxy.observability import prepare_metrics_directory
+
+    # Before anything imports prometheus_client, in this process or the workers.
+    prepare_metrics_directory(settings.metrics_dir)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -114,6 +114,26 @@ class Settings(BaseSettings):
     bad_key_burst: int = 20
     bad_key_per_minute: int = 20
 
+    # --- observability (docs/observability.md) -----------------------------------------
+    # json: one JSON object per line (CloudWatch Logs Insights parses the fields);
+    # console: human-friendly lines. Read by the logging setup itself, from the environment.
+    log_format: str = "json"
+    log_level: str = "INFO"
+    # If set, /metrics wants `Authorization: Bearer <token>`.
+    metrics_token: SecretStr | None = None
+    # Where the processes write their Prometheus samples (emptied at start). Default: a
+    # fresh temporary directory; must be writable (a tmpfs volume on a read-only root).
+    metrics_dir: str | None = None
+    # CloudWatch Embedded Metric Format lines on stdout, every emf_interval_seconds, per
+    # worker: ActiveStreams (for autoscaling), ActiveConnections, RequestCount, ...
+    emf_enabled: bool = False
+    emf_interval_seconds: float = 60.0
+    emf_namespace: str = "ClaudeProxy"
+    service_name: str = "claude-proxy-service"
+    # OpenTelemetry traces over OTLP (endpoint from OTEL_EXPORTER_OTLP_ENDPOINT, e.g. an
+    # ADOT collector sidecar at http://localhost:4318). Off: nothing is imported or done.
+    tracing: bool = False
+
     # --- request log pipeline -------------------------------------------------------
     # Record every request in the database. Off only for benchmarks and debugging: without
     # it there is no usage, cost or audit trail.
@@ -145,6 +165,13 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if v.lower() not in ("json", "console"):
+            raise ValueError("CLAUDE_PROXY_LOG_FORMAT is json or console")
+        return v.lower()
 
     @field_validator("retry_on")
     @classmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from claude_proxy.breaker import CircuitBreaker, is_failure_status
 from claude_proxy.records import RequestRecord
 from claude_proxy.retry import RetryPolicy
+from claude_proxy.telemetry import Telemetry
 from claude_proxy.upstream import ConnectError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("claude_proxy.upstream")
@@ -30,10 +31,17 @@ class Failed:
 
 
 class Dispatcher:
-    def __init__(self, pool: UpstreamPool, breaker: CircuitBreaker, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        breaker: CircuitBreaker,
+        retry: RetryPolicy,
+        telemetry: Telemetry,
+    ) -> None:
         self.pool = pool
         self.breaker = breaker
         self.retry = retry
+        self.telemetry = telemetry
 
     async def send(
         self,
@@ -42,11 +50,14 @@ class Dispatcher:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         record: RequestRecord,
+        span: object = None,
     ) -> UpstreamResponse | Failed:
         self.retry.note_request()
+        telemetry, tracing = self.telemetry, self.telemetry.tracing
         attempt = 0
         while True:
             if not self.breaker.allow():
+                telemetry.upstream_error("circuit_open")
                 wait = self.breaker.retry_after()
                 msg = (
                     "The upstream API is failing, so the proxy's circuit breaker is open; "
@@ -56,26 +67,39 @@ class Dispatcher:
                 return Failed("overloaded_error", 529, msg, ((b"retry-after", b"%d" % wait),))
             attempt += 1
             record.upstream_attempts = attempt
+            attempt_span = tracing.start_attempt(span, attempt) if tracing is not None else None
             try:
                 resp = await self.pool.request(method, target, headers, body)
             except ConnectError as exc:
+                if tracing is not None:
+                    tracing.finish_attempt(attempt_span, None, str(exc))
                 self.breaker.record(False)
+                telemetry.upstream_error("timeout" if exc.timeout else "connect_error")
                 delay = self.retry.after_connect_error(attempt, exc.sent)
                 _log_attempt(str(exc), record.id, attempt, delay)
                 if delay is None:
                     if exc.timeout:
                         return Failed("timeout_error", 504, str(exc))
                     return Failed("api_error", 502, f"Upstream error: {exc}")
+                telemetry.retried()
                 await asyncio.sleep(delay)
                 continue
             except BaseException:
+                if tracing is not None:
+                    tracing.finish_attempt(attempt_span, None, "cancelled")
                 self.breaker.forget()  # cancelled (client gone): no outcome to count
                 raise
-            self.breaker.record(not is_failure_status(resp.status))
-            delay = self.retry.after_status(attempt, resp.status, resp.header)
+            status = resp.status
+            if tracing is not None:
+                tracing.finish_attempt(attempt_span, status, None)
+            self.breaker.record(not is_failure_status(status))
+            if status >= 500:
+                telemetry.upstream_error("overloaded" if status == 529 else "status_5xx")
+            delay = self.retry.after_status(attempt, status, resp.header)
             if delay is None:
                 return resp
-            _log_attempt(f"upstream answered {resp.status}", record.id, attempt, delay)
+            _log_attempt(f"upstream answered {status}", record.id, attempt, delay)
+            telemetry.retried()
             resp.release()
             await asyncio.sleep(delay)
 

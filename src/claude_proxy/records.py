@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from claude_proxy.observability import FIELDS
 from claude_proxy.sse import Usage
 
 log = logging.getLogger("claude_proxy.access")
@@ -76,31 +77,34 @@ class RecordSink(Protocol):
 
 
 def log_access(record: RequestRecord, cost_usd: Decimal | None) -> None:
-    """One access line per request. Called by the log writer's thread, off the event loop."""
+    """One access line per request. Called by the log writer's thread, off the event loop.
+
+    Never the key itself: `key_id` is the key's id (docs/observability.md lists the fields).
+    """
     if not log.isEnabledFor(logging.INFO):
         return
     u = record.usage
-    log.info(
-        "request id=%s key=%s %s %s model=%s stream=%s status=%s error=%s refusal=%s stop=%s "
-        "in=%s out=%s cache_write=%s cache_read=%s cost_usd=%s latency_ms=%.1f ttft_ms=%s "
-        "upstream_request_id=%s disconnected=%s",
-        record.id,
-        record.key_id,
-        record.method,
-        record.endpoint,
-        record.model,
-        record.stream,
-        record.status_code,
-        record.error_type,
-        record.refusal,
-        record.stop_reason,
-        u.input_tokens,
-        u.output_tokens,
-        u.cache_creation_input_tokens,
-        u.cache_read_input_tokens,
-        cost_usd,
-        record.latency_ms or 0.0,
-        None if record.ttft_ms is None else round(record.ttft_ms, 1),
-        record.upstream_request_id,
-        record.client_disconnected,
-    )
+    fields = {
+        "request_id": record.id,
+        "upstream_request_id": record.upstream_request_id,
+        "key_id": record.key_id,
+        "method": record.method,
+        "endpoint": record.endpoint,
+        "model": record.model,
+        "stream": record.stream,
+        "status": record.status_code,
+        "error_type": record.error_type,
+        "refusal": record.refusal,
+        "stop_reason": record.stop_reason,
+        "latency_ms": None if record.latency_ms is None else round(record.latency_ms, 1),
+        "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 1),
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_creation_5m_input_tokens": u.cache_creation_5m_input_tokens,
+        "cache_creation_1h_input_tokens": u.cache_creation_1h_input_tokens,
+        "cache_read_input_tokens": u.cache_read_input_tokens,
+        "cost_usd": None if cost_usd is None else float(cost_usd),
+        "client_disconnected": record.client_disconnected,
+        "upstream_attempts": record.upstream_attempts,
+    }
+    log.info("request", extra={FIELDS: fields})

@@ -28,6 +28,7 @@ from claude_proxy.headers import ClientHeaders, filter_response_headers, split_r
 from claude_proxy.limits import Limiter, Refusal
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.sse import ResponseObserver
+from claude_proxy.telemetry import Telemetry
 from claude_proxy.types import Receive, Scope, Send
 from claude_proxy.upstream import BodyError
 
@@ -65,9 +66,11 @@ class Relay:
         dispatcher: Dispatcher,
         sink: RecordSink,
         drain: Drain,
+        telemetry: Telemetry,
         max_body: int,
         body_cap: int = 0,
     ) -> None:
+        self.telemetry = telemetry
         self.keys = keys
         self.limiter = limiter
         self.throttle = throttle
@@ -89,8 +92,10 @@ class Relay:
             endpoint=endpoint_label(path),
             client_ip=client[0] if client else None,
         )
+        tracing = self.telemetry.tracing
+        span = tracing.start_request(record, scope["headers"]) if tracing is not None else None
         try:
-            await self._handle(scope, receive, send, record, started)
+            await self._handle(scope, receive, send, record, started, span)
         except ClientGone:
             # Nothing more can be said to this client; the server closes the connection.
             record.client_disconnected = record.error_type is None
@@ -102,10 +107,25 @@ class Relay:
                 raise
         finally:
             record.latency_ms = (time.perf_counter() - started) * 1000.0
+            status = record.status_code or 0
+            self.telemetry.request_finished(
+                # 5xx the proxy made without the upstream's part: not a breaker refusal.
+                proxy_error=status >= 500
+                and record.upstream_attempts == 0
+                and record.error_type != "overloaded_error"
+            )
+            if tracing is not None:
+                tracing.finish_request(span, record)
             self.sink.submit(record)
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, record: RequestRecord, started: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        record: RequestRecord,
+        started: float,
+        span: object,
     ) -> None:
         rid = record.id
         hdrs = split_request_headers(scope["headers"])
@@ -155,7 +175,7 @@ class Relay:
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(lambda _f: state.client_gone(task))
         try:
-            await self._forward(scope, send, record, hdrs, body, started)
+            await self._forward(scope, send, record, hdrs, body, started, span)
         except asyncio.CancelledError:
             if not state.gone:
                 raise
@@ -285,13 +305,14 @@ class Relay:
         hdrs: ClientHeaders,
         body: bytes,
         started: float,
+        span: object,
     ) -> None:
         rid = record.id
         target: bytes = scope["raw_path"]
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         resp = await self.dispatcher.send(
-            record.method.encode(), target, hdrs.forward, body, record
+            record.method.encode(), target, hdrs.forward, body, record, span
         )
         if isinstance(resp, Failed):
             return await self._fail(
@@ -311,6 +332,9 @@ class Relay:
         out_headers = filter_response_headers(resp.headers, rid.encode())
         if self.drain.draining:
             out_headers.append((b"connection", b"close"))  # reconnect to another replica
+        telemetry = self.telemetry
+        if is_sse:
+            telemetry.stream_started()
         try:
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
             try:
@@ -332,6 +356,10 @@ class Relay:
                     if ended:
                         break
             except BodyError as exc:
+                if not exc.local:
+                    telemetry.upstream_error("stream_error")
+                elif exc.timeout:
+                    telemetry.upstream_error("timeout")
                 if not is_sse:
                     # Without SSE there is no in-band way to say so: cut the connection so
                     # the client sees an incomplete body rather than a valid-looking one.
@@ -342,6 +370,7 @@ class Relay:
                 await self._break_stream(send, record, f"Streaming error: {exc}", _error_type(exc))
                 return
             if is_sse and status == 200 and not observer.stream_complete and not ended:
+                telemetry.upstream_error("stream_error")
                 await self._break_stream(
                     send, record, "Streaming error: upstream closed the stream before message_stop"
                 )
@@ -349,6 +378,8 @@ class Relay:
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            if is_sse:
+                telemetry.stream_ended()
             resp.release()
             if kept:
                 record.response_body = _clip(kept, self.body_cap)

@@ -29,6 +29,7 @@ from claude_proxy.app import create_app
 from claude_proxy.client_protocol import ClientProtocol
 from claude_proxy.config import Settings
 from claude_proxy.drain import Drain
+from claude_proxy.metrics import process_gone
 
 log = logging.getLogger("claude_proxy.server")
 
@@ -139,6 +140,7 @@ class _Supervisor:
                     self._forward(signal.SIGTERM, None)
                     continue
                 log.error("worker %d died (exit code %s); starting another", p.pid, p.exitcode)
+                process_gone(p.pid)
                 time.sleep(1.0)  # do not spin if it dies at once again
                 self._start(i)
         codes = [p.exitcode for p in self.procs]

@@ -6,9 +6,11 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import anthropic
 import httpx2
+import orjson
 import pytest
 
 from tests.conftest import PROXY_KEY, UPSTREAM_KEY, Emulator, Proxy
@@ -44,9 +46,13 @@ def raw_stream(proxy: Proxy, spec: str) -> Iterator[httpx2.Response]:
         yield r
 
 
-def access_line(proxy: Proxy, request_id: str) -> str:
-    m = proxy.process.wait_for(rf"request id={re.escape(request_id)} .*")
-    return m.group(0)
+def access_line(proxy: Proxy, request_id: str) -> dict[str, Any]:
+    """The request's JSON access line (CLAUDE_PROXY_LOG_FORMAT=json, the default)."""
+    m = proxy.process.wait_for(
+        rf'^{{.*"message":"request".*"request_id":"{re.escape(request_id)}".*$'
+    )
+    line: dict[str, Any] = orjson.loads(m.group(0))
+    return line
 
 
 def test_non_streaming_create_relays_body_and_headers(
@@ -64,9 +70,13 @@ def test_non_streaming_create_relays_body_and_headers(
     assert "anthropic-ratelimit-tokens-reset" in raw.headers
     proxy_rid = raw.headers["x-claude-proxy-request-id"]
     line = access_line(proxy, proxy_rid)
-    assert f"in={msg.usage.input_tokens} out={msg.usage.output_tokens}" in line
-    assert f"upstream_request_id={raw.headers['request-id']}" in line
-    assert f"model={msg.model}" in line and "status=200" in line
+    assert (line["input_tokens"], line["output_tokens"]) == (
+        msg.usage.input_tokens,
+        msg.usage.output_tokens,
+    )
+    assert line["upstream_request_id"] == raw.headers["request-id"]
+    assert line["model"] == msg.model and line["status"] == 200
+    assert line["key_id"].startswith("static-") and line["cost_usd"] > 0
 
 
 def test_stream_with_thinking_text_and_tool_use(client: anthropic.Anthropic, proxy: Proxy) -> None:
@@ -98,8 +108,11 @@ def test_stream_with_thinking_text_and_tool_use(client: anthropic.Anthropic, pro
     assert "".join(texts) == "".join(b.text for b in final.content if b.type == "text")
     # The observer saw the same cumulative usage the SDK assembled.
     line = access_line(proxy, proxy_rid)
-    assert f"in={final.usage.input_tokens} out={final.usage.output_tokens}" in line
-    assert "stop=tool_use" in line and "stream=True" in line
+    assert (line["input_tokens"], line["output_tokens"]) == (
+        final.usage.input_tokens,
+        final.usage.output_tokens,
+    )
+    assert line["stop_reason"] == "tool_use" and line["stream"] is True
 
 
 def test_cache_tokens_are_observed_on_streams(client: anthropic.Anthropic, proxy: Proxy) -> None:
@@ -124,10 +137,13 @@ def test_cache_tokens_are_observed_on_streams(client: anthropic.Anthropic, proxy
     assert first.cache_creation_input_tokens and first.cache_creation_input_tokens > 0
     assert first.cache_creation and first.cache_creation.ephemeral_1h_input_tokens > 0
     assert second.cache_read_input_tokens == first.cache_creation_input_tokens
-    assert f"cache_write={first.cache_creation_input_tokens} cache_read=0" in access_line(
-        proxy, rid1
+    first_line = access_line(proxy, rid1)
+    assert first_line["cache_read_input_tokens"] == 0
+    assert (
+        first_line["cache_creation_5m_input_tokens"] + first_line["cache_creation_1h_input_tokens"]
+        == first.cache_creation_input_tokens
     )
-    assert f"cache_read={second.cache_read_input_tokens}" in access_line(proxy, rid2)
+    assert access_line(proxy, rid2)["cache_read_input_tokens"] == second.cache_read_input_tokens
 
 
 def test_count_tokens_and_models(client: anthropic.Anthropic) -> None:
@@ -286,7 +302,7 @@ def test_upstream_dying_midstream_becomes_streaming_error(
         exc.value.body
     )
     proxy.process.wait_for(rf"Streaming error.*request_id={rid}")
-    assert "error=api_error" in access_line(proxy, rid)
+    assert access_line(proxy, rid)["error_type"] == "api_error"
 
 
 def test_client_disconnect_closes_upstream_within_a_second(
@@ -301,7 +317,7 @@ def test_client_disconnect_closes_upstream_within_a_second(
     rec = emulator.wait_request(upstream_rid, "client_closed", timeout=1.0)
     assert rec["state"] == "client_closed"
     assert time.monotonic() - closed_at < 1.0
-    assert "disconnected=True" in access_line(proxy, proxy_rid)
+    assert access_line(proxy, proxy_rid)["client_disconnected"] is True
 
 
 def test_events_are_relayed_as_they_arrive(proxy: Proxy) -> None:

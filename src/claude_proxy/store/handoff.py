@@ -14,6 +14,9 @@ stays here, so nothing is lost when the process dies:
   for its spill file;
 - shutdown: the process flushes within the window; whatever it did not count
   back is spilled from here.
+
+Every second the process also sends a report line ("S" + JSON: rows written,
+spilled, replayed, last write time), which /ready shows.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import sys
 from collections import deque
 from typing import Any
 
+import orjson
+
 from claude_proxy.config import Settings
+from claude_proxy.metrics import process_gone
 from claude_proxy.records import RequestRecord, encode_record
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_process import WriterConfig
@@ -72,6 +78,7 @@ class ProcessSink:
         self._closed = False
         self._child_gone = asyncio.Event()
         self.restarts = 0
+        self.writer_stats: dict[str, Any] = {}  # the writer process's latest report
 
     async def start(self) -> None:
         await self._spawn()
@@ -95,6 +102,7 @@ class ProcessSink:
             "unacknowledged": len(self._unacked),
             "writer_pid": self._proc.pid if self._proc else None,
             "writer_restarts": self.restarts,
+            "writer": self.writer_stats,
         }
 
     async def close(self, timeout: float) -> None:
@@ -172,6 +180,8 @@ class ProcessSink:
     def _lost(self) -> None:
         self._transport = None
         self._child_gone.set()
+        if self._proc is not None:
+            process_gone(self._proc.pid)
         if self._closing:
             return
         code = self._proc.poll() if self._proc else None
@@ -219,7 +229,14 @@ class _Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
-        self._sink._acked(sum(int(n) for n in lines if n))
+        acked = 0
+        for line in lines:
+            if line.startswith(b"S"):  # the writer's periodic report
+                with contextlib.suppress(ValueError):
+                    self._sink.writer_stats = orjson.loads(line[1:])
+            elif line:
+                acked += int(line)
+        self._sink._acked(acked)
 
     def eof_received(self) -> bool:
         return False

@@ -122,6 +122,7 @@ class LogWriter:
         self._replay_due = True  # at startup: whatever a crash left behind
         self._next_rescan = 0.0
         self._cost_warned = False
+        self._last_write_at: float | None = None  # unix time of the last committed batch
         self._reported_spilled = 0
         self._reported_at = float("-inf")
 
@@ -214,6 +215,7 @@ class LogWriter:
         inflight = self._inflight
         out["inflight"] = len(inflight) if inflight else 0
         out["healthy"] = self._healthy
+        out["last_write_at"] = self._last_write_at
         out["spill_file"] = str(self._spill.path) if self._spill.path else None
         return out
 
@@ -277,6 +279,7 @@ class LogWriter:
         finally:
             self._inflight = None
         self._on_success()
+        self._last_write_at = time.time()
         self._bump(batches=1, written=inserted, duplicates=len(rows) - inserted)
 
     def _maybe_replay(self) -> None:

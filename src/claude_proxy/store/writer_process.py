@@ -12,8 +12,12 @@ Protocol, over a socketpair the proxy passes as fd `argv[1]`:
   or spilled and synced), in the order received. The proxy keeps every record
   until it is counted, and resends the rest to a new child if this one dies;
   inserts are idempotent, so a resent record is never a second row.
+- also back, every second: "S" + the LogWriter's stats as JSON (for /ready);
 - EOF from the proxy (it closed, or died): flush within `flush_timeout`,
   spill the rest, exit 0. SIGINT and SIGTERM are ignored: the proxy decides.
+
+The Prometheus request metrics are counted here too (metrics.RecordMetrics): this
+process sees every record anyway, and the worker's event loop is spared the work.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from decimal import Decimal
 
 import orjson
 
+from claude_proxy.metrics import RecordMetrics
 from claude_proxy.observability import setup_logging
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RequestRecord, decode_record, log_access
@@ -40,6 +45,7 @@ log = logging.getLogger("claude_proxy.store")
 # The proxy bounds what is in flight (log_queue_size); here the queue must never
 # spill on its own, or acknowledgements would run ahead of older records.
 _UNBOUNDED = 1 << 62
+_REPORT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,18 +64,25 @@ class WriterConfig:
         return orjson.dumps(asdict(self), option=orjson.OPT_APPEND_NEWLINE)
 
 
-def build_writer(cfg: WriterConfig, on_durable: DurableFn | None) -> LogWriter:
+def build_writer(
+    cfg: WriterConfig, on_durable: DurableFn | None, metrics: RecordMetrics | None = None
+) -> LogWriter:
     prices = PriceTable.load(cfg.prices_file)
 
     def cost(record: RequestRecord) -> Decimal | None:
         return prices.cost(record.model, record.usage, batch=False)
+
+    def on_record(record: RequestRecord, cost_usd: Decimal | None) -> None:
+        log_access(record, cost_usd)
+        if metrics is not None:
+            metrics.observe(record, cost_usd)
 
     engine = make_engine(cfg.database_url, pool_size=cfg.pool_size, max_overflow=cfg.max_overflow)
     return LogWriter(
         engine,
         cfg.spill_dir,
         cost_fn=cost,
-        on_record=log_access,
+        on_record=on_record,
         on_durable=on_durable,
         queue_size=_UNBOUNDED,
         batch_size=cfg.batch_size,
@@ -93,8 +106,19 @@ def main() -> None:
         with ack_lock, contextlib.suppress(OSError):  # the proxy is gone: nobody to tell
             sock.sendall(b"%d\n" % n)
 
-    writer = build_writer(cfg, ack)
+    metrics = RecordMetrics()
+    writer = build_writer(cfg, ack, metrics)
     writer.start()
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(_REPORT_SECONDS):
+            stats = writer.stats()
+            metrics.sync_writer(stats)
+            with ack_lock, contextlib.suppress(OSError):
+                sock.sendall(b"S" + orjson.dumps(stats) + b"\n")
+
+    threading.Thread(target=report, name="claude-proxy-writer-report", daemon=True).start()
     try:
         for line in incoming:
             try:
@@ -106,6 +130,8 @@ def main() -> None:
             writer.submit(record)
     finally:
         writer.close_sync(cfg.flush_timeout)
+        stop.set()
+        metrics.sync_writer(writer.stats())
         writer.engine.dispose()
 
 
