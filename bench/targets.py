@@ -26,7 +26,7 @@ CLIENT_KEY = "sk-proxy-bench-client"
 PROXY_CORES = [0]
 SIDE_CORES = [1]  # emulator, wrk, stream client
 EMU_READY = re.compile(r"listening on (http://\S+)")
-PROXY_READY = re.compile(r"ready on (http://\S+)")
+PROXY_READY = re.compile(r"ready on (http://[^\s\"]+)")
 
 
 class Target(NamedTuple):

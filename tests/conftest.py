@@ -201,7 +201,7 @@ def start_proxy(
     }
     base_env.update(env or {})
     p = spawn(["serve", "--host", "127.0.0.1", "--port", "0"], base_env)
-    m = p.wait_for(r"claude-proxy ready on (http://\S+)")
+    m = p.wait_for(r"claude-proxy ready on (http://[^\s\"]+)")
     return Proxy(process=p, url=m.group(1), env=base_env)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import sys
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +28,7 @@ from claude_proxy.drain import Drain
 from claude_proxy.errors import send_error
 from claude_proxy.limits import Limiter
 from claude_proxy.metrics import CIRCUIT_STATES, CONTENT_TYPE, ProxyMetrics
+from claude_proxy.observability import FIELDS
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.relay import Relay
@@ -292,23 +293,16 @@ class ProxyApp:
             metrics,
             background,
         )
+        log.info(
+            "claude-proxy %s started",
+            __version__,
+            extra={FIELDS: _config_summary(st, keys, admin is not None)},
+        )
         if st.listen_url:
             # Tests and scripts wait for this line; it means requests are being served.
-            # One write, newline included: print() writes the newline separately, and with
-            # several workers two ready lines then interleave into one.
-            sys.stdout.write(f"claude-proxy ready on {st.listen_url}\n")
-            sys.stdout.flush()
-        log.info(
-            "claude-proxy %s started: upstream=%s database=%s static_keys=%d "
-            "database_keys=%d admin_api=%s demo=%s",
-            __version__,
-            st.anthropic_base_url,
-            redacted_url(st.database_url),
-            keys.static_count,
-            len(keys) - keys.static_count,
-            admin is not None,
-            st.demo,
-        )
+            log.info(
+                "claude-proxy ready on %s", st.listen_url, extra={FIELDS: {"pid": os.getpid()}}
+            )
 
     async def shutdown(self) -> None:
         c = self.components
@@ -348,6 +342,36 @@ class ProxyApp:
             "the proxy is shutting down (drain window over); retry the request"
         )
         log.warning("drain: window over; %d requests still in flight were ended", ended)
+
+
+def _config_summary(st: Settings, keys: KeyCache, admin: bool) -> dict[str, object]:
+    """What this process runs with, for the startup line: never a secret."""
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "upstream": st.anthropic_base_url,
+        "upstream_key_set": bool(st.upstream_key()),
+        "database": redacted_url(st.database_url),
+        "static_keys": keys.static_count,
+        "database_keys": len(keys) - keys.static_count,
+        "admin_api": admin,
+        "demo": st.demo,
+        "log_requests": st.log_requests,
+        "log_bodies": st.log_bodies,
+        "timeouts_s": {
+            "connect": st.connect_timeout_seconds,
+            "first_byte": st.first_byte_timeout_seconds,
+            "idle": st.idle_timeout_seconds,
+            "total": st.total_timeout_seconds,
+        },
+        "retry_on": st.retry_on,
+        "retry_max_attempts": st.retry_max_attempts,
+        "pre_stop_s": st.pre_stop_seconds,
+        "drain_s": st.drain_seconds,
+        "emf": st.emf_enabled,
+        "tracing": st.tracing,
+        "metrics_token_set": st.metrics_token is not None,
+    }
 
 
 def _iso(unix: float) -> str:

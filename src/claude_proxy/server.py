@@ -30,6 +30,7 @@ from claude_proxy.client_protocol import ClientProtocol
 from claude_proxy.config import Settings
 from claude_proxy.drain import Drain
 from claude_proxy.metrics import process_gone
+from claude_proxy.observability import setup_logging
 
 log = logging.getLogger("claude_proxy.server")
 
@@ -70,6 +71,7 @@ class DrainingServer(uvicorn.Server):
 
 def run_worker(sock: socket.socket) -> None:
     """One server process: the app, its drain, uvicorn on `sock`."""
+    setup_logging()  # again: a spawned worker starts with a fresh interpreter
     settings = Settings()
     drain = Drain(settings.pre_stop_seconds, settings.drain_seconds)
     config = uvicorn.Config(

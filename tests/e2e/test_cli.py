@@ -92,7 +92,7 @@ def test_database_urls_are_accepted_as_written() -> None:
 def test_demo_mode_prints_a_working_key_and_snippets(tmp_path: object) -> None:
     p = spawn(["serve", "--host", "127.0.0.1", "--port", "0"])
     try:
-        m = p.wait_for(r"claude-proxy ready on (http://\S+)")
+        m = p.wait_for(r"claude-proxy ready on (http://[^\s\"]+)")
         url = m.group(1)
         out = p.output()
         key = re.search(r"demo key: (\S+)", out)
@@ -125,7 +125,7 @@ def test_several_workers_serve(emulator: Emulator) -> None:
         },
     )
     try:
-        url = p.wait_for(r"claude-proxy ready on (http://\S+)").group(1)
+        url = p.wait_for(r"claude-proxy ready on (http://[^\s\"]+)").group(1)
         p.wait_for(r"claude-proxy ready on", count=2)  # both workers announce themselves
         with anthropic.Anthropic(base_url=url, api_key=PROXY_KEY, max_retries=0) as c:
             for _ in range(4):

@@ -36,6 +36,7 @@ import orjson
 from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 
+from claude_proxy.observability import FIELDS
 from claude_proxy.records import RequestRecord
 from claude_proxy.store.keys import spend_periods
 from claude_proxy.store.rows import Row, dump_row, record_to_row
@@ -200,7 +201,7 @@ class LogWriter:
         kept = self._spill.close()
         if kept is not None:
             log.info("spill: %s kept for replay at next start", kept)
-        log.info("log writer closed: %s", self.stats())
+        log.info("log writer closed", extra={FIELDS: self.stats()})
 
     def _close_at_exit(self) -> None:
         if not self._closed:
