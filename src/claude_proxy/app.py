@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import orjson
 from sqlalchemy import Engine
@@ -40,6 +41,9 @@ from claude_proxy.store.writer_process import build_writer
 from claude_proxy.telemetry import Telemetry
 from claude_proxy.types import ASGIApp, Receive, Scope, Send
 from claude_proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from claude_proxy.tracing import Tracing
 
 log = logging.getLogger("claude_proxy.app")
 
@@ -71,8 +75,11 @@ class Components:
 class ProxyApp:
     """ASGI callable; `create_app` is the way to build one."""
 
-    def __init__(self, settings: Settings, drain: Drain | None = None) -> None:
+    def __init__(
+        self, settings: Settings, drain: Drain | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.settings = settings
+        self._tracing = tracing  # injected (tests); otherwise built when settings.tracing
         self.drain = drain or Drain(settings.pre_stop_seconds, settings.drain_seconds)
         self.components: Components | None = None
 
@@ -248,8 +255,8 @@ class ProxyApp:
             )
         )
         metrics = ProxyMetrics()
-        tracing = None
-        if st.tracing:
+        tracing = self._tracing
+        if tracing is None and st.tracing:
             from claude_proxy.tracing import build_tracing  # only then: OpenTelemetry
 
             tracing = build_tracing(st)
@@ -313,7 +320,7 @@ class ProxyApp:
         for task in c.background:
             task.cancel()
         if c.telemetry.tracing is not None:
-            c.telemetry.tracing.shutdown()
+            await asyncio.to_thread(c.telemetry.tracing.shutdown)
         await c.upstream.close()
         await c.keys.close()
         await c.limiter.close()
@@ -413,5 +420,7 @@ async def _migrate_until_done(engine: Engine) -> None:
             await asyncio.sleep(_MIGRATE_RETRY_SECONDS)
 
 
-def create_app(settings: Settings | None = None, drain: Drain | None = None) -> ProxyApp:
-    return ProxyApp(settings or Settings(), drain)
+def create_app(
+    settings: Settings | None = None, drain: Drain | None = None, tracing: Tracing | None = None
+) -> ProxyApp:
+    return ProxyApp(settings or Settings(), drain, tracing)

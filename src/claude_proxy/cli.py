@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -118,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from claude_proxy.observability import prepare_metrics_directory
 
     # Before anything imports prometheus_client, in this process or the workers.
-    prepare_metrics_directory(settings.metrics_dir)
+    metrics_dir = prepare_metrics_directory(settings.metrics_dir)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -134,6 +135,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     finally:
         if stop_demo is not None:
             stop_demo()
+        if not settings.metrics_dir:  # our own temporary directory: leave nothing behind
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     if code:
         raise SystemExit(code)
 

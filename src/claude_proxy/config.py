@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     # CloudWatch Embedded Metric Format lines on stdout, every emf_interval_seconds, per
     # worker: ActiveStreams (for autoscaling), ActiveConnections, RequestCount, ...
     emf_enabled: bool = False
-    emf_interval_seconds: float = 60.0
+    emf_interval_seconds: float = Field(default=60.0, gt=0)
     emf_namespace: str = "ClaudeProxy"
     service_name: str = "claude-proxy-service"
     # OpenTelemetry traces over OTLP (endpoint from OTEL_EXPORTER_OTLP_ENDPOINT, e.g. an

@@ -20,6 +20,7 @@ half registers into its own registry and /metrics shows that process alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +42,22 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+# Routes a metric label may name; any other path (a client can send any) is "other".
+KNOWN_ROUTES = frozenset(
+    {
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/models",
+        "/v1/models/{id}",
+        "/v1/messages/batches",
+        "/v1/messages/batches/{id}",
+        "/v1/messages/batches/{id}/results",
+        "/v1/messages/batches/{id}/cancel",
+        "/v1/files",
+        "/v1/files/{id}",
+        "/v1/files/{id}/content",
+    }
+)
 _TOKEN_TYPES = (
     ("input", "input_tokens"),
     ("output", "output_tokens"),
@@ -119,7 +136,9 @@ class ProxyMetrics:
 class RecordMetrics:
     """The writer process's half: request metrics derived from finished records."""
 
-    def __init__(self) -> None:
+    def __init__(self, known_model: Callable[[str], bool] = lambda m: True) -> None:
+        # A client can put anything in "model": only models with a price become labels.
+        self._known_model = known_model
         reg = self.registry = _registry()
         self.requests = Counter(
             "claude_proxy_requests_total",
@@ -163,13 +182,16 @@ class RecordMetrics:
         self._seen: dict[str, int] = {}
 
     def observe(self, record: RequestRecord, cost: Decimal | None) -> None:
+        route = record.endpoint if record.endpoint in KNOWN_ROUTES else "other"
         model = record.model or "none"
+        if record.model and not self._known_model(record.model):
+            model = "other"
         status = record.status_code
         status_class = f"{status // 100}xx" if status else "none"
-        self.requests.labels(record.endpoint, model, status_class).inc()
+        self.requests.labels(route, model, status_class).inc()
         if record.latency_ms is not None:
             stream = "true" if record.stream else "false"
-            self.duration.labels(record.endpoint, stream).observe(record.latency_ms / 1000)
+            self.duration.labels(route, stream).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None and record.model:
             self.ttft.labels(model).observe(record.ttft_ms / 1000)
         u = record.usage

@@ -37,6 +37,9 @@ log = logging.getLogger("claude_proxy.relay")
 # Endpoints whose request body must be a JSON object (the proxy reads model/stream from it).
 _JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 _BATCHES = "/v1/messages/batches"
+_KNOWN_PATHS = frozenset(
+    {"/v1/messages", "/v1/messages/count_tokens", "/v1/models", _BATCHES, "/v1/files"}
+)
 # A key the proxy cannot check right now: the SDKs retry a 503 with this advice.
 _KEY_STORE_DOWN = (
     "The proxy cannot verify this API key right now: its key database is unreachable. "
@@ -49,12 +52,17 @@ class ClientGone(Exception):
 
 
 def endpoint_label(path: str) -> str:
-    """A low-cardinality name for records and metrics: ids in /v1/models/{id} are folded."""
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{id}"
-    if path.startswith("/v1/messages/batches/"):
-        return "/v1/messages/batches/{id}" + ("/results" if path.endswith("/results") else "")
-    return path
+    """A low-cardinality name for records, metrics and spans: ids are folded to {id}
+    (`/v1/models/{id}`, `/v1/messages/batches/{id}/results`, `/v1/files/{id}/content`),
+    and paths deeper than /v1 plus four segments are cut."""
+    if path in _KNOWN_PATHS:
+        return path
+    parts = path.split("/")[:6]  # "", "v1", and at most four more
+    for i in range(2, len(parts)):
+        p = parts[i]
+        if len(p) > 24 or any(c.isdigit() for c in p) or not p.replace("_", "").isalpha():
+            parts[i] = "{id}"
+    return "/".join(parts)
 
 
 class Relay:

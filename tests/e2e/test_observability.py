@@ -168,7 +168,9 @@ def test_ready_reports_version_circuit_database_and_queue(two_workers: str) -> N
         return None
 
     found: list[dict[str, Any]] = []
-    wait_until("a worker that has written", lambda: bool(found.append(written() or {}) or found[-1]))
+    wait_until(
+        "a worker that has written", lambda: bool(found.append(written() or {}) or found[-1])
+    )
     doc = found[-1]
     assert doc["status"] == "ok" and doc["draining"] is False
     assert doc["version"]

@@ -363,7 +363,8 @@ class Replica:
         return "".join(ln for ln in self.proxy.process.lines if keep.search(ln))
 
     def access_ids(self) -> set[str]:
-        return set(re.findall(r"request id=(\S+)", self.proxy.output()))
+        # The JSON access lines: {"message":"request","request_id":"cpr_...",...}
+        return set(re.findall(r'"message":"request","request_id":"([^"]+)"', self.proxy.output()))
 
     def spilled(self) -> list[str]:
         spill = self.tmp / "spill"

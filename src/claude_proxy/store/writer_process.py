@@ -106,7 +106,7 @@ def main() -> None:
         with ack_lock, contextlib.suppress(OSError):  # the proxy is gone: nobody to tell
             sock.sendall(b"%d\n" % n)
 
-    metrics = RecordMetrics()
+    metrics = RecordMetrics(known_model=PriceTable.load(cfg.prices_file).__contains__)
     writer = build_writer(cfg, ack, metrics)
     writer.start()
     stop = threading.Event()
