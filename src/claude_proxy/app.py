@@ -306,10 +306,19 @@ class ProxyApp:
             extra={FIELDS: _config_summary(st, keys, admin is not None)},
         )
         if st.listen_url:
-            # Tests and scripts wait for this line; it means requests are being served.
-            log.info(
-                "claude-proxy ready on %s", st.listen_url, extra={FIELDS: {"pid": os.getpid()}}
+            # Scripts, tests and the benchmark wait for this line: printed whatever the log
+            # level (handle() skips the level check), in the configured format.
+            ready = log.makeRecord(
+                log.name,
+                logging.INFO,
+                __file__,
+                0,
+                "claude-proxy ready on %s",
+                (st.listen_url,),
+                None,
+                extra={FIELDS: {"pid": os.getpid()}},
             )
+            log.handle(ready)
 
     async def shutdown(self) -> None:
         c = self.components

@@ -194,3 +194,13 @@ def test_console_format_and_log_level(emulator: Emulator, tmp_path: Path) -> Non
         assert not px.output().lstrip().startswith("{")
     finally:
         px.process.stop()
+
+
+def test_the_ready_line_is_printed_at_any_log_level(emulator: Emulator, tmp_path: Path) -> None:
+    px = start_proxy(emulator.url, {"CLAUDE_PROXY_LOG_LEVEL": "WARNING"}, tmp_path)  # waits for it
+    try:
+        with anthropic.Anthropic(base_url=px.url, api_key=PROXY_KEY, max_retries=0) as c:
+            c.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
+        assert '"message":"request"' not in px.output()  # INFO lines are off
+    finally:
+        px.process.stop()
