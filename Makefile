@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 LEGACY_SDK := anthropic==0.69.0
 LEGACY_VENV := .venv-sdk0
 LEGACY_STAMP := $(LEGACY_VENV)/.installed-stamp
+# checkov pins a python-hcl2 that clashes with ours: it gets a venv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 CLAUDE_CODE := tests/e2e/claude_code
 CLAUDE_CODE_STAMP := $(CLAUDE_CODE)/node_modules/.installed-stamp
 
@@ -23,6 +26,11 @@ $(STAMP): pyproject.toml
 $(LEGACY_STAMP): Makefile
 	$(PYTHON) -m venv $(LEGACY_VENV)
 	$(LEGACY_VENV)/bin/python -m pip install -q '$(LEGACY_SDK)'
+	touch $@
+
+$(CHECKOV_STAMP): Makefile
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q 'checkov>=3.2'
 	touch $@
 
 $(CLAUDE_CODE_STAMP): $(CLAUDE_CODE)/package.json $(CLAUDE_CODE)/package-lock.json
@@ -45,11 +53,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
 
-test: $(STAMP) $(LEGACY_STAMP) $(CLAUDE_CODE_STAMP) system-deps lint
-	CLAUDE_PROXY_LEGACY_PYTHON=$(LEGACY_VENV)/bin/python $(BIN)/pytest
+test: $(STAMP) $(LEGACY_STAMP) $(CLAUDE_CODE_STAMP) $(CHECKOV_STAMP) system-deps lint
+	CLAUDE_PROXY_LEGACY_PYTHON=$(LEGACY_VENV)/bin/python \
+	CLAUDE_PROXY_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) $(LEGACY_VENV) $(CLAUDE_CODE)/node_modules
+	rm -rf $(VENV) $(LEGACY_VENV) $(CHECKOV_VENV) $(CLAUDE_CODE)/node_modules
