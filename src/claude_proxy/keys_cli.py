@@ -24,7 +24,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from claude_proxy.reports import parse_duration
 from claude_proxy.store.keys import (
+    BUDGET_MAX,
     BUDGET_PERIODS,
+    RPM_MAX,
+    TPM_MAX,
     KeyRow,
     KeySpec,
     create_key,
@@ -37,11 +40,6 @@ from claude_proxy.store.keys import (
     with_spend,
 )
 from claude_proxy.store.schema import COST_PLACES
-
-# What the columns hold: rpm is INTEGER, tpm BIGINT, budgets NUMERIC(18, 8).
-RPM_MAX = 2**31 - 1
-TPM_MAX = 2**63 - 1
-BUDGET_MAX = Decimal("9999999999.99999999")
 
 _UNSET: Any = object()  # `keys update`: an option that was not given
 

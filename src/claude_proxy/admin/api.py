@@ -38,6 +38,9 @@ from claude_proxy.errors import STATUS_FOR_TYPE, error_body, send_error
 from claude_proxy.records import new_request_id
 from claude_proxy.reports import parse_duration
 from claude_proxy.store.keys import (
+    BUDGET_MAX,
+    RPM_MAX,
+    TPM_MAX,
     KeyRow,
     KeySpec,
     create_key,
@@ -61,10 +64,6 @@ REQUEST_ID_SCOPE_KEY = "claude_proxy.request_id"
 MAX_BODY_BYTES = 64 * 1024  # key bodies are a few hundred bytes
 MAX_LOG_ROWS = 1000
 
-# What the columns hold: rpm is INTEGER, tpm BIGINT, budgets NUMERIC(18, 8).
-RPM_MAX = 2**31 - 1
-TPM_MAX = 2**63 - 1
-BUDGET_MAX = Decimal("9999999999.99999999")
 
 T = TypeVar("T")
 Period = Literal["day", "month", "total"]

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, RowMapping, func, insert, select, update
+from sqlalchemy import Engine, RowMapping, insert, select, update
 
 from claude_proxy.store.schema import DatabaseNow, api_keys, key_spend
 
@@ -24,10 +24,11 @@ BUDGET_PERIODS = ("day", "month", "total")
 # Recognisable in a config file, a log scan or a secret scanner's rules.
 KEY_PREFIX = "sk-proxy-"
 _SHOWN_RANDOM_CHARS = 6
-_INT_MAX = 2**31 - 1  # the rpm column is INTEGER
-_BIGINT_MAX = 2**63 - 1
-_MAX_BUDGET = Decimal(
-    "9999999999"
+# What the columns hold: rpm is INTEGER, tpm BIGINT, budgets NUMERIC(18, 8).
+RPM_MAX = 2**31 - 1
+TPM_MAX = 2**63 - 1
+BUDGET_MAX = Decimal(
+    "9999999999.99999999"
 )  # NUMERIC(18, 8)  # 36 of the key's 256 random bits: enough to tell keys apart
 
 
@@ -57,15 +58,15 @@ class KeySpec:
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ValueError("a key needs a name")
-        for label, value, top in (("rpm", self.rpm, _INT_MAX), ("tpm", self.tpm, _BIGINT_MAX)):
+        for label, value, top in (("rpm", self.rpm, RPM_MAX), ("tpm", self.tpm, TPM_MAX)):
             if value is not None and not 1 <= value <= top:
                 raise ValueError(f"{label} must be between 1 and {top}")
         if (self.budget_usd is None) != (self.budget_period is None):
             raise ValueError("a budget needs both an amount and a period (day, month or total)")
         if self.budget_period is not None and self.budget_period not in BUDGET_PERIODS:
             raise ValueError("budget period must be day, month or total")
-        if self.budget_usd is not None and not 0 <= self.budget_usd <= _MAX_BUDGET:
-            raise ValueError(f"a budget must be between 0 and {_MAX_BUDGET}")
+        if self.budget_usd is not None and not 0 <= self.budget_usd <= BUDGET_MAX:
+            raise ValueError(f"a budget must be between 0 and {BUDGET_MAX}")
         if self.models is not None and (not self.models or not all(m.strip() for m in self.models)):
             raise ValueError("a model allowlist needs at least one non-empty pattern")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
@@ -265,11 +266,6 @@ def with_spend(engine: Engine, rows: list[KeyRow]) -> list[KeyRow]:
         )
         for r in rows
     ]
-
-
-def count_keys(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(api_keys)).scalar_one())
 
 
 def _spec_values(spec: KeySpec) -> dict[str, Any]:
