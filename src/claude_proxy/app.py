@@ -173,6 +173,7 @@ class ProxyApp:
             },
             "log_queue": c.sink.stats() if c.sink is not None else None,
             "live": c.telemetry.live.snapshot(),
+            "limits": c.limiter.stats(),  # processes sharing the limits, sync health
         }
         await _json(send, 503 if self.drain.draining else 200, orjson.dumps(report))
 
