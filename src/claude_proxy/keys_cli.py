@@ -39,7 +39,7 @@ from claude_proxy.store.keys import (
     update_key,
     with_spend,
 )
-from claude_proxy.store.schema import COST_PLACES
+from claude_proxy.store.schema import COST_PLACES, money_text
 
 _UNSET: Any = object()  # `keys update`: an option that was not given
 
@@ -136,7 +136,7 @@ def key_json(row: KeyRow, secret: str | None = None) -> dict[str, Any]:
 
 def _json_default(value: object) -> object:
     if isinstance(value, Decimal):
-        return format(value.quantize(COST_PLACES), "f")  # money as a string: exact
+        return money_text(value)  # money as a string: exact
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
@@ -150,7 +150,7 @@ def _print_json(value: object) -> None:
 
 def money(value: Decimal) -> str:
     """`10.00`, `0.012345`: at least the cents, and every digit that is there."""
-    text = format(value.quantize(COST_PLACES), "f").rstrip("0")
+    text = money_text(value).rstrip("0")
     whole, _, cents = text.partition(".")
     return f"{whole}.{cents.ljust(2, '0')}"
 

@@ -53,7 +53,7 @@ from claude_proxy.store.keys import (
     with_spend,
 )
 from claude_proxy.store.queries import recent_logs, usage_summary
-from claude_proxy.store.schema import COST_PLACES
+from claude_proxy.store.schema import money_text
 from claude_proxy.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("claude_proxy.admin")
@@ -69,14 +69,9 @@ T = TypeVar("T")
 Period = Literal["day", "month", "total"]
 
 
-def _money_text(value: Decimal) -> str:
-    """8 places, never exponent notation (str(Decimal("0.00000000")) is "0E-8")."""
-    return format(value.quantize(COST_PLACES), "f")
-
-
 # Money in: a JSON number or string. Money out: a decimal string with 8 places, exact.
 MoneyIn = Annotated[Decimal, Field(ge=0, le=BUDGET_MAX, max_digits=18, decimal_places=8)]
-MoneyOut = Annotated[Decimal, PlainSerializer(_money_text, return_type=str, when_used="json")]
+MoneyOut = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_used="json")]
 
 
 # ------------------------------------------------------------------------- models

@@ -37,6 +37,11 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 COST_PLACES = Decimal("0.00000001")
 
 
+def money_text(value: Decimal) -> str:
+    """Money as exact text with 8 places, never exponent notation ("0E-8")."""
+    return format(value.quantize(COST_PLACES), "f")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """timestamptz on PostgreSQL; on SQLite (no time zones) naive UTC text, read back as UTC."""
 
