@@ -199,6 +199,22 @@ def cpu_seconds(pid: int) -> float:
     return sum(scan[p][2] for p in _tree_of(scan, [pid]))
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """utime+stime of `pid` alone (a worker without its writer process)."""
+    return _scan(children=False)[pid][2]
+
+
+def named_pids(name: str) -> list[int]:
+    """Every process whose name (comm) is `name`, e.g. the PostgreSQL server's."""
+    return sorted(p for p, (_, n, _) in _scan(children=False).items() if n.split(":")[0] == name)
+
+
+def cpu_of(pids: Iterable[int]) -> float:
+    """utime+stime of these processes (those still alive), without their children."""
+    scan = _scan(children=False)
+    return sum(scan[p][2] for p in pids if p in scan)
+
+
 def rss_mb(pid: int, pids: Sequence[int] | None = None) -> float:
     """VmRSS of `pid` and its live descendants, in MB (10^6 bytes).
 

@@ -6,6 +6,12 @@ them in slices (so background noise hits both alike) at concurrency 50, then bot
 serve the same burst of streams. Target: throughput with the log on within 5 % of
 off, and no change in stream TTFB p99.
 
+Placement: each proxy worker on core 0; its writer process, the emulator, wrk and the
+PostgreSQL server on core 1. In production the database runs elsewhere and the writer
+process has the task's second vCPU; left unpinned here, PostgreSQL's inserts would
+run on the proxy's core and be counted as the log's cost to the proxy. The run reports
+CPU per request three ways: the worker alone, the writer process, and PostgreSQL.
+
     .venv/bin/python bench/request_log.py [--pg postgresql://postgres@127.0.0.1:5432/test]
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -64,6 +71,8 @@ def main() -> None:
     procs.raise_nofile()
     wd = procs.workdir()
     dbname, url = _database(args.pg)
+    pg_pids = procs.named_pids("postgres")
+    pg_cores = {p: os.sched_getaffinity(p) for p in pg_pids}
     started: list[procs.Proc] = []
     try:
         emu = start_emulator(wd)
@@ -74,15 +83,24 @@ def main() -> None:
         started.append(off)
         script = write_script(wd, "post", CLIENT_KEY)
         res: dict[str, dict[str, float]] = {
-            n: {"requests": 0, "seconds": 0.0, "cpu": 0.0} for n in ("on", "off")
+            n: {"requests": 0, "seconds": 0.0, "cpu": 0.0, "worker_cpu": 0.0, "postgres_cpu": 0.0}
+            for n in ("on", "off")
         }
+        for pid in pg_pids:  # PostgreSQL beside the load generator, off the proxy's core
+            procs.pin_pid(pid, SIDE_CORES)
         for _name, p in (("on", on), ("off", off)):  # warm both
             run_wrk(p.url, script, concurrency=50, seconds=1, cores=SIDE_CORES)
+        # The writer's connection is a backend forked since (it inherited the pinning).
+        pg_pids = procs.named_pids("postgres")
         for _ in range(args.slices):
             for name, p in (("on", on), ("off", off)):
                 cpu0 = procs.cpu_seconds(p.pid)
+                own0 = procs.own_cpu_seconds(p.pid)
+                pg0 = procs.cpu_of(pg_pids)
                 w = run_wrk(p.url, script, concurrency=50, seconds=args.seconds, cores=SIDE_CORES)
                 res[name]["cpu"] += procs.cpu_seconds(p.pid) - cpu0
+                res[name]["worker_cpu"] += procs.own_cpu_seconds(p.pid) - own0
+                res[name]["postgres_cpu"] += procs.cpu_of(pg_pids) - pg0
                 res[name]["requests"] += w.requests
                 res[name]["seconds"] += w.seconds
                 if w.errors:
@@ -109,6 +127,11 @@ def main() -> None:
         for r in res.values():
             r["rps"] = round(r["requests"] / r["seconds"], 1)
             r["cpu_us_per_request"] = round(r["cpu"] / r["requests"] * 1e6, 1)
+            r["worker_cpu_us_per_request"] = round(r["worker_cpu"] / r["requests"] * 1e6, 1)
+            r["writer_cpu_us_per_request"] = round(
+                (r["cpu"] - r["worker_cpu"]) / r["requests"] * 1e6, 1
+            )
+            r["postgres_cpu_us_per_request"] = round(r["postgres_cpu"] / r["requests"] * 1e6, 1)
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT count(*) FROM request_logs").fetchone()
         res["on"]["rows_in_postgres"] = row[0] if row else 0
@@ -124,6 +147,8 @@ def main() -> None:
     finally:
         for p in reversed(started):
             p.stop()
+        for pid, cores in pg_cores.items():
+            procs.pin_pid(pid, sorted(cores))
         _drop(args.pg, dbname)
 
 

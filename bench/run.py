@@ -470,7 +470,12 @@ class Bench:
 
         print("non-streaming (wrk, interleaved slices):", flush=True)
         r["nonstream"] = self.wrk_matrix(wrk_targets, emu.pid, [1, 5, 50])
-        lines = sum(1 for ln in info.log_path.open(errors="replace") if " request id=" in ln)
+        # Access lines come from the writer process, as JSON (or "request id=" in console).
+        lines = sum(
+            1
+            for ln in info.log_path.open(errors="replace")
+            if '"logger":"claude_proxy.access"' in ln or " request id=" in ln
+        )
         r["nonstream"]["proxy_info"]["access_log_lines"] = lines
         self.stop(info)
 

@@ -21,8 +21,8 @@ from sqlalchemy import Engine, delete, insert, select
 from claude_proxy.admin import build_admin_app
 from claude_proxy.admin.api import LogEntry
 from claude_proxy.auth import KeyCache
+from claude_proxy.store.columns import current_period
 from claude_proxy.store.engine import make_engine
-from claude_proxy.store.keys import current_period
 from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.rows import record_to_row
 from claude_proxy.store.schema import COLUMNS, api_keys, key_spend, request_logs

@@ -22,8 +22,8 @@ import orjson
 import pytest
 from sqlalchemy import Engine, insert, select
 
+from claude_proxy.store.columns import current_period
 from claude_proxy.store.engine import make_engine
-from claude_proxy.store.keys import current_period
 from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.schema import api_keys, key_spend
 from tests.pg import create_database, drop_database, pg_url

@@ -34,9 +34,9 @@ from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.relay import Relay
 from claude_proxy.retry import RetryConfig, RetryPolicy
-from claude_proxy.store.engine import redacted_url
+from claude_proxy.store.engine import make_engine, redacted_url
 from claude_proxy.store.handoff import ProcessSink, writer_config
-from claude_proxy.store.migrate import upgrade
+from claude_proxy.store.migrate import MigrationError, ensure_schema
 from claude_proxy.store.writer_process import build_writer
 from claude_proxy.telemetry import Telemetry
 from claude_proxy.types import ASGIApp, Receive, Scope, Send
@@ -202,8 +202,10 @@ class ProxyApp:
         st = self.settings
         # Load the price table here too: a broken PRICES_FILE stops the start, not the writer.
         writer_cfg = writer_config(st)
-        fallback = build_writer(writer_cfg, None)
-        engine = fallback.engine
+        fallback = build_writer(writer_cfg, None)  # only spills: it never connects
+        engine = make_engine(
+            st.database_url, pool_size=st.db_pool_size, max_overflow=st.db_max_overflow
+        )
         migrator = None
         if st.auto_migrate:
             migrator = asyncio.get_running_loop().create_task(_migrate_until_done(engine))
@@ -415,16 +417,22 @@ class _NoSink:
 
 
 async def _migrate_until_done(engine: Engine) -> None:
-    """Migrate, retrying while the database is unreachable (the writer spills meanwhile)."""
+    """Migrate, retrying while the database is unreachable (the writer spills meanwhile).
+
+    The migration itself runs in a child process (store.migrate.ensure_schema), so this
+    long-lived worker never imports Alembic; a current schema costs one SELECT."""
     while True:
         try:
-            await asyncio.to_thread(upgrade, engine)
+            await asyncio.to_thread(ensure_schema, engine)
             log.info("database schema is up to date")
             return
         except Exception as exc:
+            # The child's own summary (already free of the password); for the database's
+            # errors raised here, only their type, as before.
+            reason = str(exc) if isinstance(exc, MigrationError) else type(exc).__name__
             log.error(
                 "database migration failed (%s); retrying in %.0fs",
-                type(exc).__name__,
+                reason,
                 _MIGRATE_RETRY_SECONDS,
             )
             await asyncio.sleep(_MIGRATE_RETRY_SECONDS)

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from claude_proxy.reports import parse_duration
+from claude_proxy.store.columns import COST_PLACES, current_period, money_text
 from claude_proxy.store.keys import (
     BUDGET_MAX,
     BUDGET_PERIODS,
@@ -31,7 +32,6 @@ from claude_proxy.store.keys import (
     KeyRow,
     KeySpec,
     create_key,
-    current_period,
     get_key,
     list_keys,
     revoke_key,
@@ -39,7 +39,6 @@ from claude_proxy.store.keys import (
     update_key,
     with_spend,
 )
-from claude_proxy.store.schema import COST_PLACES, money_text
 
 _UNSET: Any = object()  # `keys update`: an option that was not given
 

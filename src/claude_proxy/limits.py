@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from claude_proxy.auth import KeyInfo
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RequestRecord
-from claude_proxy.store.keys import current_period
+from claude_proxy.store.columns import current_period
 from claude_proxy.store.schema import DatabaseNow, key_spend, proxy_instances, rate_usage
 
 log = logging.getLogger("claude_proxy.limits")

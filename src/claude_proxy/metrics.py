@@ -20,6 +20,8 @@ half registers into its own registry and /metrics shows that process alone.
 from __future__ import annotations
 
 import os
+import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -180,27 +182,68 @@ class RecordMetrics:
             registry=reg,
         )
         self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()  # observe() on the writer thread, flush() on another
+        self._counts: dict[tuple[Any, ...], float] = {}
+        self._hists: dict[tuple[Any, ...], list[float]] = {}
 
     def observe(self, record: RequestRecord, cost: Decimal | None) -> None:
+        """Count one record; `flush()` applies the sums (the writer process calls it every
+        second). Each sample written to the shared files costs a lock and an mmap write
+        (~3 µs); eleven per record made these metrics half of the writer's CPU."""
         route = record.endpoint if record.endpoint in KNOWN_ROUTES else "other"
         model = record.model or "none"
         if record.model and not self._known_model(record.model):
             model = "other"
         status = record.status_code
         status_class = f"{status // 100}xx" if status else "none"
-        self.requests.labels(route, model, status_class).inc()
-        if record.latency_ms is not None:
-            stream = "true" if record.stream else "false"
-            self.duration.labels(route, stream).observe(record.latency_ms / 1000)
-        if record.ttft_ms is not None and record.model:
-            self.ttft.labels(model).observe(record.ttft_ms / 1000)
         u = record.usage
-        for label, name in _TOKEN_TYPES:
-            n = getattr(u, name)
-            if n:
-                self.tokens.labels(model, label).inc(n)
-        if cost:
-            self.cost.labels(model).inc(float(cost))
+        with self._lock:
+            counts = self._counts
+            key: tuple[Any, ...] = (self.requests, route, model, status_class)
+            counts[key] = counts.get(key, 0) + 1
+            if record.latency_ms is not None:
+                stream = "true" if record.stream else "false"
+                self._observe((self.duration, route, stream), record.latency_ms / 1000)
+            if record.ttft_ms is not None and record.model:
+                self._observe((self.ttft, model), record.ttft_ms / 1000)
+            for label, name in _TOKEN_TYPES:
+                n = getattr(u, name)
+                if n:
+                    key = (self.tokens, model, label)
+                    counts[key] = counts.get(key, 0) + n
+            if cost:
+                key = (self.cost, model)
+                counts[key] = counts.get(key, 0) + float(cost)
+
+    def _observe(self, key: tuple[Any, ...], value: float) -> None:
+        """One histogram observation into the pending sums: [sum, count per bucket...]."""
+        hist: Histogram = key[0]
+        bounds = hist._upper_bounds
+        sums = self._hists.get(key)
+        if sums is None:
+            sums = self._hists[key] = [0.0] + [0] * len(bounds)
+        sums[0] += value
+        sums[1 + bisect_left(bounds, value)] += 1  # the first bound >= value, as observe()
+
+    def flush(self) -> None:
+        """Write the sums counted since the last flush into the shared metric files."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            hists, self._hists = self._hists, {}
+        for (hist, *labels), sums in hists.items():
+            child = hist.labels(*labels)
+            # Histogram.observe() adds the value to _sum and 1 to one bucket; this adds
+            # many observations at once through the same two attributes (a test checks
+            # the exposition matches observe()'s, should prometheus_client change them).
+            child._sum.inc(sums[0])
+            for bucket, n in zip(child._buckets, sums[1:], strict=True):
+                if n:
+                    bucket.inc(n)
+        # Requests last: whoever waits for the request count then sees the rest too.
+        for (metric, *labels), n in sorted(
+            counts.items(), key=lambda kv: kv[0][0] is self.requests
+        ):
+            metric.labels(*labels).inc(n)
 
     def sync_writer(self, stats: dict[str, Any]) -> None:
         """Carry the LogWriter's counters over (they only grow)."""

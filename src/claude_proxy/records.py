@@ -8,9 +8,10 @@ The sink must not block: the request log pipeline plugs its writer in here.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -59,15 +60,27 @@ class RequestRecord:
     response_body: str | None = None
 
 
+# How records travel to the writer process: one JSON array per line, the fields in
+# declaration order and `usage` as an array too. Positional, because the worker encodes
+# every record on its event loop: 0.9 µs and 240 bytes against 2.6 µs and 750 bytes as
+# an object (decoding: 1.2 µs against 6.5). Both ends are the same install, so the
+# order always agrees; the spill file, which outlives a process, stores named rows.
+_FIELDS = operator.attrgetter(*(f.name for f in fields(RequestRecord)))
+_USAGE_FIELDS = operator.attrgetter(*(f.name for f in fields(Usage)))
+_USAGE_AT = [f.name for f in fields(RequestRecord)].index("usage")
+
+
 def encode_record(record: RequestRecord) -> bytes:
-    """One JSON line: how records travel to the writer process (orjson, ~2 µs)."""
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    """One JSON line: how records travel to the writer process."""
+    values = list(_FIELDS(record))
+    values[_USAGE_AT] = _USAGE_FIELDS(values[_USAGE_AT])
+    return orjson.dumps(values, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def decode_record(line: bytes) -> RequestRecord:
-    d: dict[str, Any] = orjson.loads(line)
-    d["usage"] = Usage(**d["usage"])
-    return RequestRecord(**d)
+    values: list[Any] = orjson.loads(line)
+    values[_USAGE_AT] = Usage(*values[_USAGE_AT])
+    return RequestRecord(*values)
 
 
 class RecordSink(Protocol):

@@ -78,6 +78,26 @@ def test_sse_bytes_are_not_re_encoded(http: httpx2.Client) -> None:
     assert b"\r" not in raw
 
 
+def test_a_streams_head_is_not_held_back_for_its_body(proxy: Proxy) -> None:
+    # The proxy sends a response's head together with its body when both are ready in the
+    # same turn of its event loop; an upstream that sends headers and then makes the body
+    # wait (3 s here) must still have its headers reach the client at once.
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=2.0) as sock:
+        sock.sendall(
+            b"GET /v1/emulator/echo?chunks=1&chunk_size=10&first_ms=3000 HTTP/1.1\r\n"
+            b"host: proxy\r\nx-api-key: " + PROXY_KEY.encode() + b"\r\n"
+            b"anthropic-version: 2023-06-01\r\n\r\n"
+        )
+        got = b""
+        while b"\r\n\r\n" not in got:  # socket timeout 2 s: fails if held for the body
+            data = sock.recv(65536)
+            assert data, "connection closed before the response head"
+            got += data
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert b"xxxxxxxxxx" not in got  # the body was not there yet
+
+
 def test_batches_and_results_pass_through(http: httpx2.Client) -> None:
     req = {
         "custom_id": "one",

@@ -25,10 +25,11 @@ from sqlalchemy import Engine, func, select, text
 
 from claude_proxy.records import RequestRecord
 from claude_proxy.sse import Usage
-from claude_proxy.store.engine import make_engine
+from claude_proxy.store.engine import database_target, make_engine
 from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.schema import request_logs
 from claude_proxy.store.writer import LogWriter
+from claude_proxy.store.writer_db import WriterDatabase
 from tests.pg import (
     PgBouncer,
     create_database,
@@ -119,6 +120,12 @@ class Backend:
         engine = make_engine(url or self.url, **kwargs)
         self.engines.append(engine)
         return engine
+
+    def writer_db(self, **kwargs: Any) -> WriterDatabase:
+        """The log writer's connection to this database (the same settings as engine())."""
+        kwargs.setdefault("connect_timeout", 2)
+        kwargs.setdefault("sqlite_busy_timeout_ms", 200)
+        return WriterDatabase(database_target(self.url, **kwargs))
 
     def new_database_url(self) -> str:
         """An empty database of the same kind (unmigrated)."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from claude_proxy.store.engine import database_target
 from claude_proxy.store.handoff import ProcessSink
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_process import WriterConfig, build_writer
@@ -18,11 +19,9 @@ from tests.store.conftest import WAIT, Backend, make_record, spill_lines
 
 def config(db: Backend, spill_dir: Path) -> WriterConfig:
     return WriterConfig(
-        database_url=db.url,
+        database=database_target(db.url, connect_timeout=2),
         spill_dir=str(spill_dir),
         prices_file=None,
-        pool_size=2,
-        max_overflow=2,
         statement_timeout=5.0,
         batch_size=50,
         flush_interval=0.05,
@@ -99,7 +98,7 @@ async def test_a_stalled_writer_process_overflows_to_the_spill_file(
         os.kill(pid, signal.SIGCONT)
     await sink.close(5)
     # Everything is in the table or the spill file; the next start replays the file.
-    w = LogWriter(db.engine(), spill_dir, flush_interval=0.05)
+    w = LogWriter(db.writer_db(), spill_dir, flush_interval=0.05)
     writers.append(w)
     w.start()
     assert w.wait_for(lambda s: s["replayed_files"] >= 1, WAIT), w.stats()

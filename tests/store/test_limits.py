@@ -16,7 +16,7 @@ from claude_proxy.limits import Limiter
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RequestRecord
 from claude_proxy.sse import Usage
-from claude_proxy.store.keys import current_period
+from claude_proxy.store.columns import current_period
 from claude_proxy.store.schema import key_spend, proxy_instances, rate_usage
 from tests.store.conftest import Backend, wait_until
 

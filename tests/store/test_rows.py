@@ -7,11 +7,18 @@ from decimal import Decimal
 
 import pytest
 
-from claude_proxy.records import RequestRecord
+from claude_proxy.records import RequestRecord, decode_record, encode_record
 from claude_proxy.sse import Usage
+from claude_proxy.store.columns import ROW_COLUMNS
 from claude_proxy.store.rows import dump_row, load_row, record_to_row, row_to_record
-from claude_proxy.store.schema import ROW_COLUMNS
+from claude_proxy.store.schema import COLUMNS
 from tests.store.conftest import make_record
+
+
+def test_the_writers_columns_are_the_tables_but_logged_at() -> None:
+    # columns.py spells out what schema.py's Table defines (the writer must not import
+    # SQLAlchemy): the same names, in the same order.
+    assert tuple(c for c in COLUMNS if c != "logged_at") == ROW_COLUMNS
 
 
 def test_row_has_every_column_the_writer_supplies() -> None:
@@ -119,3 +126,16 @@ def test_a_loaded_row_dumps_again() -> None:
     row = load_row(dump_row(record_to_row(make_record(1), None)))
     assert all(type(k) is str for k in row)
     assert load_row(dump_row(row)) == row
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        make_record(5, request_body="caf\u00e9 \x00", error_message="boom", refusal="rpm"),
+        RequestRecord(id="cpr_min", created_at=1.5, method="GET", endpoint="/v1/models"),
+    ],
+)
+def test_a_record_reaches_the_writer_process_unchanged(record: RequestRecord) -> None:
+    line = encode_record(record)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1  # one line per record
+    assert decode_record(line) == record

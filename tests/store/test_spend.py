@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from claude_proxy.store.keys import spend_periods
+from claude_proxy.store.columns import spend_periods
 from claude_proxy.store.rows import dump_row, record_to_row
 from claude_proxy.store.schema import key_spend
 from claude_proxy.store.writer import LogWriter
@@ -33,7 +33,7 @@ def test_spend_counts_each_row_once_through_replays(
     key = f"key_{uuid.uuid4().hex[:8]}"
     recs = [make_record(i, key_id=key) for i in range(7)]
     recs.append(make_record(99, key_id=None))  # a refused request without a key: no spend
-    w = LogWriter(db.engine(), spill_dir, cost_fn=lambda r: PRICE, **FAST)
+    w = LogWriter(db.writer_db(), spill_dir, cost_fn=lambda r: PRICE, **FAST)
     writers.append(w)
     w.start()
     for r in recs:
@@ -50,7 +50,7 @@ def test_spend_counts_each_row_once_through_replays(
     (spill_dir / "spill-9-dead-1.jsonl").write_bytes(
         b"".join(dump_row(record_to_row(r, PRICE)) for r in [*recs[:7], *new])
     )
-    w2 = LogWriter(db.engine(), spill_dir, cost_fn=lambda r: PRICE, **FAST)
+    w2 = LogWriter(db.writer_db(), spill_dir, cost_fn=lambda r: PRICE, **FAST)
     writers.append(w2)
     w2.start()
     wait_until(lambda: w2.stats()["replayed_files"] == 1, what="the replay")
@@ -63,7 +63,7 @@ def test_unpriced_requests_count_as_requests_not_spend(
     db: Backend, writers: list[LogWriter], spill_dir: Path
 ) -> None:
     key = f"key_{uuid.uuid4().hex[:8]}"
-    w = LogWriter(db.engine(), spill_dir, cost_fn=lambda r: None, **FAST)
+    w = LogWriter(db.writer_db(), spill_dir, cost_fn=lambda r: None, **FAST)
     writers.append(w)
     w.start()
     for i in range(3):

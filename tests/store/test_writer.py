@@ -29,10 +29,10 @@ def new_writer(
     made: list[LogWriter],
     db: Backend,
     spill_dir: Path,
-    engine_kw: dict[str, Any] | None = None,
+    db_kw: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> LogWriter:
-    w = LogWriter(db.engine(**(engine_kw or {})), spill_dir, **{**FAST, **kwargs})
+    w = LogWriter(db.writer_db(**(db_kw or {})), spill_dir, **{**FAST, **kwargs})
     made.append(w)
     return w
 
@@ -149,7 +149,7 @@ async def test_submit_on_the_event_loop_while_the_database_hangs(
         queue_size=50,
         batch_size=20,
         statement_timeout=1.0,
-        engine_kw={"sqlite_busy_timeout_ms": 1000},
+        db_kw={"sqlite_busy_timeout_ms": 1000},
     )
     w.start()
     with db.stuck():
@@ -286,8 +286,9 @@ def test_torn_last_line_is_skipped_and_counted(
 
 
 def test_a_row_the_database_refuses_is_set_aside_not_retried_forever(
-    db: Backend, spill_dir: Path, writers: list[LogWriter]
+    db: Backend, spill_dir: Path, writers: list[LogWriter], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="claude_proxy.store")
     recs = records(5)
     rows = [record_to_row(r, None) for r in recs]
     rows[2]["endpoint"] = None  # NOT NULL: this row can never be inserted
@@ -302,6 +303,10 @@ def test_a_row_the_database_refuses_is_set_aside_not_retried_forever(
     (rejected,) = spill_dir.glob("rejected-*.jsonl")
     assert recs[2].id in rejected.read_text()
     assert not path.exists()
+    # The log says which record and why, but not the row (PostgreSQL's DETAIL holds it).
+    (line,) = [r.getMessage() for r in caplog.records if "database refused" in r.getMessage()]
+    assert recs[2].id in line and "not-null" in line.lower().replace(" ", "-")
+    assert "test-agent" not in line and "10.0.0.1" not in line
 
 
 CRASHER = textwrap.dedent(
@@ -393,7 +398,7 @@ def test_shutdown_while_the_database_hangs_spills_the_rest_in_time(
         spill_dir,
         batch_size=20,
         statement_timeout=2.0,
-        engine_kw={"sqlite_busy_timeout_ms": 2000},
+        db_kw={"sqlite_busy_timeout_ms": 2000},
     )
     w.start()
     with db.stuck():

@@ -37,6 +37,7 @@ from claude_proxy.auth import KeyCache
 from claude_proxy.errors import STATUS_FOR_TYPE, error_body, send_error
 from claude_proxy.records import new_request_id
 from claude_proxy.reports import parse_duration
+from claude_proxy.store.columns import current_period, money_text
 from claude_proxy.store.keys import (
     BUDGET_MAX,
     RPM_MAX,
@@ -44,7 +45,6 @@ from claude_proxy.store.keys import (
     KeyRow,
     KeySpec,
     create_key,
-    current_period,
     get_key,
     list_keys,
     revoke_key,
@@ -53,7 +53,6 @@ from claude_proxy.store.keys import (
     with_spend,
 )
 from claude_proxy.store.queries import recent_logs, usage_summary
-from claude_proxy.store.schema import money_text
 from claude_proxy.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("claude_proxy.admin")

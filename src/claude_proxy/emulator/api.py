@@ -586,7 +586,8 @@ class EmulatorApp:
             n = _int_param(q, "chunks", 1, 0, 1_000_000)
             size = _int_param(q, "chunk_size", 1024, 1, 16 * 1024 * 1024)
             delay = _int_param(q, "chunk_ms", 0, 0, 3_600_000)
-            return self._echo_stream(req, n, size, delay)
+            first = _int_param(q, "first_ms", 0, 0, 3_600_000)
+            return self._echo_stream(req, n, size, delay, first)
         status = _int_param(q, "status", 200, 200, 599)
         if status in (204, 205, 304):
             raise ApiError(400, f"status: {status} cannot carry the echo body")
@@ -604,12 +605,16 @@ class EmulatorApp:
         req.conn.respond(req, status, head, body)
         return None
 
-    async def _echo_stream(self, req: Request, n: int, size: int, delay_ms: int) -> None:
+    async def _echo_stream(
+        self, req: Request, n: int, size: int, delay_ms: int, first_ms: int
+    ) -> None:
         conn = req.conn
         conn.start_stream(
             req, 200, CT_OCTETS + request_id_line(req.request_id) + self.common.basic()
         )
         frame = chunk(b"x" * size)
+        if first_ms:  # headers out, body not yet
+            await asyncio.sleep(first_ms / 1000)
         for i in range(n):
             if delay_ms and i:
                 await asyncio.sleep(delay_ms / 1000)

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 
+from claude_proxy.store.writer_db import DatabaseTarget
+
 # Query parameters some tools add to pooler URLs that libpq does not know.
 _FOREIGN_PARAMS = ("pgbouncer", "connection_limit", "pool_timeout")
 _PASSWORD_RE = re.compile(r"(://[^:/@]*:)[^@]*@")
@@ -49,6 +51,18 @@ def redacted_url(database_url: str | URL) -> str:
         return _parse(database_url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return _PASSWORD_RE.sub(r"\1***@", str(database_url))
+
+
+def database_target(
+    database_url: str | URL, *, connect_timeout: int = 5, sqlite_busy_timeout_ms: int = 5000
+) -> DatabaseTarget:
+    """The same database for the log writer's plain DB-API connection (store/writer_db.py)."""
+    url = normalize_url(database_url)
+    common = {"connect_timeout": connect_timeout, "sqlite_busy_timeout_ms": sqlite_busy_timeout_ms}
+    if backend(url) == "sqlite":
+        return DatabaseTarget("sqlite", url.database or ":memory:", **common)
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return DatabaseTarget("postgresql", dsn, **common)
 
 
 def make_engine(

@@ -35,6 +35,7 @@ import orjson
 from claude_proxy.config import Settings
 from claude_proxy.metrics import process_gone
 from claude_proxy.records import RequestRecord, encode_record
+from claude_proxy.store.engine import database_target
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_process import WriterConfig
 
@@ -48,11 +49,9 @@ _RESTART_SECONDS = 1.0
 def writer_config(st: Settings) -> WriterConfig:
     """What the writer process needs (it does not import the settings: less memory)."""
     return WriterConfig(
-        database_url=st.database_url,
+        database=database_target(st.database_url),
         spill_dir=st.spill_dir,
         prices_file=st.prices_file,
-        pool_size=st.db_pool_size,
-        max_overflow=st.db_max_overflow,
         statement_timeout=st.db_statement_timeout_seconds,
         batch_size=st.log_batch_size,
         flush_interval=st.log_flush_interval_seconds,

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, RowMapping, insert, select, update
 
+from claude_proxy.store.columns import current_period
 from claude_proxy.store.schema import DatabaseNow, api_keys, key_spend
 
 BUDGET_PERIODS = ("day", "month", "total")
@@ -227,21 +228,6 @@ def rotate_key(engine: Engine, key_id: str) -> tuple[KeyRow, str] | None:
     row = get_key(engine, key_id)
     assert row is not None
     return row, secret
-
-
-def current_period(period: str, now: datetime | None = None) -> str:
-    """The `key_spend.period` that a budget of this kind counts now (UTC)."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    if period == "day":
-        return "day:" + now.strftime("%Y-%m-%d")
-    if period == "month":
-        return "month:" + now.strftime("%Y-%m")
-    return "total"
-
-
-def spend_periods(created_at: datetime) -> tuple[str, str, str]:
-    """Every `key_spend.period` a request made at `created_at` adds to."""
-    return (current_period("day", created_at), current_period("month", created_at), "total")
 
 
 def spend_by_period(engine: Engine, periods: list[str]) -> dict[tuple[str, str], Decimal]:

@@ -34,12 +34,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-COST_PLACES = Decimal("0.00000001")
-
-
-def money_text(value: Decimal) -> str:
-    """Money as exact text with 8 places, never exponent notation ("0E-8")."""
-    return format(value.quantize(COST_PLACES), "f")
+from claude_proxy.store.columns import COST_PLACES
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -165,8 +160,6 @@ request_logs = Table(
 )
 
 COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in request_logs.columns)  # not quoted_name
-# What the writer supplies; the database fills in the rest (logged_at).
-ROW_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "logged_at")
 
 # --- access control (migration 0002) ---------------------------------------------------
 

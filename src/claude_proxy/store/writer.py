@@ -33,15 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, text
-from sqlalchemy import exc as sa_exc
 
 from claude_proxy.observability import FIELDS
 from claude_proxy.records import RequestRecord
-from claude_proxy.store.keys import spend_periods
+from claude_proxy.store.columns import ROW_COLUMNS, spend_periods
 from claude_proxy.store.rows import Row, dump_row, record_to_row
-from claude_proxy.store.schema import ROW_COLUMNS
 from claude_proxy.store.spill import ClaimedFile, SpillFile, append_rejected, claim, spill_files
+from claude_proxy.store.writer_db import WriterDatabase
 
 log = logging.getLogger("claude_proxy.store")
 
@@ -73,7 +71,7 @@ class LogWriter:
 
     def __init__(
         self,
-        engine: Engine,
+        db: WriterDatabase,
         spill_dir: str | os.PathLike[str],
         *,
         cost_fn: CostFn | None = None,
@@ -87,7 +85,7 @@ class LogWriter:
         rescan_interval: float = 60.0,
         statement_timeout: float = 15.0,
     ) -> None:
-        self.engine = engine
+        self.db = db
         self.spill_dir = Path(spill_dir)
         self._cost_fn = cost_fn
         # Per-record work that must stay off the event loop (the access log line).
@@ -104,9 +102,8 @@ class LogWriter:
         self._backoff_max = backoff_max
         self._rescan_interval = rescan_interval
         self._statement_timeout_ms = int(statement_timeout * 1000)
-        self._is_pg = engine.dialect.name == "postgresql"
-        # The same idempotent insert, spelled for speed on each dialect.
-        self._sqlite_insert = _sqlite_insert()
+        self._is_pg = db.is_pg
+        # The same idempotent insert, spelled for speed on each dialect (_SQLITE_INSERT).
         self._pg_insert = _pg_json_insert() if self._is_pg else ""
         self._spill = SpillFile(self.spill_dir)
 
@@ -294,8 +291,7 @@ class LogWriter:
             # would leave one more file behind per retry during a long outage.
             # Health itself is only restored by a committed write.
             try:
-                with self.engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
+                self.db.ping()
             except Exception as exc:
                 self._on_failure(exc)
                 return
@@ -369,14 +365,14 @@ class LogWriter:
         try:
             return self._execute(rows)
         except Exception as exc:
-            if not _is_data_error(exc):
+            if not self.db.is_data_error(exc):
                 raise
         new = 0
         for row in rows:
             try:
                 new += self._execute([row])
             except Exception as exc:
-                if not _is_data_error(exc):
+                if not self.db.is_data_error(exc):
                     raise
                 self._reject(row, exc)
         return new
@@ -384,26 +380,19 @@ class LogWriter:
     def _execute(self, rows: list[Row]) -> int:
         """Insert the rows and add the new ones' cost to `key_spend`, in one transaction:
         spend is then exactly the sum over the log, however often a row is replayed."""
-        with self.engine.begin() as conn:
-            if not self._is_pg:
-                ids = [row["id"] for row in rows]
-                marks = ", ".join("?" for _ in ids)
-                present = set(
-                    conn.exec_driver_sql(
-                        f"SELECT id FROM request_logs WHERE id IN ({marks})", tuple(ids)
-                    ).scalars()
-                )
-                # Plain executemany: SQLAlchemy's compiled insert cost ~60 µs a row here.
-                values = [_sqlite_values(row) for row in rows]
-                inserted: int = conn.exec_driver_sql(self._sqlite_insert, values).rowcount
-                spend = _spend_rows(rows, present)
-                if spend:
-                    conn.exec_driver_sql(_SQLITE_SPEND, spend)
-                return inserted
-            # Bound a hung statement; SET LOCAL is safe behind a transaction pooler.
-            conn.execute(text(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}"))
+        if self._is_pg:
+            # The whole batch as one json parameter, serialised by orjson (C).
             batch = orjson.dumps(rows, default=_json_default).decode()
-            return int(conn.exec_driver_sql(self._pg_insert, (batch,)).scalar_one())
+            return int(self.db.run(lambda cur: self._pg_execute(cur, batch)))
+        values = [_sqlite_values(row) for row in rows]
+        return int(self.db.run(lambda cur: _sqlite_execute(cur, rows, values)))
+
+    def _pg_execute(self, cur: Any, batch: str) -> int:
+        # Bound a hung statement; SET LOCAL is safe behind a transaction pooler.
+        cur.execute(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}")
+        cur.execute(self._pg_insert, (batch,))
+        (new,) = cur.fetchone()
+        return int(new)
 
     def _reject(self, row: Row, exc: BaseException) -> None:
         try:
@@ -532,11 +521,22 @@ class _Interrupted(Exception):
     """Shutdown began during a replay: the queue comes first, the file waits."""
 
 
-def _sqlite_insert() -> str:
-    """INSERT ... ON CONFLICT (id) DO NOTHING; executemany's rowcount counts only new rows."""
-    names = ", ".join(ROW_COLUMNS)
-    marks = ", ".join("?" for _ in ROW_COLUMNS)
-    return f"INSERT INTO request_logs ({names}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
+_SQLITE_INSERT = (
+    f"INSERT INTO request_logs ({', '.join(ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in ROW_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _sqlite_execute(cur: Any, rows: list[Row], values: list[tuple[object, ...]]) -> int:
+    ids = tuple(row["id"] for row in rows)
+    marks = ", ".join("?" for _ in ids)
+    present = {r[0] for r in cur.execute(f"SELECT id FROM request_logs WHERE id IN ({marks})", ids)}
+    cur.executemany(_SQLITE_INSERT, values)
+    inserted: int = cur.rowcount  # executemany's rowcount counts only the new rows
+    spend = _spend_rows(rows, present)
+    if spend:
+        cur.executemany(_SQLITE_SPEND, spend)
+    return inserted
 
 
 def _sqlite_values(row: Row) -> tuple[object, ...]:
@@ -615,17 +615,9 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def _is_data_error(exc: BaseException) -> bool:
-    """True if the rows are at fault (retrying cannot help), not the database."""
-    if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
-        return True
-    # Raised while binding parameters, before anything reached the database.
-    return isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError)
-
-
 def _why(exc: BaseException) -> str:
-    """A one-line reason without SQL or parameters (they hold request data)."""
-    orig = getattr(exc, "orig", None)
-    inner = orig if isinstance(orig, BaseException) else exc
-    msg = " ".join(str(inner).split())
-    return f"{type(inner).__name__}: {msg[:300]}"
+    """A one-line reason without SQL, parameters or the failing row (they hold request data):
+    for a PostgreSQL error only its primary message, not DETAIL's "Failing row contains"."""
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
+    msg = " ".join((primary or str(exc)).split())
+    return f"{type(exc).__name__}: {msg[:300]}"

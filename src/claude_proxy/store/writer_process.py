@@ -6,7 +6,7 @@ event loop for the GIL (a third less throughput at saturation, and +3 ms at
 p99 for every client); in a child they run on another core.
 
 Protocol, over a socketpair the proxy passes as fd `argv[1]`:
-- first line: the WriterConfig as JSON; then one JSON line per record
+- first line: the WriterConfig as JSON; then one JSON array per record
   (records.encode_record), in order;
 - back: ASCII counts, "N\\n", each meaning "N more records are safe" (committed,
   or spilled and synced), in the order received. The proxy keeps every record
@@ -18,6 +18,8 @@ Protocol, over a socketpair the proxy passes as fd `argv[1]`:
 
 The Prometheus request metrics are counted here too (metrics.RecordMetrics): this
 process sees every record anyway, and the worker's event loop is spared the work.
+They are summed in memory and written to the shared files with each report, once a
+second.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from claude_proxy.metrics import RecordMetrics
 from claude_proxy.observability import setup_logging
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RequestRecord, decode_record, log_access
-from claude_proxy.store.engine import make_engine
 from claude_proxy.store.writer import DurableFn, LogWriter
+from claude_proxy.store.writer_db import DatabaseTarget, WriterDatabase
 
 log = logging.getLogger("claude_proxy.store")
 
@@ -50,11 +52,9 @@ _REPORT_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class WriterConfig:
-    database_url: str
+    database: DatabaseTarget
     spill_dir: str
     prices_file: str | None
-    pool_size: int
-    max_overflow: int
     statement_timeout: float
     batch_size: int
     flush_interval: float
@@ -77,9 +77,8 @@ def build_writer(
         if metrics is not None:
             metrics.observe(record, cost_usd)
 
-    engine = make_engine(cfg.database_url, pool_size=cfg.pool_size, max_overflow=cfg.max_overflow)
     return LogWriter(
-        engine,
+        WriterDatabase(cfg.database),
         cfg.spill_dir,
         cost_fn=cost,
         on_record=on_record,
@@ -99,7 +98,8 @@ def main() -> None:
     setup_logging()
     sock = socket.socket(fileno=int(sys.argv[1]))
     incoming = sock.makefile("rb")
-    cfg = WriterConfig(**orjson.loads(incoming.readline()))
+    fields = orjson.loads(incoming.readline())
+    cfg = WriterConfig(**(fields | {"database": DatabaseTarget(**fields["database"])}))
     ack_lock = threading.Lock()
 
     def ack(n: int) -> None:
@@ -113,6 +113,7 @@ def main() -> None:
 
     def report() -> None:
         while not stop.wait(_REPORT_SECONDS):
+            metrics.flush()
             stats = writer.stats()
             metrics.sync_writer(stats)
             with ack_lock, contextlib.suppress(OSError):
@@ -131,8 +132,9 @@ def main() -> None:
     finally:
         writer.close_sync(cfg.flush_timeout)
         stop.set()
+        metrics.flush()
         metrics.sync_writer(writer.stats())
-        writer.engine.dispose()
+        writer.db.close()
 
 
 if __name__ == "__main__":

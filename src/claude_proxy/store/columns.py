@@ -1,0 +1,69 @@
+"""The `request_logs` columns the writer fills, and how money is written, as plain Python.
+
+The writer process imports this instead of store/schema.py: SQLAlchemy would cost it
+~25 MB of memory for statements it writes by hand anyway. schema.py defines the same
+columns as a Table; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+COST_PLACES = Decimal("0.00000001")
+
+# Every column but `logged_at`, which the database fills in, in table order.
+ROW_COLUMNS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    "key_id",
+    "endpoint",
+    "method",
+    "model",
+    "stream",
+    "status_code",
+    "error_type",
+    "error_message",
+    "stop_reason",
+    "message_id",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "upstream_request_id",
+    "client_disconnected",
+    "upstream_attempts",
+    "client_ip",
+    "user_agent",
+    "anthropic_beta",
+    "metadata_user_id",
+    "claude_code_session_id",
+    "refusal",
+    "request_body",
+    "response_body",
+)
+
+
+def money_text(value: Decimal) -> str:
+    """Money as exact text with 8 places, never exponent notation ("0E-8")."""
+    return format(value.quantize(COST_PLACES), "f")
+
+
+def current_period(period: str, now: datetime | None = None) -> str:
+    """The `key_spend.period` that a budget of this kind counts now (UTC)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    if period == "day":
+        return "day:" + now.strftime("%Y-%m-%d")
+    if period == "month":
+        return "month:" + now.strftime("%Y-%m")
+    return "total"
+
+
+def spend_periods(created_at: datetime) -> tuple[str, str, str]:
+    """Every `key_spend.period` a request made at `created_at` adds to."""
+    return (current_period("day", created_at), current_period("month", created_at), "total")
