@@ -258,6 +258,8 @@ class ProxyApp:
             )
         )
         metrics = ProxyMetrics()
+        if process_sink is not None:
+            process_sink.on_report = metrics.apply_report
         tracing = self._tracing
         if tracing is None and st.tracing:
             from claude_proxy.tracing import build_tracing  # only then: OpenTelemetry

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from claude_proxy.sse import Usage
@@ -133,8 +133,8 @@ class PriceTable:
         """
         packaged_name = f"packaged {PACKAGED_FILE}"
         try:
-            ref = resources.files("claude_proxy").joinpath(PACKAGED_FILE)
-            packaged_text = ref.read_text(encoding="utf-8")
+            # Beside this module (importlib.resources would cost the writer process ~5 MB).
+            packaged_text = Path(__file__).with_name(PACKAGED_FILE).read_text(encoding="utf-8")
         except OSError as exc:
             raise ValueError(f"price file {packaged_name}: cannot read: {exc}") from exc
         base = _parse(packaged_text, packaged_name, allow_null=False)

@@ -2,7 +2,8 @@
 
 Plain integers bumped on the event loop (no locks: one thread). Request-level
 metrics (tokens, cost, latency histograms) are not here: the writer process
-derives them from the records, off the request path (metrics.RecordMetrics).
+derives them from the records, off the request path (tally.RecordTally), and the
+worker adds its reports to Prometheus (metrics.ProxyMetrics.apply_report).
 """
 
 from __future__ import annotations

@@ -343,7 +343,7 @@ def metrics() -> dict[str, set[str]]:
     import claude_proxy.metrics as m
 
     found: dict[str, set[str]] = {}
-    for holder in (m.ProxyMetrics(), m.RecordMetrics()):
+    for holder in (m.ProxyMetrics(),):
         for value in vars(holder).values():
             if isinstance(value, Counter | Gauge | Histogram):
                 name = value._name + ("_total" if isinstance(value, Counter) else "")
@@ -377,11 +377,11 @@ def route_ok(path: str, method: str | None = None) -> str | None:
     if path in app_paths() or path.rstrip("/") in app_paths():
         return None
     if path.startswith("/v1/"):
-        from claude_proxy.metrics import KNOWN_ROUTES
+        from claude_proxy.tally import KNOWN_ROUTES
 
         if normal.replace("{}", "{id}") in KNOWN_ROUTES:
             return None
-        return f"{path}: not an API route the proxy knows (metrics.KNOWN_ROUTES)"
+        return f"{path}: not an API route the proxy knows (tally.KNOWN_ROUTES)"
     if path.startswith("/admin/"):
         routes = admin_routes()
         if method is None and any(p.startswith(normal) for _, p in routes):

@@ -16,7 +16,8 @@ stays here, so nothing is lost when the process dies:
   back is spilled from here.
 
 Every second the process also sends a report line ("S" + JSON: rows written,
-spilled, replayed, last write time), which /ready shows.
+spilled, replayed, last write time), which /ready shows, with the request metrics
+it counted since the last one, which `on_report` hands to the worker's metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -78,6 +80,8 @@ class ProcessSink:
         self._child_gone = asyncio.Event()
         self.restarts = 0
         self.writer_stats: dict[str, Any] = {}  # the writer process's latest report
+        # Told each report: (writer pid, its stats, the request metrics it counted since).
+        self.on_report: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None
 
     async def start(self) -> None:
         await self._spawn()
@@ -206,6 +210,15 @@ class ProcessSink:
         self._unacked.extend(pending)
         pending.clear()
 
+    def _reported(self, report: dict[str, Any]) -> None:
+        tally = report.pop("metrics", None) or {}
+        self.writer_stats = report
+        if self.on_report is not None and self._proc is not None:
+            try:
+                self.on_report(self._proc.pid, report, tally)
+            except Exception:  # metrics must never break the log pipeline
+                log.exception("applying the writer process's report failed")
+
     def _acked(self, n: int) -> None:
         unacked = self._unacked
         for _ in range(min(n, len(unacked))):
@@ -232,7 +245,7 @@ class _Link(asyncio.Protocol):
         for line in lines:
             if line.startswith(b"S"):  # the writer's periodic report
                 with contextlib.suppress(ValueError):
-                    self._sink.writer_stats = orjson.loads(line[1:])
+                    self._sink._reported(orjson.loads(line[1:]))
             elif line:
                 acked += int(line)
         self._sink._acked(acked)

@@ -18,7 +18,6 @@ never lost. Counters are in `stats()`; spill and replay events are logged.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import logging
@@ -67,7 +66,7 @@ _COUNTERS = (
 
 
 class LogWriter:
-    """The database `RecordSink`: `start()`, `submit()` many times, then `close()`."""
+    """The database `RecordSink`: `start()`, `submit()` many times, then `close_sync()`."""
 
     def __init__(
         self,
@@ -110,7 +109,7 @@ class LogWriter:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._deadline = float("inf")
-        self._gate = threading.Lock()  # orders submit() against close()
+        self._gate = threading.Lock()  # orders submit() against close_sync()
         self._closed = False
         self._inflight: list[Row] | None = None
 
@@ -134,9 +133,9 @@ class LogWriter:
         if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="claude-proxy-log-writer")
-        self._thread.daemon = True  # close() is the clean way out; never hang an exit
+        self._thread.daemon = True  # close_sync() is the clean way out; never hang an exit
         self._thread.start()
-        # A safety net if the owner never calls close(): flush briefly at exit.
+        # A safety net if the owner never calls close_sync(): flush briefly at exit.
         atexit.register(self._close_at_exit)
 
     def submit(self, record: RequestRecord) -> None:
@@ -163,14 +162,10 @@ class LogWriter:
 
     def spill_records(self, records: list[RequestRecord], *, queue_full: bool = False) -> None:
         """Spill records straight to the file: the proxy's fallback when its writer
-        process cannot take them (queue_full: counted so, and fsync left to close())."""
+        process cannot take them (queue_full: counted so, and fsync left to close_sync())."""
         rows = self._to_rows(records)
         if rows:
             self._spill_rows(rows, queue_full=queue_full)
-
-    async def close(self, timeout: float = 10.0) -> None:
-        """Flush within `timeout` seconds without blocking the event loop; spill the rest."""
-        await asyncio.to_thread(self.close_sync, timeout)
 
     def close_sync(self, timeout: float = 10.0) -> None:
         """Flush what is queued within `timeout` seconds; whatever is left is spilled."""
@@ -257,7 +252,7 @@ class LogWriter:
             self._wake.wait(self._flush_interval)
             self._wake.clear()  # a set() racing this is harmless: pending is read next
         batch: list[RequestRecord] = []
-        with contextlib.suppress(IndexError):  # close() may drain it concurrently
+        with contextlib.suppress(IndexError):  # close_sync() may drain it concurrently
             while pending and len(batch) < self._batch_size:
                 batch.append(pending.popleft())
         return batch
@@ -504,7 +499,7 @@ class LogWriter:
             return
         with self._gate:
             if self._closed and not after_close:
-                return  # close() counted this batch already (as in flight, spilled)
+                return  # close_sync() counted this batch already (as in flight, spilled)
         try:
             self._on_durable(n)
         except Exception:

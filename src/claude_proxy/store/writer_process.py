@@ -12,14 +12,14 @@ Protocol, over a socketpair the proxy passes as fd `argv[1]`:
   or spilled and synced), in the order received. The proxy keeps every record
   until it is counted, and resends the rest to a new child if this one dies;
   inserts are idempotent, so a resent record is never a second row.
-- also back, every second: "S" + the LogWriter's stats as JSON (for /ready);
+- also back, every second and once more at the end: "S" + JSON, the LogWriter's stats
+  (for /ready) with, under "metrics", the request metrics counted since the last report
+  (tally.RecordTally; the worker adds them to its Prometheus metrics);
 - EOF from the proxy (it closed, or died): flush within `flush_timeout`,
   spill the rest, exit 0. SIGINT and SIGTERM are ignored: the proxy decides.
 
-The Prometheus request metrics are counted here too (metrics.RecordMetrics): this
-process sees every record anyway, and the worker's event loop is spared the work.
-They are summed in memory and written to the shared files with each report, once a
-second.
+The request metrics are counted here too: this process sees every record anyway,
+and the worker's event loop is spared the work.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from decimal import Decimal
 
 import orjson
 
-from claude_proxy.metrics import RecordMetrics
 from claude_proxy.observability import setup_logging
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RequestRecord, decode_record, log_access
 from claude_proxy.store.writer import DurableFn, LogWriter
 from claude_proxy.store.writer_db import DatabaseTarget, WriterDatabase
+from claude_proxy.tally import RecordTally
 
 log = logging.getLogger("claude_proxy.store")
 
@@ -65,7 +65,7 @@ class WriterConfig:
 
 
 def build_writer(
-    cfg: WriterConfig, on_durable: DurableFn | None, metrics: RecordMetrics | None = None
+    cfg: WriterConfig, on_durable: DurableFn | None, tally: RecordTally | None = None
 ) -> LogWriter:
     prices = PriceTable.load(cfg.prices_file)
 
@@ -74,8 +74,8 @@ def build_writer(
 
     def on_record(record: RequestRecord, cost_usd: Decimal | None) -> None:
         log_access(record, cost_usd)
-        if metrics is not None:
-            metrics.observe(record, cost_usd)
+        if tally is not None:
+            tally.observe(record, cost_usd)
 
     return LogWriter(
         WriterDatabase(cfg.database),
@@ -106,18 +106,19 @@ def main() -> None:
         with ack_lock, contextlib.suppress(OSError):  # the proxy is gone: nobody to tell
             sock.sendall(b"%d\n" % n)
 
-    metrics = RecordMetrics(known_model=PriceTable.load(cfg.prices_file).__contains__)
-    writer = build_writer(cfg, ack, metrics)
+    tally = RecordTally(known_model=PriceTable.load(cfg.prices_file).__contains__)
+    writer = build_writer(cfg, ack, tally)
     writer.start()
     stop = threading.Event()
 
+    def send_report() -> None:
+        report = writer.stats() | {"metrics": tally.take()}
+        with ack_lock, contextlib.suppress(OSError):
+            sock.sendall(b"S" + orjson.dumps(report) + b"\n")
+
     def report() -> None:
         while not stop.wait(_REPORT_SECONDS):
-            metrics.flush()
-            stats = writer.stats()
-            metrics.sync_writer(stats)
-            with ack_lock, contextlib.suppress(OSError):
-                sock.sendall(b"S" + orjson.dumps(stats) + b"\n")
+            send_report()
 
     threading.Thread(target=report, name="claude-proxy-writer-report", daemon=True).start()
     try:
@@ -132,8 +133,7 @@ def main() -> None:
     finally:
         writer.close_sync(cfg.flush_timeout)
         stop.set()
-        metrics.flush()
-        metrics.sync_writer(writer.stats())
+        send_report()  # the last counts, before the proxy sees this process end
         writer.db.close()
 
 
