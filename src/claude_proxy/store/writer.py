@@ -35,7 +35,7 @@ import orjson
 
 from claude_proxy.observability import FIELDS
 from claude_proxy.records import RequestRecord
-from claude_proxy.store.columns import ROW_COLUMNS, spend_periods
+from claude_proxy.store.columns import ROW_COLUMNS, money_text, spend_periods
 from claude_proxy.store.rows import Row, dump_row, record_to_row
 from claude_proxy.store.spill import ClaimedFile, SpillFile, append_rejected, claim, spill_files
 from claude_proxy.store.writer_db import WriterDatabase
@@ -606,7 +606,7 @@ def _pg_json_insert() -> str:
 
 def _json_default(value: object) -> object:
     if isinstance(value, Decimal):
-        return str(value)  # exact: numeric(18,8) parses the text, no float on the way
+        return money_text(value)  # exact: numeric(18,8) parses the text, no float on the way
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
