@@ -95,7 +95,7 @@ def test_reported_sums_match_one_sample_per_record() -> None:
 
     def report(stats: dict[str, int]) -> None:
         # As it travels: a JSON line from the writer process.
-        m.apply_report(4242, stats, orjson.loads(orjson.dumps(tally.take())))
+        m.apply_report(orjson.loads(orjson.dumps(tally.take(stats))))
 
     for r in recs[:400]:
         tally.observe(r, Decimal("0.25"))
@@ -116,8 +116,9 @@ def test_reported_sums_match_one_sample_per_record() -> None:
 
 def test_a_new_writer_process_counts_rows_from_zero() -> None:
     m = ProxyMetrics()
-    m.apply_report(1, {"written": 500, "spilled": 3}, {})
-    m.apply_report(2, {"written": 20}, {})  # the first died; its successor starts over
+    first, successor = RecordTally(), RecordTally()  # one per writer process
+    m.apply_report(first.take({"written": 500, "spilled": 3}))
+    m.apply_report(successor.take({"written": 20}))  # the first died; this one starts over
     rows = samples(m.expose(), "claude_proxy_log_rows_total")
     assert rows['claude_proxy_log_rows_total{outcome="written"}'] == 520
     assert rows['claude_proxy_log_rows_total{outcome="spilled"}'] == 3

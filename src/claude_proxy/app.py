@@ -200,9 +200,10 @@ class ProxyApp:
 
     async def startup(self) -> None:
         st = self.settings
-        # Load the price table here too: a broken PRICES_FILE stops the start, not the writer.
+        # Loaded here too: a broken PRICES_FILE stops the start, not the writer process.
+        prices = PriceTable.load(st.prices_file)
         writer_cfg = writer_config(st)
-        fallback = build_writer(writer_cfg, None)  # only spills: it never connects
+        fallback = build_writer(writer_cfg, prices, None)  # only spills: it never connects
         engine = make_engine(
             st.database_url, pool_size=st.db_pool_size, max_overflow=st.db_max_overflow
         )
@@ -225,7 +226,7 @@ class ProxyApp:
         await keys.start()
         limiter = Limiter(
             engine,
-            PriceTable.load(st.prices_file),
+            prices,
             sync_interval=st.limits_sync_seconds,
             budgets=keys.budgets,
         )

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from claude_proxy.window import SlidingCounts
 
 log = logging.getLogger("claude_proxy.breaker")
 
@@ -43,9 +44,7 @@ class CircuitBreaker:
         self.config = config
         self._now = clock
         self.state = CLOSED
-        self._buckets: deque[list[int]] = deque()  # [second, attempts, failures]
-        self._attempts = 0
-        self._failures = 0
+        self._window = SlidingCounts(config.window_seconds)  # attempts, failures
         self._opened_at = 0.0
         self._probes_out = 0
         self._probes_ok = 0
@@ -85,24 +84,16 @@ class CircuitBreaker:
         if self.state == OPEN:
             return  # a late outcome of an attempt made before it opened
         now_s = int(self._now())
-        self._expire(now_s)
-        b = self._buckets
-        if b and b[-1][0] == now_s:
-            bucket = b[-1]
-        else:
-            bucket = [now_s, 0, 0]
-            b.append(bucket)
-        bucket[1] += 1
-        self._attempts += 1
+        self._window.expire(now_s)
+        self._window.add(now_s, 1, 0 if ok else 1)
         if not ok:
-            bucket[2] += 1
-            self._failures += 1
+            attempts, failures = self._window.totals
             if (
-                self._attempts >= self.config.min_requests
-                and self._failures >= self.config.failure_ratio * self._attempts
+                attempts >= self.config.min_requests
+                and failures >= self.config.failure_ratio * attempts
             ):
                 self._open(
-                    f"{self._failures} of {self._attempts} attempts failed in the last "
+                    f"{failures} of {attempts} attempts failed in the last "
                     f"{self.config.window_seconds:g}s"
                 )
 
@@ -112,23 +103,16 @@ class CircuitBreaker:
             self._probes_out = max(0, self._probes_out - 1)
 
     def stats(self) -> dict[str, object]:
-        self._expire(int(self._now()))
+        self._window.expire(int(self._now()))
+        attempts, failures = self._window.totals
         return {
             "state": self.state,
-            "window_attempts": self._attempts,
-            "window_failures": self._failures,
+            "window_attempts": attempts,
+            "window_failures": failures,
             "transitions": self.transitions,
         }
 
     # ------------------------------------------------------------------ helpers
-
-    def _expire(self, now_s: int) -> None:
-        cut = now_s - self.config.window_seconds
-        b = self._buckets
-        while b and b[0][0] <= cut:
-            _, attempts, failures = b.popleft()
-            self._attempts -= attempts
-            self._failures -= failures
 
     def _open(self, why: str) -> None:
         self._opened_at = self._now()
@@ -147,5 +131,4 @@ class CircuitBreaker:
         self._probes_out = 0
         self._probes_ok = 0
         if state != HALF_OPEN:
-            self._buckets.clear()
-            self._attempts = self._failures = 0
+            self._window.clear()

@@ -45,6 +45,7 @@ from claude_proxy.pricing import PriceTable
 from claude_proxy.records import RequestRecord
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.schema import DatabaseNow, key_spend, proxy_instances, rate_usage
+from claude_proxy.window import SlidingCounts
 
 log = logging.getLogger("claude_proxy.limits")
 
@@ -63,35 +64,6 @@ class Refusal:
     status: int
     message: str
     headers: tuple[tuple[bytes, bytes], ...] = ()
-
-
-class _Window:
-    """One key's counts in this process, per second, over the last minute."""
-
-    __slots__ = ("buckets", "requests", "tokens")
-
-    def __init__(self) -> None:
-        self.buckets: deque[list[int]] = deque()  # [second, requests, tokens]
-        self.requests = 0
-        self.tokens = 0
-
-    def expire(self, now_s: int) -> None:
-        buckets = self.buckets
-        while buckets and buckets[0][0] <= now_s - WINDOW:
-            _, r, t = buckets.popleft()
-            self.requests -= r
-            self.tokens -= t
-
-    def add(self, now_s: int, requests: int, tokens: int) -> None:
-        buckets = self.buckets
-        if buckets and buckets[-1][0] == now_s:
-            b = buckets[-1]
-            b[1] += requests
-            b[2] += tokens
-        else:
-            buckets.append([now_s, requests, tokens])
-        self.requests += requests
-        self.tokens += tokens
 
 
 @dataclass
@@ -145,7 +117,7 @@ class Limiter:
             instance_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         )
         self._started_at = datetime.now(UTC)
-        self._own: dict[str, _Window] = {}
+        self._own: dict[str, SlidingCounts] = {}  # [second, requests, tokens]
         self._dirty: set[tuple[str, int]] = set()
         self._others: dict[str, _Others] = {}
         self._instances = 1
@@ -184,16 +156,17 @@ class Limiter:
         own = self._window(key.key_id, now_s)
         others = self._others.get(key.key_id)
         o_req, o_tok = others.totals(now_s) if others is not None else (0, 0)
+        own_req, own_tok = own.totals
         if key.rpm is not None:
-            used = own.requests + o_req
+            used = own_req + o_req
             if used >= key.rpm:
                 wait = _seconds_until_below(own, others, key.rpm, 1, now, now_s)
                 return _rate_refusal("rpm", f"{key.rpm} requests per minute", key, wait)
-            if not self._within_share(key, key.rpm, used, own.requests, now):
+            if not self._within_share(key, key.rpm, used, own_req, now):
                 return _rate_refusal(
                     "rpm", f"{key.rpm} requests per minute", key, max(1, round(self._sync_interval))
                 )
-        if key.tpm is not None and own.tokens + o_tok >= key.tpm:
+        if key.tpm is not None and own_tok + o_tok >= key.tpm:
             wait = _seconds_until_below(own, others, key.tpm, 2, now, now_s)
             return _rate_refusal("tpm", f"{key.tpm} tokens per minute", key, wait)
         return None
@@ -234,10 +207,10 @@ class Limiter:
 
     # ------------------------------------------------------------- the checks
 
-    def _window(self, key_id: str, now_s: int) -> _Window:
+    def _window(self, key_id: str, now_s: int) -> SlidingCounts:
         w = self._own.get(key_id)
         if w is None:
-            w = self._own[key_id] = _Window()
+            w = self._own[key_id] = SlidingCounts(WINDOW)
         else:
             w.expire(now_s)
         return w
@@ -473,7 +446,7 @@ def _rate_refusal(reason: str, what: str, key: KeyInfo, wait: int) -> Refusal:
 
 
 def _seconds_until_below(
-    own: _Window, others: _Others | None, limit: int, col: int, now: float, now_s: int
+    own: SlidingCounts, others: _Others | None, limit: int, col: int, now: float, now_s: int
 ) -> int:
     """Whole seconds until enough old buckets leave the window to get under `limit`."""
     per_second: dict[int, int] = {}

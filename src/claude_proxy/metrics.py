@@ -33,7 +33,7 @@ from prometheus_client import (
 )
 
 from claude_proxy.observability import MULTIPROC_ENV
-from claude_proxy.tally import BUCKETS, COST, DURATION, REQUESTS, TOKENS, TTFT
+from claude_proxy.tally import BUCKETS, COST, DURATION, REQUESTS, ROWS, TOKENS, TTFT
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -135,14 +135,16 @@ class ProxyMetrics:
             ["outcome"],
             registry=reg,
         )
-        self._counters = {REQUESTS: self.requests, TOKENS: self.tokens, COST: self.cost}
+        self._counters = {
+            REQUESTS: self.requests,
+            TOKENS: self.tokens,
+            COST: self.cost,
+            ROWS: self.rows,
+        }
         self._histograms = {DURATION: self.duration, TTFT: self.ttft}
-        self._writer_pid: int | None = None
-        self._seen: dict[str, int] = {}
 
-    def apply_report(self, writer_pid: int, stats: dict[str, Any], tally: dict[str, Any]) -> None:
-        """Add what the writer process counted since its last report (tally.RecordTally),
-        and carry its row counters over (they only grow, per writer process)."""
+    def apply_report(self, tally: dict[str, Any]) -> None:
+        """Add what the writer process counted since its last report (tally.RecordTally)."""
         for name, *labels, sums in tally.get("hists", ()):
             child = self._histograms[name].labels(*labels)
             # Histogram.observe() adds a value to _sum and 1 to one bucket; this adds many
@@ -156,15 +158,6 @@ class ProxyMetrics:
         # Requests last: whoever waits for the request count then sees the rest too.
         for name, *labels, n in sorted(counts, key=lambda c: c[0] == REQUESTS):
             self._counters[name].labels(*labels).inc(n)
-        if writer_pid != self._writer_pid:  # a new writer process counts from zero
-            self._writer_pid = writer_pid
-            self._seen = {}
-        for outcome in ("written", "spilled", "replayed", "rejected"):
-            now = int(stats.get(outcome, 0))
-            delta = now - self._seen.get(outcome, 0)
-            if delta > 0:
-                self.rows.labels(outcome).inc(delta)
-                self._seen[outcome] = now
 
     def expose(self) -> bytes:
         """The text exposition, summed over every process when in multiprocess mode."""

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from claude_proxy.window import SlidingCounts
 
 _BUDGET_WINDOW = 10  # seconds
 
@@ -42,15 +43,13 @@ class RetryPolicy:
     def __init__(self, config: RetryConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._now = clock
-        self._buckets: deque[list[int]] = deque()  # [second, requests, retries]
-        self._requests = 0
-        self._retries = 0
+        self._window = SlidingCounts(_BUDGET_WINDOW)  # requests, retries
         self.retried = 0  # retries taken, for stats
         self.denied_by_budget = 0
 
     def note_request(self) -> None:
-        self._bucket()[1] += 1
-        self._requests += 1
+        now_s = self._expire()
+        self._window.add(now_s, 1, 0)
 
     def after_connect_error(self, attempt: int, sent: bool) -> float | None:
         """Seconds to wait before retrying a failed connection, or None: do not retry."""
@@ -85,28 +84,20 @@ class RetryPolicy:
         else:
             cap = min(cfg.max_backoff, cfg.backoff_initial * 2 ** (attempt - 1))
             delay = random.uniform(cap / 2, cap)  # "equal jitter": spread, never zero
-        self._bucket()  # expire old buckets first
-        allowed = max(cfg.min_per_second * _BUDGET_WINDOW, cfg.ratio * self._requests)
-        if self._retries + 1 > allowed:
+        now_s = self._expire()
+        requests, retries = self._window.totals
+        allowed = max(cfg.min_per_second * _BUDGET_WINDOW, cfg.ratio * requests)
+        if retries + 1 > allowed:
             self.denied_by_budget += 1
             return None
-        self._bucket()[2] += 1
-        self._retries += 1
+        self._window.add(now_s, 0, 1)
         self.retried += 1
         return delay
 
-    def _bucket(self) -> list[int]:
+    def _expire(self) -> int:
         now_s = int(self._now())
-        b = self._buckets
-        while b and b[0][0] <= now_s - _BUDGET_WINDOW:
-            _, requests, retries = b.popleft()
-            self._requests -= requests
-            self._retries -= retries
-        if b and b[-1][0] == now_s:
-            return b[-1]
-        bucket = [now_s, 0, 0]
-        b.append(bucket)
-        return bucket
+        self._window.expire(now_s)
+        return now_s
 
 
 def _server_delay(headers: Callable[[bytes], bytes | None]) -> float | None:

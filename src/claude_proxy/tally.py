@@ -2,7 +2,8 @@
 
 The writer process sees every record anyway, so it counts requests, durations,
 time to first token, tokens and cost there, off the request path, into plain dicts.
-Once a second it hands the sums to its proxy worker with its report line
+Once a second it hands the sums, and how many rows it wrote, spilled, replayed
+or set aside since, to its proxy worker with its report line
 (store/writer_process.py), and the worker adds them to its Prometheus metrics
 (metrics.ProxyMetrics.apply_report): a few dozen increments a second instead of
 eleven shared-memory writes per request, and the writer process never loads
@@ -47,6 +48,8 @@ TOKEN_TYPES = (
 )
 # Short names on the wire -> (metric, histogram buckets or None for a counter).
 REQUESTS, DURATION, TTFT, TOKENS, COST = "requests", "duration", "ttft", "tokens", "cost"
+ROWS = "rows"  # the LogWriter's rows by outcome
+ROW_OUTCOMES = ("written", "spilled", "replayed", "rejected")
 BUCKETS = {DURATION: DURATION_BUCKETS, TTFT: TTFT_BUCKETS}
 
 
@@ -59,6 +62,7 @@ class RecordTally:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, ...], float] = {}
         self._hists: dict[tuple[str, ...], list[float]] = {}
+        self._rows_reported = dict.fromkeys(ROW_OUTCOMES, 0)  # used by take() only
 
     def observe(self, record: RequestRecord, cost: Decimal | None) -> None:
         route = record.endpoint if record.endpoint in KNOWN_ROUTES else "other"
@@ -96,11 +100,17 @@ class RecordTally:
         # The first bound >= value, as prometheus_client's observe() picks it.
         sums[1 + bisect_left(bounds, value)] += 1
 
-    def take(self) -> dict[str, Any]:
-        """The sums since the last take(), as JSON-ready lists, and start again from zero."""
+    def take(self, writer_stats: dict[str, Any]) -> dict[str, Any]:
+        """The sums since the last take(), as JSON-ready lists, and start again from zero;
+        with the growth of the LogWriter's row counters (`stats()`) since then too."""
         with self._lock:
             counts, self._counts = self._counts, {}
             hists, self._hists = self._hists, {}
+        for outcome in ROW_OUTCOMES:
+            now = int(writer_stats.get(outcome, 0))
+            if now > self._rows_reported[outcome]:
+                counts[(ROWS, outcome)] = now - self._rows_reported[outcome]
+                self._rows_reported[outcome] = now
         return {
             "counts": [[*key, n] for key, n in counts.items()],
             "hists": [[*key, sums] for key, sums in hists.items()],

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from claude_proxy.pricing import PriceTable
 from claude_proxy.store.engine import database_target
 from claude_proxy.store.handoff import ProcessSink
 from claude_proxy.store.writer import LogWriter
@@ -31,7 +32,7 @@ def config(db: Backend, spill_dir: Path) -> WriterConfig:
 
 async def started(db: Backend, spill_dir: Path, capacity: int = 10_000) -> ProcessSink:
     cfg = config(db, spill_dir)
-    sink = ProcessSink(cfg, build_writer(cfg, None), capacity=capacity)
+    sink = ProcessSink(cfg, build_writer(cfg, PriceTable.load(None), None), capacity=capacity)
     await sink.start()
     return sink
 

@@ -93,17 +93,10 @@ def test_replicas_migrating_together_run_it_once(
         for t in threads:
             t.start()
 
-        def waiting() -> int:
-            with pg_admin(dbname) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = %s",
-                    (dbname,),
-                ).fetchone()
-                assert row is not None
-                return int(row[0])
-
-        wait_until(lambda: waiting() == 2, what="both replicas waiting on the migration lock")
+        wait_until(
+            lambda: _advisory_waiters(dbname) == 2,
+            what="both replicas waiting on the migration lock",
+        )
         holder.rollback()
     for t in threads:
         t.join(30)
@@ -206,12 +199,15 @@ def test_ensure_schema_from_two_replicas_migrates_once(
 
     def replica() -> None:
         try:
-            # The server's busy timeout (the fixtures' 200 ms is too short for two fresh
-            # connections switching a new SQLite file to WAL together on a loaded machine).
             ensure_schema(backend.engine(url, sqlite_busy_timeout_ms=5000))
         except BaseException as exc:
             errors.append(exc)
 
+    # Create the (still empty) SQLite file in WAL mode first: two connections switching a
+    # brand-new file to WAL at the same instant may get "database is locked" at once,
+    # without the busy timeout, which is not what this test is about.
+    with engine.connect():
+        pass
     threads = [threading.Thread(target=replica) for _ in range(2)]
     with _migration_lock_held(backend, url) as waiting:
         for t in threads:
@@ -236,20 +232,10 @@ def _migration_lock_held(backend: Backend, url: str) -> Iterator[Callable[[], in
     if backend.is_pg:
         dbname = url.rsplit("/", 1)[1]
 
-        def pg_waiting() -> int:
-            with pg_admin(dbname) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = %s",
-                    (dbname,),
-                ).fetchone()
-                assert row is not None
-                return int(row[0])
-
         with pg_admin(dbname, autocommit=False) as holder:
             holder.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
             try:
-                yield pg_waiting
+                yield lambda: _advisory_waiters(dbname)
             finally:
                 holder.rollback()
         return
@@ -325,3 +311,15 @@ def test_server_startup_never_imports_alembic(backend: Backend, tmp_path: Path) 
         migrated = [ln for ln in lines if "database migrated from None to" in ln]
         assert len(migrated) == (1 if start == "fresh" else 0), proc.stdout
         assert any("database schema is up to date" in ln for ln in lines), proc.stdout
+
+
+def _advisory_waiters(dbname: str) -> int:
+    """Sessions of `dbname` queued on an advisory lock (the migration lock)."""
+    with pg_admin(dbname) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = %s",
+            (dbname,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -9,10 +10,14 @@ import pytest
 
 from claude_proxy.records import RequestRecord, decode_record, encode_record
 from claude_proxy.sse import Usage
-from claude_proxy.store.columns import ROW_COLUMNS
+from claude_proxy.store.columns import ROW_COLUMNS, TOKEN_COLUMNS
 from claude_proxy.store.rows import dump_row, load_row, record_to_row, row_to_record
 from claude_proxy.store.schema import COLUMNS
 from tests.store.conftest import make_record
+
+
+def test_the_token_columns_are_the_usage_fields() -> None:
+    assert tuple(f.name for f in dataclasses.fields(Usage)) == TOKEN_COLUMNS
 
 
 def test_the_writers_columns_are_the_tables_but_logged_at() -> None:

@@ -12,6 +12,16 @@ from decimal import Decimal
 
 COST_PLACES = Decimal("0.00000001")
 
+# The usage buckets, as the API names them (sse.Usage's fields).
+TOKEN_COLUMNS: tuple[str, ...] = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens",
+)
+
 # Every column but `logged_at`, which the database fills in, in table order.
 ROW_COLUMNS: tuple[str, ...] = (
     "id",
@@ -26,12 +36,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "error_message",
     "stop_reason",
     "message_id",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_creation_5m_input_tokens",
-    "cache_creation_1h_input_tokens",
-    "cache_read_input_tokens",
+    *TOKEN_COLUMNS,
     "cost_usd",
     "latency_ms",
     "ttft_ms",

@@ -12,13 +12,17 @@ exist.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 
-from claude_proxy.store.writer_db import DatabaseTarget
+from claude_proxy.store.writer_db import (
+    DatabaseTarget,
+    make_sqlite_dir,
+    pg_connect_args,
+    set_sqlite_pragmas,
+)
 
 # Query parameters some tools add to pooler URLs that libpq does not know.
 _FOREIGN_PARAMS = ("pgbouncer", "connection_limit", "pool_timeout")
@@ -77,21 +81,8 @@ def make_engine(
     """A pooled sync Engine; `connect_timeout` bounds how long an outage can stall a caller."""
     url = normalize_url(database_url)
     if backend(url) == "sqlite":
-        if url.database and url.database != ":memory:":
-            # sqlite:///data/proxy.db should work on a fresh machine, like the default does.
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        make_sqlite_dir(url.database)
         return _sqlite_engine(url, pool_size, max_overflow, pool_timeout, sqlite_busy_timeout_ms)
-    connect_args: dict[str, Any] = {
-        # Never prepare server-side: transaction poolers break named prepared statements.
-        "prepare_threshold": None,
-        # libpq: give up on an unreachable host instead of hanging the writer.
-        "connect_timeout": max(2, int(connect_timeout)),
-        # Notice a peer that vanished (failover, NAT drop) within about half a minute.
-        "keepalives": 1,
-        "keepalives_idle": 15,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
-    }
     return create_engine(
         url,
         pool_size=pool_size,
@@ -100,7 +91,7 @@ def make_engine(
         # A pooler or failover may have closed an idle connection; check before use.
         pool_pre_ping=True,
         pool_recycle=300,
-        connect_args=connect_args,
+        connect_args=pg_connect_args(connect_timeout),
         # Error messages must not carry statement parameters: they hold request data and
         # key hashes, and errors get logged.
         hide_parameters=True,
@@ -123,15 +114,7 @@ def _sqlite_engine(
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        # WAL lets readers (usage queries, logs tail) run while the writer commits;
-        # busy_timeout turns a short lock conflict into a wait instead of an error.
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            cur.execute("PRAGMA synchronous=NORMAL")
-        finally:
-            cur.close()
+        set_sqlite_pragmas(dbapi_conn, busy_timeout_ms)
 
     return engine
 

@@ -80,8 +80,8 @@ class ProcessSink:
         self._child_gone = asyncio.Event()
         self.restarts = 0
         self.writer_stats: dict[str, Any] = {}  # the writer process's latest report
-        # Told each report: (writer pid, its stats, the request metrics it counted since).
-        self.on_report: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None
+        # Told each report's metrics: what the writer process counted since the last one.
+        self.on_report: Callable[[dict[str, Any]], None] | None = None
 
     async def start(self) -> None:
         await self._spawn()
@@ -213,9 +213,9 @@ class ProcessSink:
     def _reported(self, report: dict[str, Any]) -> None:
         tally = report.pop("metrics", None) or {}
         self.writer_stats = report
-        if self.on_report is not None and self._proc is not None:
+        if self.on_report is not None:
             try:
-                self.on_report(self._proc.pid, report, tally)
+                self.on_report(tally)
             except Exception:  # metrics must never break the log pipeline
                 log.exception("applying the writer process's report failed")
 

@@ -28,18 +28,11 @@ from sqlalchemy import (
     type_coerce,
 )
 
+from claude_proxy.store.columns import TOKEN_COLUMNS
 from claude_proxy.store.schema import DatabaseNow, Money, request_logs
 
 By = Literal["key", "model", "day"]
 
-TOKEN_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_creation_5m_input_tokens",
-    "cache_creation_1h_input_tokens",
-    "cache_read_input_tokens",
-)
 _TIMINGS = ("latency_ms", "ttft_ms")
 _PERCENTILES = ((50, 0.5), (95, 0.95))
 

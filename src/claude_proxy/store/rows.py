@@ -17,12 +17,11 @@ import orjson
 
 from claude_proxy.records import RequestRecord
 from claude_proxy.sse import Usage
-from claude_proxy.store.columns import COST_PLACES, ROW_COLUMNS
+from claude_proxy.store.columns import COST_PLACES, ROW_COLUMNS, TOKEN_COLUMNS
 
 Row = dict[str, Any]
 
 SPILL_FORMAT = 1
-_TOKEN_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
 _RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(RequestRecord))
 # Optional attributes a record may grow (opt-in body capture) that map to columns.
 _OPTIONAL_FIELDS = ("request_body", "response_body")
@@ -60,7 +59,7 @@ def record_to_row(record: RequestRecord, cost_usd: Decimal | None) -> Row:
         "claude_code_session_id": _text(record.claude_code_session_id),
         "refusal": _text(record.refusal),
     }
-    for name in _TOKEN_FIELDS:
+    for name in TOKEN_COLUMNS:
         row[name] = _int(getattr(u, name))
     for name in _OPTIONAL_FIELDS:
         row[name] = _text(getattr(record, name, None))
@@ -73,11 +72,11 @@ def row_to_record(row: Row) -> RequestRecord:
     kwargs = {
         k: v
         for k, v in row.items()
-        if k in _RECORD_FIELDS and k not in ("created_at", "usage") and k not in _TOKEN_FIELDS
+        if k in _RECORD_FIELDS and k not in ("created_at", "usage") and k not in TOKEN_COLUMNS
     }
     return RequestRecord(
         created_at=created.timestamp(),
-        usage=Usage(**{name: row.get(name) for name in _TOKEN_FIELDS}),
+        usage=Usage(**{name: row.get(name) for name in TOKEN_COLUMNS}),
         **kwargs,
     )
 

@@ -101,9 +101,6 @@ class LogWriter:
         self._backoff_max = backoff_max
         self._rescan_interval = rescan_interval
         self._statement_timeout_ms = int(statement_timeout * 1000)
-        self._is_pg = db.is_pg
-        # The same idempotent insert, spelled for speed on each dialect (_SQLITE_INSERT).
-        self._pg_insert = _pg_json_insert() if self._is_pg else ""
         self._spill = SpillFile(self.spill_dir)
 
         self._thread: threading.Thread | None = None
@@ -375,7 +372,7 @@ class LogWriter:
     def _execute(self, rows: list[Row]) -> int:
         """Insert the rows and add the new ones' cost to `key_spend`, in one transaction:
         spend is then exactly the sum over the log, however often a row is replayed."""
-        if self._is_pg:
+        if self.db.is_pg:
             # The whole batch as one json parameter, serialised by orjson (C).
             batch = orjson.dumps(rows, default=_json_default).decode()
             return int(self.db.run(lambda cur: self._pg_execute(cur, batch)))
@@ -385,7 +382,7 @@ class LogWriter:
     def _pg_execute(self, cur: Any, batch: str) -> int:
         # Bound a hung statement; SET LOCAL is safe behind a transaction pooler.
         cur.execute(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}")
-        cur.execute(self._pg_insert, (batch,))
+        cur.execute(_PG_INSERT, (batch,))
         (new,) = cur.fetchone()
         return int(new)
 
@@ -602,6 +599,10 @@ def _pg_json_insert() -> str:
         "requests = key_spend.requests + EXCLUDED.requests) "
         "SELECT count(*) FROM ins"
     )
+
+
+# The idempotent insert, spelled for speed on each dialect (_SQLITE_INSERT above).
+_PG_INSERT = _pg_json_insert()
 
 
 def _json_default(value: object) -> object:

@@ -4,7 +4,8 @@ The writer runs a handful of hand-written statements from one thread, so a pool 
 a SQL toolkit buy it nothing, while importing SQLAlchemy would cost its process about
 25 MB of memory. The rest of the proxy (keys, limits, queries, migrations) keeps its
 SQLAlchemy Engine; `engine.database_target` turns DATABASE_URL into the target here,
-so both connect to the same place with the same settings:
+and the Engine takes its driver settings from the functions below, so both connect
+to the same place with the same settings:
 
 - PostgreSQL through psycopg 3, never preparing statements server-side (Supabase's
   transaction pooler and pgbouncer hand each transaction to any server connection);
@@ -132,29 +133,48 @@ class WriterDatabase:
     def _connect_pg(self) -> Any:
         import psycopg
 
-        return psycopg.connect(
-            self.target.dsn,
-            # Never prepare server-side: transaction poolers break named prepared statements.
-            prepare_threshold=None,
-            # Give up on an unreachable host instead of hanging the writer.
-            connect_timeout=max(2, int(self.target.connect_timeout)),
-            # Notice a peer that vanished (failover, NAT drop) within about half a minute.
-            keepalives=1,
-            keepalives_idle=15,
-            keepalives_interval=5,
-            keepalives_count=3,
-        )
+        return psycopg.connect(self.target.dsn, **pg_connect_args(self.target.connect_timeout))
 
     def _connect_sqlite(self) -> sqlite3.Connection:
         path = self.target.dsn
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        make_sqlite_dir(path)
         busy_ms = int(self.target.sqlite_busy_timeout_ms)
         # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE).
         conn = sqlite3.connect(
             path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        set_sqlite_pragmas(conn, busy_ms)
         return conn
+
+
+def pg_connect_args(connect_timeout: int) -> dict[str, Any]:
+    """psycopg 3 connection settings, for the writer's connection and the Engine's."""
+    return {
+        # Never prepare server-side: transaction poolers break named prepared statements.
+        "prepare_threshold": None,
+        # libpq: give up on an unreachable host instead of hanging the caller.
+        "connect_timeout": max(2, int(connect_timeout)),
+        # Notice a peer that vanished (failover, NAT drop) within about half a minute.
+        "keepalives": 1,
+        "keepalives_idle": 15,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+
+
+def make_sqlite_dir(path: str | None) -> None:
+    """sqlite:///data/proxy.db should work on a fresh machine, like the default does."""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def set_sqlite_pragmas(conn: Any, busy_timeout_ms: int) -> None:
+    """WAL lets readers (usage queries, logs tail) run while the writer commits;
+    busy_timeout turns a short lock conflict into a wait instead of an error."""
+    cur = conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cur.close()

@@ -65,10 +65,11 @@ class WriterConfig:
 
 
 def build_writer(
-    cfg: WriterConfig, on_durable: DurableFn | None, tally: RecordTally | None = None
+    cfg: WriterConfig,
+    prices: PriceTable,
+    on_durable: DurableFn | None,
+    tally: RecordTally | None = None,
 ) -> LogWriter:
-    prices = PriceTable.load(cfg.prices_file)
-
     def cost(record: RequestRecord) -> Decimal | None:
         return prices.cost(record.model, record.usage, batch=False)
 
@@ -106,13 +107,15 @@ def main() -> None:
         with ack_lock, contextlib.suppress(OSError):  # the proxy is gone: nobody to tell
             sock.sendall(b"%d\n" % n)
 
-    tally = RecordTally(known_model=PriceTable.load(cfg.prices_file).__contains__)
-    writer = build_writer(cfg, ack, tally)
+    prices = PriceTable.load(cfg.prices_file)
+    tally = RecordTally(known_model=prices.__contains__)
+    writer = build_writer(cfg, prices, ack, tally)
     writer.start()
     stop = threading.Event()
 
     def send_report() -> None:
-        report = writer.stats() | {"metrics": tally.take()}
+        stats = writer.stats()
+        report = stats | {"metrics": tally.take(stats)}
         with ack_lock, contextlib.suppress(OSError):
             sock.sendall(b"S" + orjson.dumps(report) + b"\n")
 
