@@ -1,21 +1,27 @@
-"""The client connection's transport: a response head leaves with its body, in one write,
-and is never held past the event loop's current turn."""
+"""The server's HTTP/1.1 protocol (client_protocol.ClientProtocol), over a real socket pair,
+with small ASGI apps: framing, keep-alive, pipelining, bodies, errors, and the disconnect
+extension. The relay's own behaviour through it is covered end to end in tests/e2e."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import orjson
 import pytest
+import uvicorn
+from uvicorn.server import ServerState
 
-from claude_proxy.client_protocol import _HeadWithBody
+from claude_proxy.client_protocol import DISCONNECT_EXTENSION, ClientProtocol
 
-HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
 
 
 class Recording:
-    """A real socket transport that also remembers each write(2)-bound call."""
+    """The connection's real transport, remembering every write(2)-bound call."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -29,55 +35,227 @@ class Recording:
         return getattr(self.transport, name)
 
 
+class Peer:
+    """The client's end of the socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.buf = b""
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def until(self, marker: bytes) -> bytes:
+        """Everything up to and including `marker`; the rest stays buffered."""
+        loop = asyncio.get_running_loop()
+        while marker not in self.buf:
+            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        i = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    async def exactly(self, n: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        while len(self.buf) < n:
+            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    async def eof(self) -> bytes:
+        """What arrives before the server closes the connection."""
+        loop = asyncio.get_running_loop()
+        while chunk := await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5):
+            self.buf += chunk
+        out, self.buf = self.buf, b""
+        return out
+
+
+Serve = Callable[..., Awaitable[tuple[ClientProtocol, Recording, Peer]]]
+
+
 @pytest.fixture
-async def pair() -> AsyncIterator[tuple[_HeadWithBody, Recording, socket.socket]]:
-    loop = asyncio.get_running_loop()
-    ours, peer = socket.socketpair()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    rec = Recording(transport)
-    yield _HeadWithBody(rec, loop), rec, peer  # type: ignore[arg-type]
-    transport.abort()
-    peer.close()
+async def serve() -> AsyncIterator[Serve]:
+    opened: list[tuple[asyncio.BaseTransport, socket.socket]] = []
+
+    async def start(app: App, keep_alive: float = 5) -> tuple[ClientProtocol, Recording, Peer]:
+        loop = asyncio.get_running_loop()
+        config = uvicorn.Config(
+            app,
+            proxy_headers=False,
+            timeout_keep_alive=keep_alive,
+            log_config=None,  # type: ignore[arg-type]
+        )
+        proto = ClientProtocol(config, ServerState(), {}, loop)
+        ours, theirs = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(lambda: proto, ours)
+        rec = Recording(proto.transport)  # type: ignore[arg-type]
+        proto.transport = rec  # type: ignore[assignment]
+        opened.append((transport, theirs))
+        return proto, rec, Peer(theirs)
+
+    yield start
+    for transport, sock in opened:
+        transport.abort()
+        sock.close()
 
 
-async def read(peer: socket.socket, n: int) -> bytes:
-    loop = asyncio.get_running_loop()
-    peer.setblocking(False)
-    got = b""
-    while len(got) < n:
-        got += await asyncio.wait_for(loop.sock_recv(peer, n - len(got)), 5)
-    return got
+def plain(body: bytes = b"hello", status: int = 200, headers: list[Any] | None = None) -> App:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        hdrs = [(b"content-length", b"%d" % len(body)), *(headers or [])]
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
 
 
-async def test_head_and_body_leave_in_one_write(pair: tuple) -> None:
-    w, rec, peer = pair
-    w.write(HEAD)
-    w.write(b"hello")
-    assert rec.writes == [HEAD + b"hello"]
-    assert await read(peer, len(HEAD) + 5) == HEAD + b"hello"
+async def test_head_and_body_leave_in_one_write(serve: Serve) -> None:
+    _, rec, peer = await serve(plain())
+    await peer.send(GET)
+    head = await peer.until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 5" in head
+    assert await peer.exactly(5) == b"hello"
+    assert rec.writes == [head + b"hello"]
 
 
-async def test_a_head_alone_goes_out_when_the_loop_turns(pair: tuple) -> None:
-    w, rec, peer = pair
-    w.write(HEAD)
-    assert rec.writes == []  # held for this turn only
-    assert await read(peer, len(HEAD)) == HEAD  # nobody wrote again: it still arrived
-    assert rec.writes == [HEAD]
-    w.write(b"hello")  # a later body chunk goes straight through
-    assert rec.writes == [HEAD, b"hello"]
+async def test_a_stream_head_is_not_held_behind_its_first_event(serve: Serve) -> None:
+    first_event = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        hdrs = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+        await first_event.wait()
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": False})
+
+    _, _, peer = await serve(app)
+    await peer.send(GET)
+    head = await peer.until(b"\r\n\r\n")  # arrives while the app still waits
+    assert b"transfer-encoding: chunked" in head  # no content-length: chunked framing
+    first_event.set()
+    assert await peer.until(b"0\r\n\r\n") == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
 
 
-async def test_close_sends_a_held_head_first(pair: tuple) -> None:
-    w, rec, peer = pair
-    w.write(HEAD)
-    w.close()
-    assert await read(peer, len(HEAD)) == HEAD
-    assert rec.writes == [HEAD]
+async def test_keep_alive_and_pipelined_requests_answered_in_order(serve: Serve) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = scope["path"].encode() + b"?" + scope["query_string"]
+        if scope["path"] == "/slow":
+            await asyncio.sleep(0)  # give the second request a chance to overtake
+        await plain(body)(scope, receive, send)
+
+    proto, _, peer = await serve(app)
+    await peer.send(
+        b"GET /slow?a=1 HTTP/1.1\r\nhost: t\r\n\r\nGET /fast HTTP/1.1\r\nhost: t\r\n\r\n"
+    )
+    first = await peer.until(b"/slow?a=1")
+    second = await peer.until(b"/fast?")
+    assert first.startswith(b"HTTP/1.1 200 OK") and second.startswith(b"HTTP/1.1 200 OK")
+    await peer.send(GET)  # the same connection, a third time
+    assert (await peer.until(b"/x?")).startswith(b"HTTP/1.1 200 OK")
+    assert proto.server_state.total_requests == 3
 
 
-async def test_abort_drops_a_held_head(pair: tuple) -> None:
-    w, rec, _ = pair
-    w.write(HEAD)
-    w.abort()
-    await asyncio.sleep(0)  # one loop turn: the flush that would have run
-    assert rec.writes == []
+async def test_a_large_body_arrives_whole_and_100_continue_is_sent(serve: Serve) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        parts = []
+        while True:
+            msg = await receive()
+            parts.append(msg["body"])
+            if not msg["more_body"]:
+                break
+        await plain(b"%d:%d" % (len(b"".join(parts)), len(parts)))(scope, receive, send)
+
+    _, _, peer = await serve(app)
+    body = b"x" * 300_000  # beyond the 64 KiB the server buffers before pausing
+    await peer.send(
+        b"POST /v1/messages HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    )
+    assert await peer.until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await peer.send(body)
+    head = await peer.until(b"\r\n\r\n")
+    length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+    size, parts = (await peer.exactly(length)).split(b":")
+    assert size == b"300000" and int(parts) > 1  # whole, and streamed in parts
+
+
+async def test_header_injection_is_refused_with_an_anthropic_500(serve: Serve) -> None:
+    _, _, peer = await serve(plain(headers=[(b"x-ok", b"1\r\nx-evil: injected")]))
+    await peer.send(GET)
+    raw = await peer.eof()
+    assert raw.startswith(b"HTTP/1.1 500 ")
+    assert b"x-evil" not in raw.split(b"\r\n\r\n")[0]
+    err = orjson.loads(raw.split(b"\r\n\r\n", 1)[1])
+    assert err["type"] == "error" and err["error"]["type"] == "api_error"
+    assert err["request_id"].startswith("cpr_")
+
+
+async def test_malformed_http_gets_an_anthropic_400_and_the_connection_closes(
+    serve: Serve,
+) -> None:
+    _, _, peer = await serve(plain())
+    await peer.send(b"NOT HTTP AT ALL\r\n\r\n")
+    raw = await peer.eof()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"request-id: cpr_" in head
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+async def test_an_app_error_before_the_response_gets_an_anthropic_500(serve: Serve) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise ValueError("boom")
+
+    _, _, peer = await serve(app)
+    await peer.send(GET)
+    raw = await peer.eof()
+    assert raw.startswith(b"HTTP/1.1 500 ") and b"boom" not in raw
+    assert orjson.loads(raw.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "api_error"
+
+
+async def test_head_gets_no_body_and_the_connection_stays_usable(serve: Serve) -> None:
+    _, _, peer = await serve(plain())
+    await peer.send(b"HEAD /x HTTP/1.1\r\nhost: t\r\n\r\n")
+    head = await peer.until(b"\r\n\r\n")
+    assert b"content-length: 5" in head
+    await peer.send(GET)
+    nxt = await peer.until(b"\r\n\r\n")
+    assert nxt.startswith(b"HTTP/1.1 200 OK")  # no stray "hello" from the HEAD before it
+    assert await peer.exactly(5) == b"hello"
+
+
+async def test_a_client_leaving_mid_response_calls_the_disconnect_extension(
+    serve: Serve,
+) -> None:
+    gone = asyncio.Event()
+    started = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["extensions"][DISCONNECT_EXTENSION](gone.set)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        started.set()
+        await asyncio.Event().wait()  # a stream that never ends
+
+    _, _, peer = await serve(app)
+    await peer.send(GET)
+    await asyncio.wait_for(started.wait(), 5)
+    peer.sock.close()
+    await asyncio.wait_for(gone.wait(), 5)
+
+
+async def test_an_idle_connection_closes_after_the_keep_alive_timeout(serve: Serve) -> None:
+    _, _, peer = await serve(plain(), keep_alive=0.2)
+    await peer.send(GET)
+    await peer.until(b"hello")
+    assert await peer.eof() == b""  # closed by the server, nothing more sent
+
+
+async def test_connection_close_is_honoured(serve: Serve) -> None:
+    _, _, peer = await serve(plain())
+    await peer.send(b"GET /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+    raw = await peer.eof()
+    assert b"connection: close" in raw and raw.endswith(b"hello")

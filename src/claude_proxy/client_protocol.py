@@ -1,96 +1,564 @@
-"""uvicorn's HTTP/1.1 protocol, with a bounded write buffer per client connection.
+"""The server side of a client connection: HTTP/1.1 in, ASGI to the app, run by uvicorn.Server.
 
-uvloop lets 64 KiB queue in user space per connection before it tells uvicorn to
-wait; with the upstream's own read-ahead that made each stream to a slow client
-hold ~400 KB of the proxy's memory. 4 KiB is still many SSE events ahead of the
-client (the kernel's send buffer, often megabytes, comes on top), and bounds the
-memory per stream: 100 slow readers cost ~3 MB (docs/benchmarks.md).
+Hand-written on httptools' parser, on purpose: it is the hot path. uvicorn's own protocol
+paid, per request, two regular-expression scans per response header, an asyncio.Event,
+a keep-alive timer armed and cancelled, a wrapper coroutine, and a second task the relay
+needed to notice a client leaving; profiles put that near a fifth of the proxy's CPU per
+request (docs/benchmarks.md). This one keeps what a relay needs and the ASGI contract the
+admin API and the tests rely on:
+- keep-alive, pipelining (one response at a time, in order), `Expect: 100-continue`,
+  HEAD, chunked framing when a response has no content-length, HTTP/1.0;
+- request bodies buffered up to 64 KiB before reading pauses;
+- a bounded write buffer per connection: 4 KiB queue in user space before the app's
+  `send` waits (uvloop's 64 KiB default, plus the upstream's read-ahead, made each
+  stream to a slow client hold ~400 KB; 100 slow readers now cost ~3 MB);
+- a response's head leaves with its body in one write(2), or at the end of the event
+  loop's current turn if the body is not ready then (a stream's head is never held
+  behind its first event);
+- a client that goes away calls the callback the app registered through the
+  `claude_proxy.disconnect` ASGI extension, instead of the app parking a task in
+  `receive()` to find out;
+- open connections are counted into the app's Telemetry (found in the lifespan state).
 
-It also counts open connections, for the ActiveConnections metric: the app's
-lifespan puts its Telemetry in the state uvicorn shares with every connection.
-
-And it sends a response's head together with its body: uvicorn writes the status
-line and headers as soon as the app starts the response, then the body, so every
-non-streaming response cost two write(2) calls and two segments, each waking the
-client. `_HeadWithBody` holds the head back until the body's first write in the same
-turn of the event loop, or until that turn ends (a stream's head is not delayed
-behind its first event): one syscall instead of two.
+uvicorn.Server still runs the sockets, the lifespan, the signals and the graceful
+shutdown; it builds one of these per connection (`Config(http=ClientProtocol)`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import http
+import logging
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+
+from claude_proxy.errors import error_body
+from claude_proxy.records import new_request_id
+
+log = logging.getLogger("claude_proxy.server")
 
 TELEMETRY_STATE_KEY = "claude_proxy.telemetry"
+# The ASGI extension through which the app learns that the client left (see module doc).
+DISCONNECT_EXTENSION = "claude_proxy.disconnect"
 
 CLIENT_WRITE_HIGH_WATER = 4 * 1024
+_BODY_HIGH_WATER = 64 * 1024
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_NO_BODY_STATUS = frozenset({204, 304})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class _HeadWithBody:
-    """The transport uvicorn's request cycles write to: a response head waits for the
-    next write, at most until the event loop's current turn ends. Hand-written because
-    it sits on the hot path; everything but write/close/abort goes to the transport."""
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + data)
-        elif data.startswith(b"HTTP/1.1 "):  # a head (uvicorn writes it in one piece)
-            self._held = data
-            self._loop.call_soon(self._flush)
-        else:
-            self._transport.write(data)
-
-    def _flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if not self._transport.is_closing():
-                self._transport.write(held)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held = None
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
-class ClientProtocol(HttpToolsProtocol):
-    _telemetry: Any = None
-    _writer: _HeadWithBody | None = None
+_STATUS_LINE = {status: _status_line(status) for status in range(100, 600)}
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
-        self._writer = _HeadWithBody(transport, self.loop)
+
+class ClientProtocol(asyncio.Protocol):
+    """One client connection. Constructed by uvicorn.Server with its config and state."""
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.app_state = app_state
+        self.server_state = server_state
+        self.keep_alive_seconds: float = config.timeout_keep_alive
+        self.root_path: str = config.root_path
+        self.parser = httptools.HttpRequestParser(self)
+        # Answer the first of pipelined requests even when the client half-closed after it.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport | None = None
+        self.server: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.telemetry: Any = None
+        # The exchange whose response is being written, the one being parsed (the same,
+        # unless the client pipelines), and parsed ones waiting their turn.
+        self.active: _Exchange | None = None
+        self.parsing: _Exchange | None = None
+        self.waiting: deque[_Exchange] = deque()
+        self.mid_message = False
+        self.read_paused = False
+        self.write_paused = False
+        self.writable: asyncio.Future[None] | None = None
+        self.idle_since: float | None = None
+        self.keep_alive_timer: asyncio.TimerHandle | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.expect_continue = False
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)
+        self.server_state.connections.add(self)
+        t.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
+        self.server = _address(t.get_extra_info("sockname"))
+        self.client = _address(t.get_extra_info("peername"))
+        if t.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
         telemetry = self.app_state.get(TELEMETRY_STATE_KEY)
         if telemetry is not None:
-            self._telemetry = telemetry
+            self.telemetry = telemetry
             telemetry.connection_opened()
+        self._went_idle()
 
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        if self.cycle is not None and self._writer is not None:
-            self.cycle.transport = self._writer  # type: ignore[assignment]
+    def data_received(self, data: bytes) -> None:
+        self.idle_since = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no upgrades (WebSocket) here: the request was answered as plain HTTP
+        except httptools.HttpParserError:
+            self._bad_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self._telemetry is not None:
-            self._telemetry.connection_closed()
-            self._telemetry = None
+        self.server_state.connections.discard(self)
+        for ex in (self.active, self.parsing, *self.waiting):
+            if ex is not None:
+                ex.client_gone()
+        self.waiting.clear()
+        self._resume_writers()
+        if self.keep_alive_timer is not None:
+            self.keep_alive_timer.cancel()
+            self.keep_alive_timer = None
+        if self.telemetry is not None:
+            self.telemetry.connection_closed()
+            self.telemetry = None
+
+    def eof_received(self) -> bool | None:
+        return None  # half-closed by the client: close once the response is out
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._resume_writers()
+
+    # --- called by uvicorn.Server ------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close when idle, or after the response in progress."""
+        active = self.active
+        if active is None or active.complete:
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            active.keep_alive = False
+        self.waiting.clear()
+
+    # --- httptools callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.mid_message = True
+        self.url = b""
+        self.headers = []
+        self.expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        http_version = parser.get_http_version()
+        url = httptools.parse_url(self.url)
+        raw_path: bytes = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        ex = _Exchange(
+            self,
+            parser.get_method().decode("ascii"),
+            http_version != "1.0" and parser.should_keep_alive(),
+            self.expect_continue,
+        )
+        ex.scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": http_version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+            "method": ex.method,
+            "path": self.root_path + path if self.root_path else path,
+            "raw_path": self.root_path.encode("ascii") + raw_path if self.root_path else raw_path,
+            "query_string": url.query or b"",
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            "extensions": {DISCONNECT_EXTENSION: ex.on_disconnect},
+        }
+        self.parsing = ex
+        if self.active is None:
+            self._start(ex)
+        else:  # pipelined: answered after the one in progress
+            self.waiting.append(ex)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None or ex.complete:
+            return  # the app already answered without reading it all: drop the rest
+        ex.body += body
+        if len(ex.body) > _BODY_HIGH_WATER:
+            self._pause_reading()
+        ex.wake()
+
+    def on_message_complete(self) -> None:
+        self.mid_message = False
+        ex = self.parsing
+        if ex is not None:
+            ex.more_body = False
+            ex.wake()
+
+    # --- used by the exchanges ---------------------------------------------------------
+
+    def _start(self, ex: _Exchange) -> None:
+        self.active = ex
+        task = self.loop.create_task(self.app(ex.scope, ex.receive, ex.send))
+        ex.task = task
+        self.server_state.tasks.add(task)
+        task.add_done_callback(ex.app_finished)
+
+    def _exchange_done(self, ex: _Exchange) -> None:
+        """The response is out and the connection stays: start the next request or idle."""
+        self.server_state.total_requests += 1
+        if self.active is ex:
+            self.active = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.waiting:
+            self._start(self.waiting.popleft())
+            if not self.waiting:
+                self._resume_reading()
+            return
+        self._resume_reading()
+        if not self.mid_message:
+            self._went_idle()
+
+    def _went_idle(self) -> None:
+        """Close the connection once it has been idle for the keep-alive timeout.
+
+        One timer per connection, re-armed only when it fires early, instead of one
+        armed and cancelled per request."""
+        self.idle_since = self.loop.time()
+        if self.keep_alive_timer is None:
+            self.keep_alive_timer = self.loop.call_later(
+                self.keep_alive_seconds, self._keep_alive_check
+            )
+
+    def _keep_alive_check(self) -> None:
+        self.keep_alive_timer = None
+        since = self.idle_since
+        if since is None or self.transport is None or self.transport.is_closing():
+            return  # busy: the end of the current response re-arms it
+        left = since + self.keep_alive_seconds - self.loop.time()
+        if left <= 0:
+            self.transport.close()
+        else:
+            self.keep_alive_timer = self.loop.call_later(left, self._keep_alive_check)
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def _drain(self) -> None:
+        if self.writable is None:
+            self.writable = self.loop.create_future()
+        await self.writable
+
+    def _resume_writers(self) -> None:
+        w = self.writable
+        if w is not None:
+            self.writable = None
+            if not w.done():
+                w.set_result(None)
+
+    def _bad_request(self) -> None:
+        """Unparseable HTTP: an Anthropic-shaped 400, and the connection is closed."""
+        rid = new_request_id()
+        log.warning("invalid HTTP request received request_id=%s", rid)
+        body = error_body("invalid_request_error", "Invalid HTTP request received.", rid)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.active is None or self.active.complete:  # not in the middle of a response
+            self.transport.write(_error_response(400, body, rid))
+        self.transport.close()
+
+
+class _Exchange:
+    """One request and its response: the ASGI `receive` and `send` the app is given."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "complete",
+        "delivered",
+        "disconnected",
+        "expect_continue",
+        "gone_callback",
+        "held_head",
+        "keep_alive",
+        "method",
+        "more_body",
+        "proto",
+        "remaining",
+        "scope",
+        "started",
+        "task",
+        "waiter",
+    )
+
+    def __init__(
+        self, proto: ClientProtocol, method: str, keep_alive: bool, expect_continue: bool
+    ) -> None:
+        self.proto = proto
+        self.method = method
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.scope: dict[str, Any] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.body = bytearray()
+        self.more_body = True
+        self.delivered = False  # the body's end was handed to the app
+        self.waiter: asyncio.Future[None] | None = None
+        self.gone_callback: Callable[[], None] | None = None
+        self.disconnected = False
+        self.started = False
+        self.complete = False
+        self.chunked = False
+        self.remaining = -1  # bytes still due by content-length; -1: none was given
+        self.held_head: bytes | None = None
+
+    # --- the app's side ----------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        proto = self.proto
+        if self.expect_continue:
+            self.expect_continue = False
+            if proto.transport is not None and not proto.transport.is_closing():
+                proto.transport.write(_CONTINUE)
+        while not (self.disconnected or self.complete):
+            if not self.delivered and (self.body or not self.more_body):
+                body = bytes(self.body)
+                self.body.clear()
+                more = self.more_body
+                if more:
+                    if proto.parsing is self:
+                        proto._resume_reading()
+                else:
+                    self.delivered = True
+                return {"type": "http.request", "body": body, "more_body": more}
+            if self.more_body and proto.parsing is self:
+                proto._resume_reading()
+            self.waiter = proto.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return {"type": "http.disconnect"}
+
+    def on_disconnect(self, callback: Callable[[], None]) -> None:
+        """The DISCONNECT_EXTENSION: `callback` runs if the client leaves before the
+        response is complete (at most once; a second registration replaces the first)."""
+        self.gone_callback = callback
+
+    async def send(self, message: dict[str, Any]) -> None:
+        proto = self.proto
+        if proto.write_paused and not self.disconnected:
+            await proto._drain()
+        if self.disconnected:
+            return
+        if not self.started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"Expected 'http.response.start', got '{message['type']}'")
+            self._start_response(message["status"], message.get("headers", ()))
+            return
+        if self.complete:
+            raise RuntimeError(f"Unexpected ASGI message '{message['type']}' after the response")
+        if message["type"] != "http.response.body":
+            raise RuntimeError(f"Expected 'http.response.body', got '{message['type']}'")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if self.method == "HEAD":
+            data = b""
+        elif self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more:
+                data += b"0\r\n\r\n"
+        else:
+            data = body
+            if self.remaining >= 0:
+                self.remaining -= len(body)
+                if self.remaining < 0:
+                    raise RuntimeError("Response content longer than Content-Length")
+        self._write(data)
+        if not more:
+            if self.remaining > 0 and self.method != "HEAD":
+                raise RuntimeError("Response content shorter than Content-Length")
+            self._finish()
+
+    def _start_response(self, status: int, headers: Any) -> None:
+        parts = [_STATUS_LINE[status]]
+        default = self.proto.server_state.default_headers
+        lines = 2  # the status line and the blank line
+        length_seen = close_seen = False
+        for name, value in (*default, *headers) if default else headers:
+            name = name.lower()
+            if name == b"content-length" and not length_seen:
+                length_seen = True
+                self.remaining = int(value)
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.chunked = True
+                length_seen = True
+                self.remaining = -1
+            elif name == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+                close_seen = True
+            parts += (name, b": ", value, b"\r\n")
+            lines += 1
+        if not self.keep_alive and not close_seen:
+            parts.append(b"connection: close\r\n")
+            lines += 1
+        if not length_seen and self.method != "HEAD" and status not in _NO_BODY_STATUS:
+            self.chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+            lines += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        # Response splitting: a CR or LF inside any name or value adds to these counts.
+        # Two C-level scans of the head instead of two regex scans per header.
+        if head.count(b"\n") != lines or head.count(b"\r") != lines:
+            raise RuntimeError("Invalid HTTP header: CR or LF in a response header")
+        self.started = True
+        self.expect_continue = False
+        if status < 200 or self.method == "HEAD" or status in _NO_BODY_STATUS:
+            self.remaining = -1
+        # Held until the body's first write or the end of this loop turn: one write(2).
+        self.held_head = head
+        self.proto.loop.call_soon(self._flush_head)
+
+    def _write(self, data: bytes) -> None:
+        transport = self.proto.transport
+        assert transport is not None
+        head = self.held_head
+        if head is not None:
+            self.held_head = None
+            data = head + data
+        if data:
+            transport.write(data)
+
+    def _flush_head(self) -> None:
+        head = self.held_head
+        if head is not None and not self.disconnected:
+            self.held_head = None
+            transport = self.proto.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(head)
+
+    def _finish(self) -> None:
+        self.complete = True
+        self.wake()
+        proto = self.proto
+        if not self.keep_alive:
+            if proto.transport is not None:
+                proto.transport.close()
+            if proto.active is self:
+                proto.active = None
+            return
+        proto._exchange_done(self)
+
+    # --- the connection's side ---------------------------------------------------------
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def client_gone(self) -> None:
+        if self.complete:
+            return
+        self.disconnected = True
+        self.held_head = None
+        self.wake()
+        callback = self.gone_callback
+        if callback is not None:
+            self.gone_callback = None
+            callback()
+
+    def app_finished(self, task: asyncio.Task[None]) -> None:
+        """The app's task ended: make sure the client got a complete response."""
+        proto = self.proto
+        proto.server_state.tasks.discard(task)
+        if task.cancelled():
+            exc: BaseException | None = asyncio.CancelledError()
+        else:
+            exc = task.exception()
+        if self.complete or self.disconnected:
+            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                log.error("exception in the ASGI app after its response", exc_info=exc)
+            return
+        transport = proto.transport
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            log.error("exception in the ASGI app", exc_info=exc)
+        if transport is None or transport.is_closing():
+            return
+        if not self.started:
+            if exc is None:
+                log.error("the ASGI app returned without starting a response")
+            rid = new_request_id()
+            body = error_body("api_error", "Internal proxy error.", rid)
+            transport.write(_error_response(500, body, rid))
+        else:  # a response cut short: closing tells the client it is incomplete
+            self._write(b"")
+            if exc is None:  # the relay does this on purpose, having logged why
+                log.info("response cut short: closing the connection")
+        self.complete = True
+        transport.close()
+        if proto.active is self:
+            proto.active = None
+
+
+def _error_response(status: int, body: bytes, request_id: str) -> bytes:
+    rid = request_id.encode()
+    return (
+        _STATUS_LINE[status]
+        + b"content-type: application/json\r\ncontent-length: %d\r\nrequest-id: %b\r\n"
+        b"x-claude-proxy-request-id: %b\r\nconnection: close\r\n\r\n" % (len(body), rid, rid) + body
+    )
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple | list) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from claude_proxy.auth import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
+from claude_proxy.client_protocol import DISCONNECT_EXTENSION
 from claude_proxy.dispatch import Dispatcher, Failed
 from claude_proxy.drain import Drain
 from claude_proxy.errors import STATUS_FOR_TYPE, send_error, sse_error_event
@@ -179,9 +180,14 @@ class Relay:
         # From here on a client disconnect must stop upstream work: watch for it.
         task = asyncio.current_task()
         assert task is not None
-        state = _Watch()
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(lambda _f: state.client_gone(task))
+        state = _Watch(task)
+        watcher = None
+        on_disconnect = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        if on_disconnect is not None:
+            on_disconnect(state.client_gone)  # our server calls back: no task parked
+        else:  # any other ASGI server: a receive() that returns when the client leaves
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(state.client_gone)
         try:
             await self._forward(scope, send, record, hdrs, body, started, span)
         except asyncio.CancelledError:
@@ -193,7 +199,7 @@ class Relay:
             log.info("client disconnected request_id=%s", rid)
         finally:
             state.finished = True
-            if not watcher.done():
+            if watcher is not None and not watcher.done():
                 watcher.cancel()
             self.limiter.finish(key, record, time.time())
 
@@ -423,19 +429,20 @@ class Relay:
 
 
 class _Watch:
-    """Links the disconnect watcher to the request task without racing the normal end."""
+    """Links the disconnect signal to the request task without racing the normal end."""
 
-    __slots__ = ("finished", "gone")
+    __slots__ = ("finished", "gone", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
         self.gone = False
         self.finished = False
 
-    def client_gone(self, task: asyncio.Task[Any]) -> None:
+    def client_gone(self, _done: object = None) -> None:
         if self.finished:
             return
         self.gone = True
-        task.cancel()
+        self.task.cancel()
 
 
 def _parse_json_object(body: bytes) -> dict[str, Any] | None:
