@@ -1,8 +1,10 @@
 """ProcessSink: the proxy's side of the request log. Records go to a writer process.
 
-`submit` appends to a deque; every 50 ms (or every 256 records) the batch is
-encoded (~2 µs a record, the only per-record work left on the event loop) and
-written to the writer process in one write. The process counts back the
+`submit` encodes the record (~1 µs, the only per-record work left on the event
+loop) and appends the line to a deque; every 50 ms (or every 256 records) the
+batch goes to the writer process in one write. Records wait here as encoded
+lines, not objects: bytes are not tracked by the garbage collector, so a
+thousand records in flight do not make its collections longer. The process counts back the
 records it has made safe (store/writer_process.py), and until then each one
 stays here, so nothing is lost when the process dies:
 
@@ -36,7 +38,7 @@ import orjson
 
 from claude_proxy.config import Settings
 from claude_proxy.metrics import process_gone
-from claude_proxy.records import RequestRecord, encode_record
+from claude_proxy.records import RequestRecord, decode_record, encode_record
 from claude_proxy.store.engine import database_target
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_process import WriterConfig
@@ -69,8 +71,8 @@ class ProcessSink:
         self._fallback = fallback
         self._capacity = capacity
         self._loop = asyncio.get_running_loop()
-        self._pending: deque[RequestRecord] = deque()  # not yet sent
-        self._unacked: deque[RequestRecord] = deque()  # sent, not yet counted back
+        self._pending: deque[bytes] = deque()  # encoded records not yet sent
+        self._unacked: deque[bytes] = deque()  # sent, not yet counted back
         self._proc: subprocess.Popen[bytes] | None = None
         self._transport: asyncio.Transport | None = None
         self._write_paused = False
@@ -91,7 +93,7 @@ class ProcessSink:
             self._fallback.spill_records([record])
             return
         pending = self._pending
-        pending.append(record)
+        pending.append(encode_record(record))
         if len(pending) >= _SHIP_BATCH:
             self._ship()
         elif self._timer is None:
@@ -126,7 +128,7 @@ class ProcessSink:
         self._pending.clear()
         if leftovers:
             log.warning("writer process did not confirm %d records; spilling them", len(leftovers))
-            self._fallback.spill_records(leftovers)
+            self._fallback.spill_records(_decoded(leftovers))
         if self._transport is not None:
             self._transport.abort()
         await asyncio.to_thread(self._reap, 1.0)
@@ -206,7 +208,7 @@ class ProcessSink:
             # The process is not reading; try again shortly (the capacity check spills).
             self._timer = self._loop.call_later(_SHIP_SECONDS, self._ship)
             return
-        self._transport.write(b"".join([encode_record(r) for r in pending]))
+        self._transport.write(b"".join(pending))
         self._unacked.extend(pending)
         pending.clear()
 
@@ -229,7 +231,11 @@ class ProcessSink:
         if over <= 0 or not self._pending:
             return
         spill = [self._pending.popleft() for _ in range(min(over, len(self._pending)))]
-        self._fallback.spill_records(spill, queue_full=True)
+        self._fallback.spill_records(_decoded(spill), queue_full=True)
+
+
+def _decoded(lines: list[bytes]) -> list[RequestRecord]:
+    return [decode_record(line) for line in lines]
 
 
 class _Link(asyncio.Protocol):
