@@ -153,3 +153,15 @@ def test_plain_json_message_and_error() -> None:
     err.feed_json(b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}')
     err.finish_json()
     assert err.error_type == "rate_limit_error" and err.error_message == "slow down"
+
+
+def test_marker_words_inside_content_are_not_events() -> None:
+    # Text that mentions the event names sits in a content delta's JSON: it is cut out and
+    # looked at (it holds a marker) but is no error, no stop and no usage.
+    text = {"type": "text_delta", "text": "event: error message_stop message_delta usage"}
+    noisy = ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": text})
+    at = STREAM.index(b"event: content_block_stop")
+    for stream in (STREAM[:at] + noisy * 20 + STREAM[at:], noisy + STREAM):
+        obs = ResponseObserver()
+        obs.feed_sse(stream)
+        check_full(obs)

@@ -126,14 +126,19 @@ class ResponseObserver:
         if last < 0:
             self._buf = data
         else:
-            # Fast path: most chunks hold only content deltas and pings, which carry
-            # nothing we record; split and parse only when an interesting name is present.
-            if any(m in data[:last] for m in _MARKERS):
-                start = 0
-                while start <= last:
-                    end = data.find(b"\n\n", start)
-                    self._event(data[start:end])
-                    start = end + 2
+            # Fast path: most events are content deltas and pings, which carry nothing we
+            # record. Only the events around a marker are cut out and parsed, in order, so
+            # a chunk of many coalesced deltas costs a few find() calls.
+            blocks: set[tuple[int, int]] = set()
+            for marker in _MARKERS:
+                at = data.find(marker, 0, last)
+                while at >= 0:
+                    start = data.rfind(b"\n\n", 0, at) + 2  # 1 when none: see below
+                    end = data.find(b"\n\n", at, last + 2)
+                    blocks.add((start if start > 1 else 0, end))
+                    at = data.find(marker, end, last)
+            for start, end in sorted(blocks):
+                self._event(data[start:end])
             self._buf = data[last + 2 :]
         if len(self._buf) > _MAX_EVENT_BYTES:
             self.gave_up = True
