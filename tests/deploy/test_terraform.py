@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -158,16 +159,24 @@ def _scratch_env(cli_config: Path) -> dict[str, str]:
 
 def _pipeline(tf: Terraform, pool: ThreadPoolExecutor) -> None:
     """init the root first (it fills the plugin cache the others link from), then all the
-    rest in parallel. Each result is the list of commands run, stopping at a failure."""
+    rest in parallel, except that inits take turns: Terraform's plugin cache is not safe
+    for concurrent inits (one module's provider link once vanished under another's init:
+    "fork/exec .terraform/providers/...: no such file or directory"). Each result is the
+    list of commands run, stopping at a failure."""
     init = ["init", "-backend=false", "-input=false", "-no-color"]
     validate = ["validate", "-json", "-no-color"]
+    one_init_at_a_time = threading.Lock()
 
     def chain(where: Path, *commands: list[str], before: tuple[Run, ...] = ()) -> list[Run]:
         runs = list(before)
         for args in commands:
             if runs and runs[-1].returncode != 0:
                 break
-            runs.append(tf.run(args, where))
+            if args[0] == "init":
+                with one_init_at_a_time:
+                    runs.append(tf.run(args, where))
+            else:
+                runs.append(tf.run(args, where))
         return runs
 
     root_init = tf.run(init, PRODUCTION)
