@@ -17,6 +17,11 @@ outside world down. Every request must still land as a row by the end (checked).
 run reports CPU per request three ways: the worker alone, the writer process, and
 PostgreSQL. Stream rounds alternate between the two proxies, as the wrk slices do.
 
+A control follows: the log-off proxy alone, then with a CPU burner at nice 19 on the side
+core, in alternating slices. Its ratio is what any work beside the load generator costs
+the proxy on this machine, and so how much of the on/off gap is the shared core rather
+than the log's own work in the worker.
+
     .venv/bin/python bench/request_log.py [--pg postgresql://postgres@127.0.0.1:5432/test]
 """
 
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -70,6 +76,37 @@ def _wait_stable(url: str, timeout: float = 60.0) -> None:
 def _renice(pid: int, nice: int) -> None:
     with contextlib.suppress(OSError):  # gone, or not ours to change: measured as it is
         os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
+def _side_core_control(url: str, script: Path, slices: int, seconds: float) -> dict[str, float]:
+    """The log-off proxy alone, with and without a CPU burner at nice 19 on the side core.
+
+    What any work beside the load generator costs the proxy on this machine, whatever its
+    priority: the log-on proxy's writer process and PostgreSQL are such work, and in
+    production they would not share a core with wrk and the emulator."""
+    burner_code = "import hashlib\nx = b'a' * 65536\nwhile True: hashlib.sha256(x).digest()"
+    rps: dict[str, list[float]] = {"alone": [], "burner": []}
+    for _ in range(slices):
+        for arm in ("alone", "burner"):
+            burner = None
+            if arm == "burner":
+                burner = subprocess.Popen(
+                    [sys.executable, "-c", burner_code], preexec_fn=procs.preexec(SIDE_CORES)
+                )
+                _renice(burner.pid, 19)
+            try:
+                w = run_wrk(url, script, concurrency=50, seconds=seconds, cores=SIDE_CORES)
+            finally:
+                if burner is not None:
+                    burner.kill()
+                    burner.wait()
+            rps[arm].append(w.requests / w.seconds)
+    alone, burned = sum(rps["alone"]), sum(rps["burner"])
+    return {
+        "rps_alone": round(alone / slices, 1),
+        "rps_with_burner": round(burned / slices, 1),
+        "throughput_with_burner_over_alone": round(burned / alone, 3),
+    }
 
 
 def main() -> None:
@@ -128,6 +165,7 @@ def main() -> None:
         # Let the writer catch up with the wrk backlog first: the stream test measures the
         # steady state, not the last second of a 30k-row burst being written.
         _wait_stable(url)
+        control = _side_core_control(off.url, script, args.slices, args.seconds)
         rounds: dict[str, list[streams.Round]] = {"on": [], "off": []}
         for _ in range(args.stream_rounds):
             for name, p in (("on", on), ("off", off)):
@@ -169,6 +207,7 @@ def main() -> None:
         ratio = res["on"]["rps"] / res["off"]["rps"]
         out = {
             "throughput_on_over_off": round(ratio, 3),
+            "side_core_control": control,
             "ttfb_p99_delta_ms": round(res["on"]["ttfb_p99_ms"] - res["off"]["ttfb_p99_ms"], 2),
             **{f"log_{k}": v for k, v in res.items()},
         }
