@@ -259,3 +259,31 @@ async def test_connection_close_is_honoured(serve: Serve) -> None:
     await peer.send(b"GET /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
     raw = await peer.eof()
     assert b"connection: close" in raw and raw.endswith(b"hello")
+
+
+async def test_oversized_request_headers_get_431_and_the_connection_closes(
+    serve: Serve,
+) -> None:
+    called = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        called.append(scope["path"])
+        await plain()(scope, receive, send)
+
+    _, _, peer = await serve(app)
+    big = b"x-filler: " + b"a" * 8000 + b"\r\n"
+    await peer.send(b"GET /x HTTP/1.1\r\nhost: t\r\n" + big * 9 + b"\r\n")  # ~72 KB of headers
+    raw = await peer.eof()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 431 ")
+    err = orjson.loads(body)
+    assert err["error"]["type"] == "invalid_request_error" and "65536" in err["error"]["message"]
+    assert called == []  # the app never saw it
+
+
+async def test_headers_just_under_the_limit_are_served(serve: Serve) -> None:
+    _, _, peer = await serve(plain())
+    big = b"x-filler: " + b"a" * 8000 + b"\r\n"
+    await peer.send(b"GET /x HTTP/1.1\r\nhost: t\r\n" + big * 7 + b"\r\n")  # ~56 KB
+    assert (await peer.until(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+    assert await peer.exactly(5) == b"hello"

@@ -46,6 +46,9 @@ TELEMETRY_STATE_KEY = "claude_proxy.telemetry"
 DISCONNECT_EXTENSION = "claude_proxy.disconnect"
 
 CLIENT_WRITE_HIGH_WATER = 4 * 1024
+# The request line and headers together (the ALB allows 64 KB too): httptools sets no
+# limit, so without this a client could grow one request's headers without bound.
+MAX_HEAD_BYTES = 64 * 1024
 _BODY_HIGH_WATER = 64 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -103,6 +106,7 @@ class ClientProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_continue = False
+        self.head_budget = MAX_HEAD_BYTES
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -127,7 +131,10 @@ class ClientProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass  # no upgrades (WebSocket) here: the request was answered as plain HTTP
         except httptools.HttpParserError:
-            self._bad_request()
+            if self.head_budget < 0:
+                self._bad_request(431, f"Request headers exceed {MAX_HEAD_BYTES} bytes.")
+            else:
+                self._bad_request(400, "Invalid HTTP request received.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
@@ -172,11 +179,18 @@ class ClientProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.expect_continue = False
+        self.head_budget = MAX_HEAD_BYTES
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_budget -= len(url)
+        if self.head_budget < 0:
+            raise ValueError("request head too large")  # feed_data raises a parser error
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_budget -= len(name) + len(value) + 4
+        if self.head_budget < 0:
+            raise ValueError("request head too large")
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
@@ -304,15 +318,16 @@ class ClientProtocol(asyncio.Protocol):
             if not w.done():
                 w.set_result(None)
 
-    def _bad_request(self) -> None:
-        """Unparseable HTTP: an Anthropic-shaped 400, and the connection is closed."""
+    def _bad_request(self, status: int, message: str) -> None:
+        """Unparseable or oversized HTTP: an Anthropic-shaped error, and the connection is
+        closed (nothing after it on this connection can be trusted to be a request)."""
         rid = new_request_id()
-        log.warning("invalid HTTP request received request_id=%s", rid)
-        body = error_body("invalid_request_error", "Invalid HTTP request received.", rid)
+        log.warning("%s request_id=%s", message, rid)
+        body = error_body("invalid_request_error", message, rid)
         if self.transport is None or self.transport.is_closing():
             return
         if self.active is None or self.active.complete:  # not in the middle of a response
-            self.transport.write(_error_response(400, body, rid))
+            self.transport.write(_error_response(status, body, rid))
         self.transport.close()
 
 
