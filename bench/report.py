@@ -182,6 +182,15 @@ def _measure_rows(r: dict[str, Any]) -> list[list[str]]:
         add(
             f"{label} streams: other programs' CPU (cores)", sec, ("cpu_util", "others"), "", "none"
         )
+        if key == "500":  # the unmeasured first round, upstream pool cold: reported apart
+            add(f"{label} cold round: events/s", sec, ("cold_round", "events_per_s"), "", "ratio")
+            add(
+                f"{label} cold round: first event p99",
+                sec,
+                ("cold_round", "first_event_p99_ms"),
+                "ms",
+                "added",
+            )
     slow = mem.get("slow_readers") or {}
     for label, value in (
         ("proxy RSS: idle after start", mem.get("idle_mb")),
