@@ -134,6 +134,7 @@ class ProxyApp:
                 )
         # Point-in-time values are set at scrape time: nothing to do on the request path.
         m = c.metrics
+        c.telemetry.publish_gauges()
         m.circuit_state.set(CIRCUIT_STATES.get(c.breaker.state, 0))
         if c.sink is not None:
             depth = c.sink.stats()
@@ -281,7 +282,9 @@ class ProxyApp:
             st.max_body_bytes,
             body_cap,
         )
-        background: list[asyncio.Task[None]] = []
+        background: list[asyncio.Task[None]] = [
+            asyncio.get_running_loop().create_task(telemetry.publish_every(1.0))
+        ]
         if st.emf_enabled:
             from claude_proxy.emf import EmfReporter
 

@@ -8,6 +8,7 @@ worker adds its reports to Prometheus (metrics.ProxyMetrics.apply_report).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -36,25 +37,33 @@ class Telemetry:
         self.metrics = metrics
         self.tracing = tracing
 
+    # Streams and connections open and close on the hot path: only the plain integers move
+    # there. The Prometheus gauges (shared-memory values) are set from them once a second
+    # and at each scrape, which saved four shared-memory writes per stream.
+
     def stream_started(self) -> None:
         self.live.active_streams += 1
-        if self.metrics is not None:
-            self.metrics.active_streams.inc()
 
     def stream_ended(self) -> None:
         self.live.active_streams -= 1
-        if self.metrics is not None:
-            self.metrics.active_streams.dec()
 
     def connection_opened(self) -> None:
         self.live.active_connections += 1
-        if self.metrics is not None:
-            self.metrics.active_connections.inc()
 
     def connection_closed(self) -> None:
         self.live.active_connections -= 1
+
+    def publish_gauges(self) -> None:
         if self.metrics is not None:
-            self.metrics.active_connections.dec()
+            self.metrics.active_streams.set(self.live.active_streams)
+            self.metrics.active_connections.set(self.live.active_connections)
+
+    async def publish_every(self, seconds: float) -> None:
+        """Keep this process's gauges at most `seconds` old (another worker may be the one
+        /metrics is scraped from)."""
+        while True:
+            self.publish_gauges()
+            await asyncio.sleep(seconds)
 
     def upstream_error(self, kind: str) -> None:
         """connect_error, timeout, status_5xx, overloaded, stream_error or circuit_open."""

@@ -146,9 +146,18 @@ def test_active_streams_and_connections_are_live(two_workers: str) -> None:
         for line in lines:
             if line.startswith("event: content_block_delta"):
                 break
-        text = scrape(url)
-        assert total(text, "claude_proxy_active_streams") == 1
-        assert total(text, "claude_proxy_active_connections") >= 2  # this and the scrape's
+
+        # The scrape may reach the other worker: each worker publishes its gauges at every
+        # scrape it serves and once a second, so the open stream shows within a second.
+        def live() -> bool:
+            text = scrape(url)
+            return (
+                total(text, "claude_proxy_active_streams") == 1
+                # this connection and the scrape's
+                and total(text, "claude_proxy_active_connections") >= 2
+            )
+
+        wait_until("the open stream to show", live, timeout=3.0)
         for _ in lines:
             pass
     wait_until("the stream to end", lambda: total(scrape(url), "claude_proxy_active_streams") == 0)
