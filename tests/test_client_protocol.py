@@ -46,35 +46,34 @@ class Peer:
     async def send(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
-    async def until(self, marker: bytes) -> bytes:
-        """Everything up to and including `marker`; the rest stays buffered."""
-        loop = asyncio.get_running_loop()
-        while marker not in self.buf:
-            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        i = self.buf.index(marker) + len(marker)
-        out, self.buf = self.buf[:i], self.buf[i:]
-        return out
+    async def _more(self) -> bytes:
+        """The next bytes from the server (b"" once it closed), at most 5 s away."""
+        chunk = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, 65536), 5)
+        self.buf += chunk
+        return chunk
 
-    async def exactly(self, n: int) -> bytes:
-        loop = asyncio.get_running_loop()
-        while len(self.buf) < n:
-            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
+    def _take(self, n: int) -> bytes:
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
+    async def until(self, marker: bytes) -> bytes:
+        """Everything up to and including `marker`; the rest stays buffered."""
+        while marker not in self.buf:
+            if not await self._more():
+                raise EOFError(self.buf)
+        return self._take(self.buf.index(marker) + len(marker))
+
+    async def exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not await self._more():
+                raise EOFError(self.buf)
+        return self._take(n)
+
     async def eof(self) -> bytes:
         """What arrives before the server closes the connection."""
-        loop = asyncio.get_running_loop()
-        while chunk := await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5):
-            self.buf += chunk
-        out, self.buf = self.buf, b""
-        return out
+        while await self._more():
+            pass
+        return self._take(len(self.buf))
 
 
 Serve = Callable[..., Awaitable[tuple[ClientProtocol, Recording, Peer]]]

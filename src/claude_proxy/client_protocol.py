@@ -36,7 +36,7 @@ from typing import Any, cast
 
 import httptools
 
-from claude_proxy.errors import error_body
+from claude_proxy.errors import error_body, error_headers
 from claude_proxy.records import new_request_id
 
 log = logging.getLogger("claude_proxy.server")
@@ -254,7 +254,6 @@ class ClientProtocol(asyncio.Protocol):
     def _start(self, ex: _Exchange) -> None:
         self.active = ex
         task = self.loop.create_task(self.app(ex.scope, ex.receive, ex.send))
-        ex.task = task
         self.server_state.tasks.add(task)
         task.add_done_callback(ex.app_finished)
 
@@ -350,7 +349,6 @@ class _Exchange:
         "remaining",
         "scope",
         "started",
-        "task",
         "waiter",
     )
 
@@ -362,7 +360,6 @@ class _Exchange:
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.scope: dict[str, Any] = {}
-        self.task: asyncio.Task[None] | None = None
         self.body = bytearray()
         self.more_body = True
         self.delivered = False  # the body's end was handed to the app
@@ -535,21 +532,14 @@ class _Exchange:
         """The app's task ended: make sure the client got a complete response."""
         proto = self.proto
         proto.server_state.tasks.discard(task)
-        if task.cancelled():
-            exc: BaseException | None = asyncio.CancelledError()
-        else:
-            exc = task.exception()
-        if self.complete or self.disconnected:
-            if exc is not None and not isinstance(exc, asyncio.CancelledError):
-                log.error("exception in the ASGI app after its response", exc_info=exc)
-            return
-        transport = proto.transport
-        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
             log.error("exception in the ASGI app", exc_info=exc)
-        if transport is None or transport.is_closing():
+        transport = proto.transport
+        if self.complete or self.disconnected or transport is None or transport.is_closing():
             return
         if not self.started:
-            if exc is None:
+            if exc is None and not task.cancelled():
                 log.error("the ASGI app returned without starting a response")
             rid = new_request_id()
             body = error_body("api_error", "Internal proxy error.", rid)
@@ -565,12 +555,10 @@ class _Exchange:
 
 
 def _error_response(status: int, body: bytes, request_id: str) -> bytes:
-    rid = request_id.encode()
-    return (
-        _STATUS_LINE[status]
-        + b"content-type: application/json\r\ncontent-length: %d\r\nrequest-id: %b\r\n"
-        b"x-claude-proxy-request-id: %b\r\nconnection: close\r\n\r\n" % (len(body), rid, rid) + body
-    )
+    """A whole error response, written straight to the transport (no app to send it)."""
+    headers = [*error_headers(body, request_id), (b"connection", b"close")]
+    lines = b"".join(b"%b: %b\r\n" % header for header in headers)
+    return _STATUS_LINE[status] + lines + b"\r\n" + body
 
 
 def _address(info: Any) -> tuple[str, int] | None:

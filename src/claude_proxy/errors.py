@@ -41,6 +41,17 @@ def sse_error_event(error_type: str, message: str, request_id: str) -> bytes:
     return b"event: error\ndata: " + error_body(error_type, message, request_id) + b"\n\n"
 
 
+def error_headers(body: bytes, request_id: str) -> list[tuple[bytes, bytes]]:
+    """The headers of every error response the proxy makes itself."""
+    rid = request_id.encode()
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"request-id", rid),
+        (b"x-claude-proxy-request-id", rid),
+    ]
+
+
 async def send_error(
     send: Send,
     error_type: str,
@@ -52,13 +63,7 @@ async def send_error(
 ) -> None:
     """Answer with a complete Anthropic-shaped JSON error response."""
     body = error_body(error_type, message, request_id)
-    rid = request_id.encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"request-id", rid),
-        (b"x-claude-proxy-request-id", rid),
-    ]
+    headers = error_headers(body, request_id)
     if extra_headers:
         headers.extend(extra_headers)
     await send(

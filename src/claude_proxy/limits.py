@@ -117,7 +117,7 @@ class Limiter:
             instance_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         )
         self._started_at = datetime.now(UTC)
-        self._own: dict[str, SlidingCounts] = {}  # [second, requests, tokens]
+        self._own: dict[str, SlidingCounts] = {}  # per key: requests, tokens
         self._dirty: set[tuple[str, int]] = set()
         self._others: dict[str, _Others] = {}
         self._instances = 1

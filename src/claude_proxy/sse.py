@@ -129,16 +129,15 @@ class ResponseObserver:
             # Fast path: most events are content deltas and pings, which carry nothing we
             # record. Only the events around a marker are cut out and parsed, in order, so
             # a chunk of many coalesced deltas costs a few find() calls.
-            blocks: set[tuple[int, int]] = set()
+            starts: set[int] = set()  # where each event holding a marker begins
             for marker in _MARKERS:
                 at = data.find(marker, 0, last)
                 while at >= 0:
-                    start = data.rfind(b"\n\n", 0, at) + 2  # 1 when none: see below
-                    end = data.find(b"\n\n", at, last + 2)
-                    blocks.add((start if start > 1 else 0, end))
-                    at = data.find(marker, end, last)
-            for start, end in sorted(blocks):
-                self._event(data[start:end])
+                    before = data.rfind(b"\n\n", 0, at)
+                    starts.add(0 if before < 0 else before + 2)
+                    at = data.find(marker, data.find(b"\n\n", at, last + 2), last)
+            for start in sorted(starts):
+                self._event(data[start : data.find(b"\n\n", start)])
             self._buf = data[last + 2 :]
         if len(self._buf) > _MAX_EVENT_BYTES:
             self.gave_up = True

@@ -4,9 +4,9 @@
 loop) and appends the line to a deque; every 50 ms (or every 256 records) the
 batch goes to the writer process in one write. Records wait here as encoded
 lines, not objects: bytes are not tracked by the garbage collector, so a
-thousand records in flight do not make its collections longer. The process counts back the
-records it has made safe (store/writer_process.py), and until then each one
-stays here, so nothing is lost when the process dies:
+thousand records in flight do not make its collections longer. The process
+counts back the records it has made safe (store/writer_process.py), and until
+then each one stays here, so nothing is lost when the process dies:
 
 - the writer process exits or is killed: a new one starts after a second and
   gets every record not yet counted (inserts are idempotent, so a record sent
