@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from claude_proxy.store.columns import spend_periods
+from claude_proxy.store.columns import current_period
 from claude_proxy.store.rows import dump_row, record_to_row
 from claude_proxy.store.schema import key_spend
 from claude_proxy.store.writer import LogWriter
@@ -39,7 +39,8 @@ def test_spend_counts_each_row_once_through_replays(
     for r in recs:
         w.submit(r)
     w.close_sync(10)
-    day, month, _ = spend_periods(record_to_row(recs[0], None)["created_at"])
+    created = record_to_row(recs[0], None)["created_at"]
+    day, month = current_period("day", created), current_period("month", created)
     expected = (PRICE * 7, 7)
     assert spend_of(db, key) == {day: expected, month: expected, "total": expected}
 

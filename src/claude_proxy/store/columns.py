@@ -53,6 +53,21 @@ ROW_COLUMNS: tuple[str, ...] = (
     "response_body",
 )
 
+# Each row column's PostgreSQL type, for COPY (store/inserts.py); text unless named here.
+# A test checks them against the migrated table.
+_PG_TYPES = {
+    "created_at": "timestamptz",
+    "stream": "bool",
+    "status_code": "int4",
+    **dict.fromkeys(TOKEN_COLUMNS, "int8"),
+    "cost_usd": "numeric",
+    "latency_ms": "float8",
+    "ttft_ms": "float8",
+    "client_disconnected": "bool",
+    "upstream_attempts": "int4",
+}
+COPY_TYPES: tuple[str, ...] = tuple(_PG_TYPES.get(name, "text") for name in ROW_COLUMNS)
+
 
 def money_text(value: Decimal) -> str:
     """Money as exact text with 8 places, never exponent notation ("0E-8")."""
@@ -67,8 +82,3 @@ def current_period(period: str, now: datetime | None = None) -> str:
     if period == "month":
         return "month:" + now.strftime("%Y-%m")
     return "total"
-
-
-def spend_periods(created_at: datetime) -> tuple[str, str, str]:
-    """Every `key_spend.period` a request made at `created_at` adds to."""
-    return (current_period("day", created_at), current_period("month", created_at), "total")

@@ -26,16 +26,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from claude_proxy.observability import FIELDS
 from claude_proxy.records import RequestRecord
-from claude_proxy.store.columns import ROW_COLUMNS, money_text, spend_periods
+from claude_proxy.store.inserts import BatchInserter, why
 from claude_proxy.store.rows import Row, dump_row, record_to_row
 from claude_proxy.store.spill import ClaimedFile, SpillFile, append_rejected, claim, spill_files
 from claude_proxy.store.writer_db import WriterDatabase
@@ -100,7 +97,7 @@ class LogWriter:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._rescan_interval = rescan_interval
-        self._statement_timeout_ms = int(statement_timeout * 1000)
+        self._inserter = BatchInserter(db, statement_timeout)
         self._spill = SpillFile(self.spill_dir)
 
         self._thread: threading.Thread | None = None
@@ -355,41 +352,24 @@ class LogWriter:
         tried one by one and the refused ones set aside in rejected-<pid>.jsonl.
         """
         try:
-            return self._execute(rows)
+            return self._inserter.insert(rows)
         except Exception as exc:
             if not self.db.is_data_error(exc):
                 raise
         new = 0
         for row in rows:
             try:
-                new += self._execute([row])
+                new += self._inserter.insert([row])
             except Exception as exc:
                 if not self.db.is_data_error(exc):
                     raise
                 self._reject(row, exc)
         return new
 
-    def _execute(self, rows: list[Row]) -> int:
-        """Insert the rows and add the new ones' cost to `key_spend`, in one transaction:
-        spend is then exactly the sum over the log, however often a row is replayed."""
-        if self.db.is_pg:
-            # The whole batch as one json parameter, serialised by orjson (C).
-            batch = orjson.dumps(rows, default=_json_default).decode()
-            return int(self.db.run(lambda cur: self._pg_execute(cur, batch)))
-        values = [_sqlite_values(row) for row in rows]
-        return int(self.db.run(lambda cur: _sqlite_execute(cur, rows, values)))
-
-    def _pg_execute(self, cur: Any, batch: str) -> int:
-        # Bound a hung statement; SET LOCAL is safe behind a transaction pooler.
-        cur.execute(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}")
-        cur.execute(_PG_INSERT, (batch,))
-        (new,) = cur.fetchone()
-        return int(new)
-
     def _reject(self, row: Row, exc: BaseException) -> None:
         try:
             path = append_rejected(self.spill_dir, dump_row(row))
-            log.error("database refused record %s (%s); kept in %s", row["id"], _why(exc), path)
+            log.error("database refused record %s (%s); kept in %s", row["id"], why(exc), path)
             self._bump(rejected=1)
         except OSError as err:
             self._last_resort([row], err)
@@ -404,7 +384,7 @@ class LogWriter:
         self._retry_at = time.monotonic() + self._backoff
         log.warning(
             "spill: database write failed (%s); records go to the spill file, retry in %.1fs",
-            _why(exc),
+            why(exc),
             self._backoff,
         )
 
@@ -511,109 +491,3 @@ class LogWriter:
 
 class _Interrupted(Exception):
     """Shutdown began during a replay: the queue comes first, the file waits."""
-
-
-_SQLITE_INSERT = (
-    f"INSERT INTO request_logs ({', '.join(ROW_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in ROW_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
-)
-
-
-def _sqlite_execute(cur: Any, rows: list[Row], values: list[tuple[object, ...]]) -> int:
-    ids = tuple(row["id"] for row in rows)
-    marks = ", ".join("?" for _ in ids)
-    present = {r[0] for r in cur.execute(f"SELECT id FROM request_logs WHERE id IN ({marks})", ids)}
-    cur.executemany(_SQLITE_INSERT, values)
-    inserted: int = cur.rowcount  # executemany's rowcount counts only the new rows
-    spend = _spend_rows(rows, present)
-    if spend:
-        cur.executemany(_SQLITE_SPEND, spend)
-    return inserted
-
-
-def _sqlite_values(row: Row) -> tuple[object, ...]:
-    """A row as SQLite stores it (what UTCDateTime and Money do on this dialect)."""
-    out: list[object] = []
-    for name in ROW_COLUMNS:
-        value = row[name]
-        if name == "created_at":
-            value = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-        elif name == "cost_usd" and value is not None:
-            value = float(value)
-        out.append(value)
-    return tuple(out)
-
-
-_SQLITE_SPEND = (
-    "INSERT INTO key_spend (key_id, period, cost_usd, requests) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (key_id, period) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd, "
-    "requests = requests + excluded.requests"
-)
-
-
-def _spend_rows(rows: list[Row], present: set[str]) -> list[tuple[str, str, float, int]]:
-    """(key_id, period, cost, requests) summed over the rows that are new to the table."""
-    totals: dict[tuple[str, str], list[float]] = {}
-    seen = set(present)
-    for row in rows:
-        key_id = row["key_id"]
-        if key_id is None or row["id"] in seen:
-            continue
-        seen.add(row["id"])
-        cost = float(row["cost_usd"] or 0)
-        for period in spend_periods(row["created_at"]):
-            t = totals.setdefault((key_id, period), [0.0, 0])
-            t[0] += cost
-            t[1] += 1
-    return [(k, p, c, int(n)) for (k, p), (c, n) in sorted(totals.items())]
-
-
-def _pg_json_insert() -> str:
-    """INSERT ... SELECT FROM json_populate_recordset(%s) ON CONFLICT (id) DO NOTHING,
-    and the new rows' cost added to key_spend by day, month and in total.
-
-    The whole batch travels as ONE json parameter, serialised by orjson (C). A
-    multi-row VALUES list (SQLAlchemy's insertmanyvalues) makes psycopg parse ~15,000
-    placeholders in Python per 500-row batch (~400 ms of CPU, GIL held); one array
-    per column (unnest) still has psycopg dump every value in Python (~50 µs a row).
-    Here PostgreSQL does the parsing, and the writer's cost per row is a few µs.
-    The column list leaves `logged_at` to its server default. Spend comes from
-    RETURNING, i.e. only from rows this statement inserted, so a replayed row never
-    counts twice; key_spend rows are updated in key order, so two writers cannot
-    deadlock. The statement's one result is the number of new rows.
-    """
-    names = ", ".join(ROW_COLUMNS)
-    day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-    month = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')"
-    return (
-        f"WITH ins AS (INSERT INTO request_logs ({names}) SELECT {names} "
-        "FROM json_populate_recordset(NULL::request_logs, %s::json) "
-        "ON CONFLICT (id) DO NOTHING RETURNING key_id, cost_usd, created_at), "
-        "spend AS (INSERT INTO key_spend (key_id, period, cost_usd, requests) "
-        "SELECT key_id, p.period, coalesce(sum(cost_usd), 0), count(*) FROM ins "
-        f"CROSS JOIN LATERAL (VALUES ('day:' || {day}), ('month:' || {month}), ('total')) "
-        "AS p(period) WHERE key_id IS NOT NULL GROUP BY key_id, p.period "
-        "ORDER BY key_id, p.period "
-        "ON CONFLICT (key_id, period) DO UPDATE SET "
-        "cost_usd = key_spend.cost_usd + EXCLUDED.cost_usd, "
-        "requests = key_spend.requests + EXCLUDED.requests) "
-        "SELECT count(*) FROM ins"
-    )
-
-
-# The idempotent insert, spelled for speed on each dialect (_SQLITE_INSERT above).
-_PG_INSERT = _pg_json_insert()
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Decimal):
-        return money_text(value)  # exact: numeric(18,8) parses the text, no float on the way
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def _why(exc: BaseException) -> str:
-    """A one-line reason without SQL, parameters or the failing row (they hold request data):
-    for a PostgreSQL error only its primary message, not DETAIL's "Failing row contains"."""
-    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
-    msg = " ".join((primary or str(exc)).split())
-    return f"{type(exc).__name__}: {msg[:300]}"
