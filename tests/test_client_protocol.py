@@ -286,3 +286,78 @@ async def test_headers_just_under_the_limit_are_served(serve: Serve) -> None:
     await peer.send(b"GET /x HTTP/1.1\r\nhost: t\r\n" + big * 7 + b"\r\n")  # ~56 KB
     assert (await peer.until(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
     assert await peer.exactly(5) == b"hello"
+
+
+def timed_out(raw: bytes, what: str) -> None:
+    """`raw` is the whole connection: one Anthropic-shaped 408, then the server closed."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 408 ") and b"request-id: cpr_" in head
+    err = orjson.loads(body)["error"]
+    assert err["type"] == "timeout_error" and what in err["message"]
+
+
+async def test_a_request_head_left_unfinished_gets_408(serve: Serve) -> None:
+    proto, _, peer = await serve(plain(), keep_alive=30)
+    proto.head_timeout = 0.2
+    await peer.send(b"GET /x HTTP/1.1\r\nhost: t\r\n")  # no blank line: the head never ends
+    timed_out(await peer.eof(), "request headers")
+
+
+async def test_a_request_head_trickling_in_still_gets_408_in_time(serve: Serve) -> None:
+    """The head timeout runs from its first byte: new bytes do not extend it."""
+    proto, _, peer = await serve(plain(), keep_alive=30)
+    proto.head_timeout = 0.3
+
+    async def trickle() -> None:
+        for byte in b"GET /x HTTP/1.1\r\nhost: t\r\nx-pad: " + b"a" * 1000:
+            await peer.send(bytes([byte]))
+            await asyncio.sleep(0.02)  # a client sending one byte every 20 ms
+
+    sender = asyncio.create_task(trickle())
+    try:
+        timed_out(await peer.eof(), "request headers")
+        assert not sender.done()  # cut off while it was still sending
+    finally:
+        sender.cancel()
+
+
+async def test_a_stalled_request_body_gets_408_and_the_app_sees_the_client_gone(
+    serve: Serve,
+) -> None:
+    got: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            got.append(await receive())
+            if got[-1]["type"] == "http.disconnect" or not got[-1]["more_body"]:
+                break
+        await plain()(scope, receive, send)  # dropped: the connection is gone
+
+    proto, _, peer = await serve(app, keep_alive=30)
+    proto.body_timeout = 0.2
+    await peer.send(b"POST /v1/messages HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nabc")
+    timed_out(await peer.eof(), "request body")
+    assert [m["type"] for m in got] == ["http.request", "http.disconnect"]
+    assert got[0]["body"] == b"abc"
+
+
+async def test_a_slow_body_that_keeps_coming_is_served(serve: Serve) -> None:
+    """The body timeout counts from the last bytes, not from the start."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg["body"]
+            if not msg["more_body"]:
+                break
+        await plain(body)(scope, receive, send)
+
+    proto, _, peer = await serve(app, keep_alive=30)
+    proto.body_timeout = 0.25
+    await peer.send(b"POST /v1/messages HTTP/1.1\r\nhost: t\r\ncontent-length: 6\r\n\r\n")
+    for part in (b"ab", b"cd", b"ef"):  # 0.3 s in all, never 0.25 s without bytes
+        await asyncio.sleep(0.1)
+        await peer.send(part)
+    await peer.until(b"\r\n\r\n")
+    assert await peer.exactly(6) == b"abcdef"

@@ -44,11 +44,21 @@ log = logging.getLogger("claude_proxy.server")
 TELEMETRY_STATE_KEY = "claude_proxy.telemetry"
 # The ASGI extension through which the app learns that the client left (see module doc).
 DISCONNECT_EXTENSION = "claude_proxy.disconnect"
+# Where in the scope an app may put its id for the request: an error this protocol answers
+# for it (a body that stopped coming) then carries the id the app logs it under.
+REQUEST_ID_SCOPE_KEY = "claude_proxy.request_id"
 
 CLIENT_WRITE_HIGH_WATER = 4 * 1024
 # The request line and headers together (the ALB allows 64 KB too): httptools sets no
 # limit, so without this a client could grow one request's headers without bound.
 MAX_HEAD_BYTES = 64 * 1024
+# The defaults of how long a client may take to send a whole request head once it began
+# one, and to go on with a body the app is waiting for (since its last bytes): nginx's
+# client_header_timeout and client_body_timeout. Past either the request gets a 408 and
+# the connection closes, so a stalled or trickling client cannot hold a connection and a
+# task forever. The server sets them from the settings (ClientProtocol.with_timeouts).
+HEAD_TIMEOUT_SECONDS = 30.0
+BODY_TIMEOUT_SECONDS = 60.0
 _BODY_HIGH_WATER = 64 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -68,6 +78,14 @@ _STATUS_LINE = {status: _status_line(status) for status in range(100, 600)}
 
 class ClientProtocol(asyncio.Protocol):
     """One client connection. Constructed by uvicorn.Server with its config and state."""
+
+    head_timeout = HEAD_TIMEOUT_SECONDS
+    body_timeout = BODY_TIMEOUT_SECONDS
+
+    @classmethod
+    def with_timeouts(cls, head: float, body: float) -> type[ClientProtocol]:
+        """This protocol with other client timeouts (uvicorn.Config takes a class)."""
+        return type(cls.__name__, (cls,), {"head_timeout": head, "body_timeout": body})
 
     def __init__(
         self,
@@ -101,7 +119,11 @@ class ClientProtocol(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.writable: asyncio.Future[None] | None = None
+        # While the connection waits on the client: since when, for how long at most, and
+        # the 408's message once that is over (None: idle between requests, closed quietly).
         self.idle_since: float | None = None
+        self.wait_limit = self.keep_alive_seconds
+        self.wait_error: str | None = None
         self.keep_alive_timer: asyncio.TimerHandle | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -125,7 +147,9 @@ class ClientProtocol(asyncio.Protocol):
         self._went_idle()
 
     def data_received(self, data: bytes) -> None:
-        self.idle_since = None
+        if not self.mid_message and self.wait_error is None:
+            # The first bytes of a request head (it is cleared once the head is whole).
+            self._wait_for_client(self.head_timeout, "Timed out reading the request headers.")
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -197,6 +221,7 @@ class ClientProtocol(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._stop_waiting()
         parser = self.parser
         http_version = parser.get_http_version()
         url = httptools.parse_url(self.url)
@@ -274,26 +299,43 @@ class ClientProtocol(asyncio.Protocol):
             self._went_idle()
 
     def _went_idle(self) -> None:
-        """Close the connection once it has been idle for the keep-alive timeout.
+        """Close the connection once it has been idle for the keep-alive timeout."""
+        self._wait_for_client(self.keep_alive_seconds, None)
 
-        One timer per connection, re-armed only when it fires early, instead of one
-        armed and cancelled per request."""
-        self.idle_since = self.loop.time()
-        if self.keep_alive_timer is None:
-            self.keep_alive_timer = self.loop.call_later(
-                self.keep_alive_seconds, self._keep_alive_check
-            )
+    def _wait_for_client(self, limit: float, error: str | None) -> None:
+        """Start the clock on the client: `limit` seconds from now, then `_timed_out`.
 
-    def _keep_alive_check(self) -> None:
+        One timer per connection, re-armed only when it fires early (or would fire too
+        late), instead of one armed and cancelled per request."""
+        now = self.loop.time()
+        self.idle_since = now
+        self.wait_limit = limit
+        self.wait_error = error
+        timer = self.keep_alive_timer
+        if timer is not None and timer.when() > now + limit:
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self.keep_alive_timer = self.loop.call_later(limit, self._timer_fired)
+
+    def _stop_waiting(self) -> None:
+        self.idle_since = None
+        self.wait_error = None
+
+    def _timer_fired(self) -> None:
         self.keep_alive_timer = None
         since = self.idle_since
         if since is None or self.transport is None or self.transport.is_closing():
             return  # busy: the end of the current response re-arms it
-        left = since + self.keep_alive_seconds - self.loop.time()
-        if left <= 0:
+        if self.read_paused:  # the proxy stopped reading, not the client
+            since = self.idle_since = self.loop.time()
+        left = since + self.wait_limit - self.loop.time()
+        if left > 0:
+            self.keep_alive_timer = self.loop.call_later(left, self._timer_fired)
+        elif self.wait_error is None:
             self.transport.close()
         else:
-            self.keep_alive_timer = self.loop.call_later(left, self._keep_alive_check)
+            self._bad_request(408, self.wait_error, "timeout_error")
 
     def _pause_reading(self) -> None:
         if not self.read_paused and self.transport is not None:
@@ -317,16 +359,24 @@ class ClientProtocol(asyncio.Protocol):
             if not w.done():
                 w.set_result(None)
 
-    def _bad_request(self, status: int, message: str) -> None:
-        """Unparseable or oversized HTTP: an Anthropic-shaped error, and the connection is
-        closed (nothing after it on this connection can be trusted to be a request)."""
-        rid = new_request_id()
+    def _bad_request(
+        self, status: int, message: str, error_type: str = "invalid_request_error"
+    ) -> None:
+        """Unparseable, oversized or stalled HTTP: an Anthropic-shaped error, and the
+        connection is closed (nothing after it on this connection can be trusted to be a
+        request). An app still waiting for this request's body sees the client gone."""
+        active = self.active
+        answer = active is None or active.complete or not active.started  # not mid-response
+        rid = active.scope.get(REQUEST_ID_SCOPE_KEY) if active is not None and answer else None
+        rid = rid or new_request_id()
         log.warning("%s request_id=%s", message, rid)
-        body = error_body("invalid_request_error", message, rid)
+        body = error_body(error_type, message, rid)
         if self.transport is None or self.transport.is_closing():
             return
-        if self.active is None or self.active.complete:  # not in the middle of a response
+        if answer:
             self.transport.write(_error_response(status, body, rid))
+        if active is not None:
+            active.client_gone()  # before the app could write a second response
         self.transport.close()
 
 
@@ -391,13 +441,17 @@ class _Exchange:
                 else:
                     self.delivered = True
                 return {"type": "http.request", "body": body, "more_body": more}
-            if self.more_body and proto.parsing is self:
+            waiting_on_body = self.more_body and proto.parsing is self
+            if waiting_on_body:
                 proto._resume_reading()
+                proto._wait_for_client(proto.body_timeout, "Timed out reading the request body.")
             self.waiter = proto.loop.create_future()
             try:
                 await self.waiter
             finally:
                 self.waiter = None
+                if waiting_on_body:
+                    proto._stop_waiting()
         return {"type": "http.disconnect"}
 
     def on_disconnect(self, callback: Callable[[], None]) -> None:

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     # Idle keep-alive towards clients. Must exceed the load balancer's idle timeout
     # (ALB: 300 s here), or the ALB reuses closed connections and answers 502.
     keepalive_seconds: int = 310
+    # A client's request head must be whole this long after its first byte, and a body the
+    # relay waits for must not stop for longer (nginx's client_header/body_timeout): 408.
+    client_header_timeout_seconds: float = Field(default=30.0, gt=0)
+    client_body_timeout_seconds: float = Field(default=60.0, gt=0)
     # Addresses whose X-Forwarded-For/-Proto are trusted (the ALB's subnets, e.g. "10.0.0.0/16"
     # or "*" inside a VPC where only the ALB can reach the task). Empty: headers ignored.
     forwarded_allow_ips: str = ""

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from claude_proxy.auth import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
-from claude_proxy.client_protocol import DISCONNECT_EXTENSION
+from claude_proxy.client_protocol import DISCONNECT_EXTENSION, REQUEST_ID_SCOPE_KEY
 from claude_proxy.dispatch import Dispatcher, Failed
 from claude_proxy.drain import Drain
 from claude_proxy.errors import STATUS_FOR_TYPE, send_error, sse_error_event
@@ -101,6 +101,7 @@ class Relay:
             endpoint=endpoint_label(path),
             client_ip=client[0] if client else None,
         )
+        scope[REQUEST_ID_SCOPE_KEY] = record.id
         tracing = self.telemetry.tracing
         span = tracing.start_request(record, scope["headers"]) if tracing is not None else None
         try:

@@ -77,7 +77,9 @@ def run_worker(sock: socket.socket) -> None:
     config = uvicorn.Config(
         create_app(settings, drain),
         loop="uvloop",
-        http=ClientProtocol,
+        http=ClientProtocol.with_timeouts(
+            settings.client_header_timeout_seconds, settings.client_body_timeout_seconds
+        ),
         lifespan="on",
         access_log=False,
         server_header=False,

@@ -4,12 +4,19 @@ holds a few KB per stream, not the whole response, and the upstream is made to w
 from __future__ import annotations
 
 import socket
+import tempfile
+import time
 import urllib.error
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import Engine, select
 
-from tests.conftest import PROXY_KEY, Emulator, Proxy
+from claude_proxy.store.engine import make_engine
+from claude_proxy.store.schema import request_logs
+from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -18,6 +25,18 @@ READERS = 10
 # the way (a few MB) can hold, and 230 MB in all if the proxy buffered it.
 EVENTS, TEXT_BYTES = 20_000, 1000
 FAULT = f"events={EVENTS} text-bytes={TEXT_BYTES}"
+
+
+def rows_of(engine: Engine, request_id: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """The request's rows, once there is one (re-checked: the database cannot notify)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            stmt = select(request_logs).where(request_logs.c.id == request_id)
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
 
 
 def rss_mb(pid: int) -> float:
@@ -91,3 +110,43 @@ def test_slow_readers_hold_the_upstream_back_and_memory_stays_bounded(
     finally:
         for sock, _ in streams:
             sock.close()
+
+
+def test_a_request_body_that_stops_coming_gets_408_and_one_row(emulator: Emulator) -> None:
+    """A client that sends part of a body and then nothing: the proxy answers 408 after
+    CLAUDE_PROXY_CLIENT_BODY_TIMEOUT_SECONDS, under the id its row is logged with."""
+    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-slow-sender-"))
+    px = start_proxy(
+        emulator.url,
+        {
+            "CLAUDE_PROXY_CLIENT_BODY_TIMEOUT_SECONDS": "0.3",
+            "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.1",
+        },
+        tmp,
+    )
+    try:
+        host, port = px.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/messages HTTP/1.1\r\nhost: t\r\nx-api-key: "
+                + PROXY_KEY.encode()
+                + b"\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+                b'content-length: 500\r\n\r\n{"model": "claude-haiku-4-5"'
+            )
+            sock.settimeout(10)
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        head, body = raw.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 408 ")
+        err = orjson.loads(body)
+        assert err["error"]["type"] == "timeout_error"
+        engine = make_engine(px.env["DATABASE_URL"])
+        try:
+            rows = rows_of(engine, err["request_id"])
+        finally:
+            engine.dispose()
+        assert rows[0]["client_disconnected"] is True
+        assert rows[0]["upstream_attempts"] == 0  # nothing went upstream
+    finally:
+        px.process.stop()
