@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from decimal import Decimal
+import random
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,34 @@ def test_missing_override_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.json"
     with pytest.raises(ValueError, match=r"nope\.json: cannot read"):
         PriceTable.load(str(path))
+
+
+def test_integer_pricing_equals_decimal_arithmetic_for_every_model(table: PriceTable) -> None:
+    """Whole nano-dollar rates are priced with integers: the same amounts, to the 1e-8."""
+    rng = random.Random(7)
+    for model, price in table.prices.items():
+        assert price.nano is not None and all(t.nano is not None for t in price.tiers), model
+        for _ in range(200):
+            b = [rng.choice((0, 1, 5, rng.randrange(10**7))) for _ in range(5)]
+            u = usage(b[0], b[1], cw=b[2] + b[3], cw5=b[2], cw1=b[3], read=b[4])
+            r = price.rates(b[0] + b[2] + b[3] + b[4])
+            amount = (
+                b[0] * r.input
+                + b[2] * r.cache_write_5m
+                + b[3] * r.cache_write_1h
+                + b[4] * r.cache_read
+                + b[1] * r.output
+            ) / Decimal(1_000_000)
+            want = amount.quantize(Decimal("1E-8"), rounding=ROUND_HALF_UP)
+            got = table.cost(model, u)
+            assert got == want and got is not None and got.as_tuple().exponent == -8, (model, b)
+
+
+def test_a_rate_finer_than_a_nano_dollar_is_priced_exactly(tmp_path: Path) -> None:
+    rates = {"input": "0.0001", "output": "1", "cache_write_5m": "0", "cache_write_1h": "0"}
+    f = tmp_path / "prices.json"
+    f.write_text(json.dumps({"models": {"tiny-model": {**rates, "cache_read": "0"}}}))
+    t = PriceTable.load(f)
+    assert t.prices["tiny-model"].nano is None
+    # (12,345 x 0.0001 + 5 x 1) / 1e6 = 0.0000062345 -> 0.00000623
+    assert t.cost("tiny-model", usage(12_345, 5)) == Decimal("0.00000623")

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ log = logging.getLogger("claude_proxy.pricing")
 
 PACKAGED_FILE = "prices.json"
 _MTOK = Decimal(1_000_000)
+# USD per MTok -> nano-dollars per token.
+_NANO_PER_MTOK_UNIT = Decimal(1000)
 _QUANTUM = Decimal("1E-8")  # what the numeric cost_usd column keeps
 # Exact arithmetic for any realistic token count, independent of the caller's decimal context.
 _CTX = Context(prec=50, rounding=ROUND_HALF_UP)
@@ -64,6 +66,22 @@ class Rates:
     cache_write_1h: Decimal
     cache_read: Decimal
     output: Decimal
+    # The rates in nano-dollars per token (USD per MTok x 1000) when every one is a whole
+    # number of them, as every packaged price is: cost is then integer arithmetic, exact,
+    # without a Decimal context per request (the writer prices every request). None: a
+    # finer rate from a user's file, priced with Decimal.
+    nano: tuple[int, int, int, int, int] | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
+
+    def __post_init__(self) -> None:
+        scaled = [rate * _NANO_PER_MTOK_UNIT for rate in self._values()]
+        if all(x == x.to_integral_value() for x in scaled):
+            nano = tuple(int(x) for x in scaled)
+            object.__setattr__(self, "nano", nano)
+
+    def _values(self) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
+        return (self.input, self.cache_write_5m, self.cache_write_1h, self.cache_read, self.output)
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,12 @@ class PriceTable:
         write_1h = _tokens(usage.cache_creation_1h_input_tokens)
         write_5m += max(0, _tokens(usage.cache_creation_input_tokens) - write_5m - write_1h)
         rates = price.rates(inp + write_5m + write_1h + read)
+        nano = rates.nano
+        if nano is not None and not batch:
+            # Nano-dollars, exact; rounded half up to the column's 1e-8 as the Decimal path.
+            n = inp * nano[0] + write_5m * nano[1] + write_1h * nano[2] + read * nano[3]
+            n += out * nano[4]
+            return Decimal((n + 5) // 10).scaleb(-8, _CTX)
         with localcontext(_CTX):
             amount = (
                 inp * rates.input
@@ -242,7 +266,9 @@ class _Invalid(Exception):
 
 def _tokens(value: int | None) -> int:
     """A usage count as a non-negative int; None (or junk from a misbehaving upstream) is 0."""
-    if isinstance(value, bool):
+    if type(value) is int:  # the common case first (bool is not int's type)
+        return value if value > 0 else 0
+    if value is None or isinstance(value, bool):
         return 0
     if isinstance(value, int):
         return max(value, 0)

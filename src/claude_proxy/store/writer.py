@@ -143,8 +143,8 @@ class LogWriter:
             pending = self._pending
             if not self._closed and len(pending) < self._queue_size:
                 pending.append(record)
-                if len(pending) >= self._batch_size:
-                    self._wake.set()
+                if len(pending) >= self._batch_size and not self._wake.is_set():
+                    self._wake.set()  # once: each set() takes a lock and notifies
                 return
         # Overload (or after close): append to the spill file from here. A buffered
         # write(2) of one line costs microseconds; waiting for the queue, or dropping
