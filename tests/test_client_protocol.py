@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from claude_proxy.client_protocol import DISCONNECT_EXTENSION, ClientProtocol
+from claude_proxy.client_protocol import ANSWERED_KEY, DISCONNECT_EXTENSION, ClientProtocol
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
@@ -339,6 +339,8 @@ async def test_a_stalled_request_body_gets_408_and_the_app_sees_the_client_gone(
     timed_out(await peer.eof(), "request body")
     assert [m["type"] for m in got] == ["http.request", "http.disconnect"]
     assert got[0]["body"] == b"abc"
+    status, error_type, message = got[1][ANSWERED_KEY]  # for the app's record
+    assert (status, error_type) == (408, "timeout_error") and "request body" in message
 
 
 async def test_a_slow_body_that_keeps_coming_is_served(serve: Serve) -> None:

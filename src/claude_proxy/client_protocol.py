@@ -47,6 +47,9 @@ DISCONNECT_EXTENSION = "claude_proxy.disconnect"
 # Where in the scope an app may put its id for the request: an error this protocol answers
 # for it (a body that stopped coming) then carries the id the app logs it under.
 REQUEST_ID_SCOPE_KEY = "claude_proxy.request_id"
+# In the `http.disconnect` an app receives when this protocol itself answered the request
+# (a 408 for a body that stopped coming): (status, error type, message), for its record.
+ANSWERED_KEY = "claude_proxy.answered"
 
 CLIENT_WRITE_HIGH_WATER = 4 * 1024
 # The request line and headers together (the ALB allows 64 KB too): httptools sets no
@@ -375,8 +378,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         if answer:
             self.transport.write(_error_response(status, body, rid))
-        if active is not None:
-            active.client_gone()  # before the app could write a second response
+        if active is not None:  # before the app could write a second response
+            active.client_gone((status, error_type, message) if answer else None)
         self.transport.close()
 
 
@@ -384,6 +387,7 @@ class _Exchange:
     """One request and its response: the ASGI `receive` and `send` the app is given."""
 
     __slots__ = (
+        "answered",
         "body",
         "chunked",
         "complete",
@@ -416,6 +420,7 @@ class _Exchange:
         self.waiter: asyncio.Future[None] | None = None
         self.gone_callback: Callable[[], None] | None = None
         self.disconnected = False
+        self.answered: tuple[int, str, str] | None = None
         self.started = False
         self.complete = False
         self.chunked = False
@@ -452,6 +457,8 @@ class _Exchange:
                 self.waiter = None
                 if waiting_on_body:
                     proto._stop_waiting()
+        if self.answered is not None:
+            return {"type": "http.disconnect", ANSWERED_KEY: self.answered}
         return {"type": "http.disconnect"}
 
     def on_disconnect(self, callback: Callable[[], None]) -> None:
@@ -571,9 +578,12 @@ class _Exchange:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def client_gone(self) -> None:
+    def client_gone(self, answered: tuple[int, str, str] | None = None) -> None:
+        """The client left, or the protocol answered the request itself (`answered`)."""
         if self.complete:
             return
+        if answered is not None:
+            self.answered = answered
         self.disconnected = True
         self.held_head = None
         self.wake()

@@ -16,12 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
 from claude_proxy.auth import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
-from claude_proxy.client_protocol import DISCONNECT_EXTENSION, REQUEST_ID_SCOPE_KEY
+from claude_proxy.client_protocol import (
+    ANSWERED_KEY,
+    DISCONNECT_EXTENSION,
+    REQUEST_ID_SCOPE_KEY,
+)
 from claude_proxy.dispatch import Dispatcher, Failed
 from claude_proxy.drain import Drain
 from claude_proxy.errors import STATUS_FOR_TYPE, send_error, sse_error_event
@@ -30,7 +34,7 @@ from claude_proxy.limits import Limiter, Refusal
 from claude_proxy.records import RecordSink, RequestRecord, new_request_id
 from claude_proxy.sse import ResponseObserver
 from claude_proxy.telemetry import Telemetry
-from claude_proxy.types import Receive, Scope, Send
+from claude_proxy.types import Message, Receive, Scope, Send
 from claude_proxy.upstream import BodyError
 
 log = logging.getLogger("claude_proxy.relay")
@@ -50,6 +54,15 @@ _KEY_STORE_DOWN = (
 
 class ClientGone(Exception):
     """Nothing more can be said to the client: it left mid-body, or a plain body broke off."""
+
+
+def _body_cut(disconnect: Message, record: RequestRecord) -> NoReturn:
+    """The body will not come: the client left, or the server answered for it (a 408 for a
+    body that stopped coming), and the record says which."""
+    answered = disconnect.get(ANSWERED_KEY)
+    if answered is not None:
+        record.status_code, record.error_type, record.error_message = answered
+    raise ClientGone()
 
 
 def endpoint_label(path: str) -> str:
@@ -149,7 +162,7 @@ class Relay:
 
         if hdrs.content_length is not None and hdrs.content_length > self.max_body:
             return await self._refuse(send, record, "request_too_large", self._too_large_msg())
-        body = await self._read_body(receive)
+        body = await self._read_body(receive, record)
         if body is None:
             return await self._refuse(send, record, "request_too_large", self._too_large_msg())
 
@@ -292,9 +305,11 @@ class Relay:
         """Answer a request the proxy itself rejects; nothing is sent upstream."""
         await self._fail(send, record, error_type, msg, STATUS_FOR_TYPE[error_type])
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
+    async def _read_body(self, receive: Receive, record: RequestRecord) -> bytes | None:
         """The whole request body, or None when it exceeds the cap."""
         first = await receive()
+        if first["type"] == "http.disconnect":
+            _body_cut(first, record)
         body: bytes = first.get("body", b"")
         if not first.get("more_body", False):
             return body if len(body) <= self.max_body else None
@@ -303,7 +318,7 @@ class Relay:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                raise ClientGone()
+                _body_cut(msg, record)
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_body:

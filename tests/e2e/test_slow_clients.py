@@ -27,12 +27,13 @@ EVENTS, TEXT_BYTES = 20_000, 1000
 FAULT = f"events={EVENTS} text-bytes={TEXT_BYTES}"
 
 
-def rows_of(engine: Engine, request_id: str, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """The request's rows, once there is one (re-checked: the database cannot notify)."""
+def rows_where(engine: Engine, column: str, value: str, timeout: float = 15.0) -> list[Any]:
+    """The rows whose `column` is `value`, once there is one (re-checked: the database
+    cannot notify)."""
     deadline = time.monotonic() + timeout
+    stmt = select(request_logs).where(request_logs.c[column] == value)
     while True:
         with engine.connect() as conn:
-            stmt = select(request_logs).where(request_logs.c.id == request_id)
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
         if rows or time.monotonic() > deadline:
             return rows
@@ -114,7 +115,8 @@ def test_slow_readers_hold_the_upstream_back_and_memory_stays_bounded(
 
 def test_a_request_body_that_stops_coming_gets_408_and_one_row(emulator: Emulator) -> None:
     """A client that sends part of a body and then nothing: the proxy answers 408 after
-    CLAUDE_PROXY_CLIENT_BODY_TIMEOUT_SECONDS, under the id its row is logged with."""
+    CLAUDE_PROXY_CLIENT_BODY_TIMEOUT_SECONDS, under the id its row is logged with, and the
+    row says 408 too."""
     tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-slow-sender-"))
     px = start_proxy(
         emulator.url,
@@ -143,10 +145,30 @@ def test_a_request_body_that_stops_coming_gets_408_and_one_row(emulator: Emulato
         assert err["error"]["type"] == "timeout_error"
         engine = make_engine(px.env["DATABASE_URL"])
         try:
-            rows = rows_of(engine, err["request_id"])
+            rows = rows_where(engine, "id", err["request_id"])
         finally:
             engine.dispose()
-        assert rows[0]["client_disconnected"] is True
-        assert rows[0]["upstream_attempts"] == 0  # nothing went upstream
+        row = rows[0]
+        assert (row["status_code"], row["error_type"]) == (408, "timeout_error")
+        assert row["client_disconnected"] is False  # the proxy ended it, not the client
+        assert row["upstream_attempts"] == 0  # nothing went upstream
     finally:
         px.process.stop()
+
+
+def test_a_client_gone_before_its_body_is_logged_as_gone_not_as_bad_json(proxy: Proxy) -> None:
+    host, port = proxy.url.removeprefix("http://").split(":")
+    agent = f"gone-before-body-{time.monotonic_ns()}"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"POST /v1/messages HTTP/1.1\r\nhost: t\r\nx-api-key: {PROXY_KEY}\r\n"
+            f"user-agent: {agent}\r\ncontent-length: 500\r\n\r\n".encode()
+        )
+    engine = make_engine(proxy.env["DATABASE_URL"])
+    try:
+        rows = rows_where(engine, "user_agent", agent)
+    finally:
+        engine.dispose()
+    assert len(rows) == 1
+    assert rows[0]["client_disconnected"] is True
+    assert rows[0]["status_code"] is None and rows[0]["upstream_attempts"] == 0
