@@ -306,7 +306,7 @@ class ClientProtocol(asyncio.Protocol):
         self._wait_for_client(self.keep_alive_seconds, None)
 
     def _wait_for_client(self, limit: float, error: str | None) -> None:
-        """Start the clock on the client: `limit` seconds from now, then `_timed_out`.
+        """Start the clock on the client: `limit` seconds from now, then `_timer_fired`.
 
         One timer per connection, re-armed only when it fires early (or would fire too
         late), instead of one armed and cancelled per request."""

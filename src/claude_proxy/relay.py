@@ -307,25 +307,20 @@ class Relay:
 
     async def _read_body(self, receive: Receive, record: RequestRecord) -> bytes | None:
         """The whole request body, or None when it exceeds the cap."""
-        first = await receive()
-        if first["type"] == "http.disconnect":
-            _body_cut(first, record)
-        body: bytes = first.get("body", b"")
-        if not first.get("more_body", False):
-            return body if len(body) <= self.max_body else None
-        parts = [body]
-        size = len(body)
+        parts: list[bytes] = []
+        size = 0
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
                 _body_cut(msg, record)
-            chunk = msg.get("body", b"")
+            chunk: bytes = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 return None
-            parts.append(chunk)
             if not msg.get("more_body", False):
-                return b"".join(parts)
+                # Most bodies arrive in one message: no join, no copy.
+                return b"".join((*parts, chunk)) if parts else chunk
+            parts.append(chunk)
 
     async def _forward(
         self,

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 from claude_proxy.store.engine import make_engine
 from claude_proxy.store.schema import request_logs
 from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
+from tests.store.conftest import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,17 +28,18 @@ EVENTS, TEXT_BYTES = 20_000, 1000
 FAULT = f"events={EVENTS} text-bytes={TEXT_BYTES}"
 
 
-def rows_where(engine: Engine, column: str, value: str, timeout: float = 15.0) -> list[Any]:
-    """The rows whose `column` is `value`, once there is one (re-checked: the database
-    cannot notify)."""
-    deadline = time.monotonic() + timeout
+def rows_where(engine: Engine, column: str, value: str) -> list[dict[str, Any]]:
+    """The rows whose `column` is `value`, once there is one (the database cannot notify)."""
     stmt = select(request_logs).where(request_logs.c[column] == value)
-    while True:
+    rows: list[dict[str, Any]] = []
+
+    def landed() -> bool:
         with engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(stmt)]
-        if rows or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+            rows[:] = [dict(r._mapping) for r in conn.execute(stmt)]
+        return bool(rows)
+
+    wait_until(landed, what=f"a row with {column} = {value}")
+    return rows
 
 
 def rss_mb(pid: int) -> float:

@@ -7,7 +7,7 @@ columns as a Table; a test keeps the two in step.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 COST_PLACES = Decimal("0.00000001")
@@ -74,11 +74,21 @@ def money_text(value: Decimal) -> str:
     return format(value.quantize(COST_PLACES), "f")
 
 
+# How `key_spend.period` names a UTC day and month ("total" is the third period).
+_DAY_PERIOD = "day:%Y-%m-%d"
+_MONTH_PERIOD = "month:%Y-%m"
+
+
+def spend_periods(day: date) -> tuple[str, str, str]:
+    """The `key_spend` periods a request made on this UTC day adds to: day, month, total."""
+    return (day.strftime(_DAY_PERIOD), day.strftime(_MONTH_PERIOD), "total")
+
+
 def current_period(period: str, now: datetime | None = None) -> str:
     """The `key_spend.period` that a budget of this kind counts now (UTC)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
     if period == "day":
-        return "day:" + now.strftime("%Y-%m-%d")
+        return now.strftime(_DAY_PERIOD)
     if period == "month":
-        return "month:" + now.strftime("%Y-%m")
+        return now.strftime(_MONTH_PERIOD)
     return "total"

@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 
-from claude_proxy.store.columns import COPY_TYPES, ROW_COLUMNS, money_text
+from claude_proxy.store.columns import COPY_TYPES, ROW_COLUMNS, money_text, spend_periods
 from claude_proxy.store.rows import Row
-from claude_proxy.store.writer_db import WriterDatabase
+from claude_proxy.store.writer_db import WriterDatabase, why
 
 log = logging.getLogger("claude_proxy.store")
 
@@ -94,8 +94,8 @@ class BatchInserter:
 
 def spend_rows(rows: list[Row], present: set[str]) -> list[SpendRow]:
     """key_spend increments summed over the rows not in `present` (ids already in the
-    table), exactly (Decimal). Rows are grouped by key and UTC day first, so the period
-    strings are formatted once per group, not three times per row."""
+    table), exactly (Decimal). Rows are grouped by key and UTC day first, so the periods
+    are made once per group, not per row."""
     by_day: dict[tuple[str, date], list[Any]] = {}
     seen = set(present)
     for row in rows:
@@ -114,19 +114,11 @@ def spend_rows(rows: list[Row], present: set[str]) -> list[SpendRow]:
         group[1] += 1
     totals: dict[tuple[str, str], list[Any]] = {}
     for (key_id, day), (cost, n) in by_day.items():
-        for period in (f"day:{day:%Y-%m-%d}", f"month:{day:%Y-%m}", "total"):
+        for period in spend_periods(day):
             t = totals.setdefault((key_id, period), [Decimal(0), 0])
             t[0] += cost
             t[1] += n
     return [(k, p, c, n) for (k, p), (c, n) in sorted(totals.items())]
-
-
-def why(exc: BaseException) -> str:
-    """A one-line reason without SQL, parameters or the failing row (they hold request data):
-    for a PostgreSQL error only its primary message, not DETAIL's "Failing row contains"."""
-    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
-    msg = " ".join((primary or str(exc)).split())
-    return f"{type(exc).__name__}: {msg[:300]}"
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------

@@ -32,10 +32,10 @@ from typing import Any
 
 from claude_proxy.observability import FIELDS
 from claude_proxy.records import RequestRecord
-from claude_proxy.store.inserts import BatchInserter, why
+from claude_proxy.store.inserts import BatchInserter
 from claude_proxy.store.rows import Row, dump_row, record_to_row
 from claude_proxy.store.spill import ClaimedFile, SpillFile, append_rejected, claim, spill_files
-from claude_proxy.store.writer_db import WriterDatabase
+from claude_proxy.store.writer_db import WriterDatabase, why
 
 log = logging.getLogger("claude_proxy.store")
 

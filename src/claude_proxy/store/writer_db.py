@@ -147,6 +147,14 @@ class WriterDatabase:
         return conn
 
 
+def why(exc: BaseException) -> str:
+    """A one-line reason without SQL, parameters or the failing row (they hold request data):
+    for a PostgreSQL error only its primary message, not DETAIL's "Failing row contains"."""
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
+    msg = " ".join((primary or str(exc)).split())
+    return f"{type(exc).__name__}: {msg[:300]}"
+
+
 def pg_connect_args(connect_timeout: int) -> dict[str, Any]:
     """psycopg 3 connection settings, for the writer's connection and the Engine's."""
     return {
