@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import operator
-import os
+import random
 import time
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
@@ -24,8 +24,12 @@ log = logging.getLogger("claude_proxy.access")
 
 
 def new_request_id() -> str:
-    """A time-ordered id (48-bit ms clock + 80 random bits) so database inserts stay local."""
-    return f"cpr_{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+    """A time-ordered id (48-bit ms clock + 80 random bits) so database inserts stay local.
+
+    The bits come from `random`, seeded from os.urandom at import and again in a forked
+    child: an id names a request and grants nothing, and os.urandom here was a getrandom()
+    system call per request (about 2 µs in the worker's profile)."""
+    return f"cpr_{int(time.time() * 1000):012x}{random.getrandbits(80):020x}"
 
 
 @dataclass(slots=True)

@@ -102,6 +102,9 @@ class Relay:
         self.max_body = max_body
         # > 0 only with CLAUDE_PROXY_LOG_BODIES=true: bytes of each body kept on the record.
         self.body_cap = body_cap
+        # Built in the app's lifespan, on the loop that serves it. current_task(loop) skips
+        # get_running_loop(), which on Python 3.11 is a getpid() system call per request.
+        self._loop = asyncio.get_running_loop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -192,7 +195,7 @@ class Relay:
             record.request_body = _clip(body, self.body_cap)
 
         # From here on a client disconnect must stop upstream work: watch for it.
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         assert task is not None
         state = _Watch(task)
         watcher = None

@@ -138,6 +138,24 @@ def test_full_queue_spills_from_submit_without_waiting(
     assert "spill" in messages and "replay" in messages
 
 
+def test_unbounded_queue_keeps_every_record_and_reports_no_capacity(
+    db: Backend, spill_dir: Path, writers: list[LogWriter]
+) -> None:
+    """The writer process's queue (bounded by the proxy instead) never spills for size, and
+    its stats say "no limit" rather than a huge number in every shutdown line and scrape."""
+    recs = records(300)
+    w = new_writer(writers, db, spill_dir, queue_size=None)
+    with db.stuck():
+        for r in recs:
+            w.submit(r)
+        stats = w.stats()
+        assert stats["queue_depth"] == 300 and stats["spilled"] == 0
+        assert stats["queue_capacity"] is None
+    w.start()
+    wait_stats(w, "queue written", lambda s: s["written"] == 300)
+    assert sorted(db.ids()) == sorted(r.id for r in recs)
+
+
 async def test_submit_on_the_event_loop_while_the_database_hangs(
     db: Backend, spill_dir: Path, writers: list[LogWriter]
 ) -> None:

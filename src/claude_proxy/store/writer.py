@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -73,7 +74,7 @@ class LogWriter:
         cost_fn: CostFn | None = None,
         on_record: Callable[[RequestRecord, Decimal | None], None] | None = None,
         on_durable: DurableFn | None = None,
-        queue_size: int = 10_000,
+        queue_size: int | None = 10_000,
         batch_size: int = 500,
         flush_interval: float = 1.0,
         backoff_initial: float = 1.0,
@@ -91,7 +92,8 @@ class LogWriter:
         self._on_durable = on_durable
         self._pending: deque[RequestRecord] = deque()
         self._wake = threading.Event()  # set when a batch is ready, or to stop
-        self._queue_size = queue_size
+        self._queue_size = queue_size  # None: never spill for a full queue
+        self._queue_limit = sys.maxsize if queue_size is None else queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._backoff_initial = backoff_initial
@@ -141,7 +143,7 @@ class LogWriter:
         """
         with self._gate:
             pending = self._pending
-            if not self._closed and len(pending) < self._queue_size:
+            if not self._closed and len(pending) < self._queue_limit:
                 pending.append(record)
                 if len(pending) >= self._batch_size and not self._wake.is_set():
                     self._wake.set()  # once: each set() takes a lock and notifies

@@ -44,9 +44,6 @@ from claude_proxy.tally import RecordTally
 
 log = logging.getLogger("claude_proxy.store")
 
-# The proxy bounds what is in flight (log_queue_size); here the queue must never
-# spill on its own, or acknowledgements would run ahead of older records.
-_UNBOUNDED = 1 << 62
 _REPORT_SECONDS = 1.0
 
 
@@ -84,7 +81,9 @@ def build_writer(
         cost_fn=cost,
         on_record=on_record,
         on_durable=on_durable,
-        queue_size=_UNBOUNDED,
+        # The proxy bounds what is in flight (log_queue_size); here the queue must never
+        # spill on its own, or acknowledgements would run ahead of older records.
+        queue_size=None,
         batch_size=cfg.batch_size,
         flush_interval=cfg.flush_interval,
         statement_timeout=cfg.statement_timeout,
