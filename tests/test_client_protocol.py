@@ -5,6 +5,7 @@ extension. The relay's own behaviour through it is covered end to end in tests/e
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -14,7 +15,12 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from claude_proxy.client_protocol import ANSWERED_KEY, DISCONNECT_EXTENSION, ClientProtocol
+from claude_proxy.client_protocol import (
+    ANSWERED_KEY,
+    DISCONNECT_EXTENSION,
+    ClientProtocol,
+    _Exchange,
+)
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
@@ -244,6 +250,62 @@ async def test_a_client_leaving_mid_response_calls_the_disconnect_extension(
     await asyncio.wait_for(started.wait(), 5)
     peer.sock.close()
     await asyncio.wait_for(gone.wait(), 5)
+
+
+async def test_requests_and_closed_connections_are_freed_without_the_cyclic_collector(
+    serve: Serve,
+) -> None:
+    """Whatever a finished request or a closed connection leaves in reference cycles waits
+    for the cyclic collector, whose full passes over a big heap stall every open stream
+    (measured: 1.4 million such objects and pauses up to 90 ms in a 1,000-stream run)."""
+
+    class Watch:  # as the relay does: the disconnect callback reaches the request's task
+        def __init__(self, task: asyncio.Task[Any] | None) -> None:
+            self.task = task
+
+        def gone(self) -> None:
+            if self.task is not None:
+                self.task.cancel()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["extensions"][DISCONNECT_EXTENSION](Watch(asyncio.current_task()).gone)
+        await receive()
+        if scope["path"] == "/stall":  # the client leaves mid-response
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await asyncio.Event().wait()
+        await plain()(scope, receive, send)
+
+    async def closed(proto: ClientProtocol) -> None:
+        for _ in range(1000):  # connection_lost runs a few loop turns after the close
+            if proto not in proto.server_state.connections:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("connection_lost never ran")
+
+    ours = (ClientProtocol, _Exchange, Watch, asyncio.Task)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what the collector finds, to look at it
+    try:
+        kept, _, peer = await serve(app)
+        for _ in range(3):
+            await peer.send(GET)
+            await peer.until(b"hello")
+        await peer.send(b"GET /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        await peer.eof()
+        left, _, peer2 = await serve(app)
+        await peer2.send(b"GET /stall HTTP/1.1\r\nhost: t\r\n\r\n")
+        await peer2.until(b"\r\n\r\n")
+        peer2.sock.close()
+        await closed(kept)
+        await closed(left)
+        for _ in range(10):  # the cancelled app task winds down
+            await asyncio.sleep(0)
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage if isinstance(o, ours)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cyclic == []
 
 
 async def test_an_idle_connection_closes_after_the_keep_alive_timeout(serve: Serve) -> None:

@@ -202,6 +202,9 @@ class _Connection(asyncio.BufferedProtocol):
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Its callbacks are bound methods of this connection: break the cycle so reference
+        # counting frees a closed connection (client_protocol.ClientProtocol does the same).
+        del self.parser
         self.closed = True
         self.pool.forget(self)
         resp = self.resp
