@@ -129,6 +129,9 @@ class UpstreamResponse:
             self._conn.finished()
         else:
             self._conn.abort()
+        # A raised error's traceback holds read()'s frame, which holds this response: drop
+        # the cycle so reference counting frees both.
+        self.error = None
 
     # --- called by the connection ------------------------------------------------------
 
@@ -202,8 +205,9 @@ class _Connection(asyncio.BufferedProtocol):
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # Its callbacks are bound methods of this connection: break the cycle so reference
-        # counting frees a closed connection (client_protocol.ClientProtocol does the same).
+        # The parser's callbacks are bound methods of this connection, and the response
+        # points back here: break both cycles so reference counting frees a closed
+        # connection (client_protocol.ClientProtocol does the same).
         del self.parser
         self.closed = True
         self.pool.forget(self)
@@ -213,6 +217,7 @@ class _Connection(asyncio.BufferedProtocol):
                 resp._finish()  # body delimited by connection close: this is its end
             else:
                 self._broken("upstream connection lost")
+        self.resp = None  # it points back here; whoever reads it holds it
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -297,10 +302,16 @@ class _Connection(asyncio.BufferedProtocol):
         self.headers_ready = self.loop.create_future()
         self.last_io = self.sent_at = self.loop.time()
         self.transport.write(data)
-        if self._write_paused:  # a large body: wait until the kernel took it
-            self._drain = self.loop.create_future()
-            await self._drain
-        await self.headers_ready
+        try:
+            if self._write_paused:  # a large body: wait until the kernel took it
+                self._drain = self.loop.create_future()
+                await self._drain
+            await self.headers_ready
+        finally:
+            # Done either way (None reads as done below). Kept, a failed future would hold
+            # its exception, whose traceback holds this frame and so this connection: a
+            # cycle only the cyclic collector frees.
+            self.headers_ready = None
         return self.resp
 
 
