@@ -6,6 +6,8 @@ Readiness is an event (the process prints its ready line), never a sleep.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
 import subprocess
@@ -29,6 +31,25 @@ PROXY_KEY = "sk-proxy-test-client-key-abcdef"
 # server's output may contain any of them (see `no_secret_in_any_server_output`).
 SECRETS: set[str] = {UPSTREAM_KEY, PROXY_KEY, "sk-wrong"}
 SERVERS: list[Process] = []
+
+
+@contextlib.contextmanager
+def cyclic_garbage(*types: type) -> Iterator[list[str]]:
+    """The names of objects of `types` that the block left for the cyclic collector.
+
+    Reference counting frees what is not in a cycle the moment it is dropped; whatever is
+    in one waits for a collection, and full collections stall every open stream.
+    """
+    found: list[str] = []
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what the collector finds, to look at it
+    try:
+        yield found
+        gc.collect()
+        found += [type(o).__name__ for o in gc.garbage if isinstance(o, types)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
 
 
 def register_secret(secret: str) -> str:

@@ -5,7 +5,6 @@ extension. The relay's own behaviour through it is covered end to end in tests/e
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +20,7 @@ from claude_proxy.client_protocol import (
     ClientProtocol,
     _Exchange,
 )
+from tests.conftest import cyclic_garbage
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
@@ -282,10 +282,7 @@ async def test_requests_and_closed_connections_are_freed_without_the_cyclic_coll
             await asyncio.sleep(0)
         raise AssertionError("connection_lost never ran")
 
-    ours = (ClientProtocol, _Exchange, Watch, asyncio.Task)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what the collector finds, to look at it
-    try:
+    with cyclic_garbage(ClientProtocol, _Exchange, Watch, asyncio.Task) as cyclic:
         kept, _, peer = await serve(app)
         for _ in range(3):
             await peer.send(GET)
@@ -300,11 +297,6 @@ async def test_requests_and_closed_connections_are_freed_without_the_cyclic_coll
         await closed(left)
         for _ in range(10):  # the cancelled app task winds down
             await asyncio.sleep(0)
-        gc.collect()
-        cyclic = [type(o).__name__ for o in gc.garbage if isinstance(o, ours)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
     assert cyclic == []
 
 

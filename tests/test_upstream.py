@@ -6,10 +6,11 @@ what only the process itself can see."""
 from __future__ import annotations
 
 import asyncio
-import gc
+import socket
 
 import orjson
 import pytest
+import uvloop
 
 from claude_proxy.config import Settings
 from claude_proxy.upstream import (
@@ -19,7 +20,7 @@ from claude_proxy.upstream import (
     UpstreamResponse,
     _Connection,
 )
-from tests.conftest import Emulator
+from tests.conftest import Emulator, cyclic_garbage
 
 BODY = orjson.dumps(
     {
@@ -30,14 +31,14 @@ BODY = orjson.dumps(
     }
 )
 HEADERS = [(b"anthropic-version", b"2023-06-01"), (b"content-type", b"application/json")]
+OURS = (_Connection, UpstreamResponse, BodyError, ConnectError)
 
 
 async def test_broken_upstream_exchanges_are_freed_without_the_cyclic_collector(
     emulator: Emulator,
 ) -> None:
     """An upstream reset mid-stream, or a connection closed before any answer, must not
-    leave the connection, its response and the error's traceback in a reference cycle:
-    those wait for the cyclic collector, whose full passes stall every open stream."""
+    leave the connection, its response and the error's traceback in a reference cycle."""
     settings = Settings(anthropic_api_key=emulator.upstream_key, anthropic_base_url=emulator.url)
     pool = UpstreamPool(settings, asyncio.get_running_loop())
 
@@ -51,30 +52,46 @@ async def test_broken_upstream_exchanges_are_freed_without_the_cyclic_collector(
             await asyncio.sleep(0)
         raise AssertionError("connections still open")
 
-    ours = (_Connection, UpstreamResponse, BodyError, ConnectError)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what the collector finds, to look at it
     try:
-        for _ in range(3):
-            resp = await pool.request(
-                b"POST", b"/v1/messages", fault(b"midstream=reset after=3"), BODY
-            )
-            with pytest.raises(BodyError):
+        with cyclic_garbage(*OURS) as cyclic:
+            for _ in range(3):
+                reset = fault(b"midstream=reset after=3")
+                resp = await pool.request(b"POST", b"/v1/messages", reset, BODY)
+                with pytest.raises(BodyError):
+                    while await resp.read():
+                        pass
+                resp.release()
+                with pytest.raises(ConnectError):
+                    closed = fault(b"close-before-headers")
+                    await pool.request(b"POST", b"/v1/messages", closed, BODY)
+                resp = await pool.request(b"POST", b"/v1/messages", HEADERS, BODY)
                 while await resp.read():
                     pass
-            resp.release()
-            with pytest.raises(ConnectError):
-                await pool.request(b"POST", b"/v1/messages", fault(b"close-before-headers"), BODY)
-            resp = await pool.request(b"POST", b"/v1/messages", HEADERS, BODY)
-            while await resp.read():
-                pass
-            resp.release()
-        await all_closed()
-        del resp
-        gc.collect()
-        cyclic = [type(o).__name__ for o in gc.garbage if isinstance(o, ours)]
+                resp.release()
+            await all_closed()
+            del resp
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
         await pool.close()
+    assert cyclic == []
+
+
+def test_a_refused_connection_is_freed_without_the_cyclic_collector() -> None:
+    """uvloop (the proxy's loop) builds the protocol before it connects: a connection that
+    never connects must not keep a parser whose callbacks point back at it."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def refused() -> None:
+        url = f"http://127.0.0.1:{port}"
+        pool = UpstreamPool(Settings(anthropic_base_url=url), asyncio.get_running_loop())
+        try:
+            for _ in range(3):
+                with pytest.raises(ConnectError):
+                    await pool.request(b"POST", b"/v1/messages", HEADERS, BODY)
+        finally:
+            await pool.close()
+
+    with cyclic_garbage(*OURS) as cyclic:
+        uvloop.run(refused())
     assert cyclic == []

@@ -168,7 +168,9 @@ class _Connection(asyncio.BufferedProtocol):
         self.pool = pool
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        # Made once connected: its callbacks are bound methods of this object, a cycle that
+        # connection_lost breaks, and a connection that never connects gets no such call.
+        self.parser: httptools.HttpResponseParser
         self.resp: UpstreamResponse | None = None
         self.headers_ready: asyncio.Future[None] | None = None
         self.closed = False
@@ -186,6 +188,7 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
+        self.parser = httptools.HttpResponseParser(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and self.pool.recv_buffer:
             # Bounds the kernel memory a paused connection holds for a slow client (our own
