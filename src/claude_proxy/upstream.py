@@ -301,7 +301,7 @@ class _Connection(asyncio.BufferedProtocol):
         assert self.transport is not None
         self.head = head
         self.got_bytes = False
-        self.resp = UpstreamResponse(self)
+        self.resp = resp = UpstreamResponse(self)  # connection_lost may drop self.resp
         self.headers_ready = self.loop.create_future()
         self.last_io = self.sent_at = self.loop.time()
         self.transport.write(data)
@@ -315,7 +315,7 @@ class _Connection(asyncio.BufferedProtocol):
             # its exception, whose traceback holds this frame and so this connection: a
             # cycle only the cyclic collector frees.
             self.headers_ready = None
-        return self.resp
+        return resp
 
 
 class UpstreamPool:
