@@ -357,6 +357,41 @@ async def test_a_request_head_left_unfinished_gets_408(serve: Serve) -> None:
     timed_out(await peer.eof(), "request headers")
 
 
+@pytest.mark.parametrize("with_the_first", [True, False], ids=["same-packet", "later"])
+async def test_a_pipelined_head_left_unfinished_does_not_cut_the_response_before_it(
+    serve: Serve, with_the_first: bool
+) -> None:
+    """A client may send its next request's head while a stream is still coming. Its clock
+    runs from when the connection is free again: the stream finishes, then the 408 (before,
+    a head that came in the first request's packet had no clock at all, and one that came
+    later cut the stream)."""
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"-done"})
+
+    proto, _, peer = await serve(app, keep_alive=30)
+    proto.head_timeout = 0.2
+    unfinished = b"GET /y HTTP/1.1\r\nhost: t\r\n"  # the second head never ends
+    if with_the_first:
+        await peer.send(GET + unfinished)
+        await peer.until(b"first")
+    else:
+        await peer.send(GET)
+        await peer.until(b"first")
+        await peer.send(unfinished)
+    await asyncio.sleep(0.5)  # past the head timeout, with the first response still open
+    release.set()
+    rest = await peer.eof()
+    first_end, after = rest.split(b"-done\r\n0\r\n\r\n", 1)
+    assert first_end == b"\r\n5\r\n"  # the stream ended whole
+    timed_out(after, "request headers")
+
+
 async def test_a_request_head_trickling_in_still_gets_408_in_time(serve: Serve) -> None:
     """The head timeout runs from its first byte: new bytes do not extend it."""
     proto, _, peer = await serve(plain(), keep_alive=30)

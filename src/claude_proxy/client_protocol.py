@@ -66,6 +66,7 @@ _BODY_HIGH_WATER = 64 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HEAD_TIMED_OUT = "Timed out reading the request headers."
 
 
 def _status_line(status: int) -> bytes:
@@ -152,7 +153,7 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.mid_message and self.wait_error is None:
             # The first bytes of a request head (it is cleared once the head is whole).
-            self._wait_for_client(self.head_timeout, "Timed out reading the request headers.")
+            self._wait_for_client(self.head_timeout, _HEAD_TIMED_OUT)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -304,6 +305,10 @@ class ClientProtocol(asyncio.Protocol):
         self._resume_reading()
         if not self.mid_message:
             self._went_idle()
+        elif self.wait_error is None:
+            # Part of the next request's head came with this one's (pipelined): its clock
+            # starts now that the connection is free, or it would have none at all.
+            self._wait_for_client(self.head_timeout, _HEAD_TIMED_OUT)
 
     def _went_idle(self) -> None:
         """Close the connection once it has been idle for the keep-alive timeout."""
@@ -334,7 +339,11 @@ class ClientProtocol(asyncio.Protocol):
         since = self.idle_since
         if since is None or self.transport is None or self.transport.is_closing():
             return  # busy: the end of the current response re-arms it
-        if self.read_paused:  # the proxy stopped reading, not the client
+        active = self.active
+        if self.read_paused or (
+            # A pipelined head: the client waits for the response before it, still going.
+            self.wait_error is _HEAD_TIMED_OUT and active is not None and not active.complete
+        ):  # the proxy is behind, not the client
             since = self.idle_since = self.loop.time()
         left = since + self.wait_limit - self.loop.time()
         if left > 0:
