@@ -6,6 +6,7 @@ Readiness is an event (the process prints its ready line), never a sleep.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,16 @@ def cyclic_garbage(*types: type) -> Iterator[list[str]]:
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+
+
+async def within_loop_turns(what: str, done: Callable[[], bool], turns: int = 1000) -> None:
+    """Let the event loop run until `done()` holds, as a transport's close reaches the
+    protocol a few loop turns later (connection_lost is scheduled, not called)."""
+    for _ in range(turns):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"still waiting for {what} after {turns} loop turns")
 
 
 def register_secret(secret: str) -> str:

@@ -20,7 +20,7 @@ from claude_proxy.client_protocol import (
     ClientProtocol,
     _Exchange,
 )
-from tests.conftest import cyclic_garbage
+from tests.conftest import cyclic_garbage, within_loop_turns
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
@@ -275,13 +275,6 @@ async def test_requests_and_closed_connections_are_freed_without_the_cyclic_coll
             await asyncio.Event().wait()
         await plain()(scope, receive, send)
 
-    async def closed(proto: ClientProtocol) -> None:
-        for _ in range(1000):  # connection_lost runs a few loop turns after the close
-            if proto not in proto.server_state.connections:
-                return
-            await asyncio.sleep(0)
-        raise AssertionError("connection_lost never ran")
-
     with cyclic_garbage(ClientProtocol, _Exchange, Watch, asyncio.Task) as cyclic:
         kept, _, peer = await serve(app)
         for _ in range(3):
@@ -293,8 +286,10 @@ async def test_requests_and_closed_connections_are_freed_without_the_cyclic_coll
         await peer2.send(b"GET /stall HTTP/1.1\r\nhost: t\r\n\r\n")
         await peer2.until(b"\r\n\r\n")
         peer2.sock.close()
-        await closed(kept)
-        await closed(left)
+        for proto in (kept, left):
+            await within_loop_turns(
+                "connection_lost", lambda p=proto: p not in p.server_state.connections
+            )
         for _ in range(10):  # the cancelled app task winds down
             await asyncio.sleep(0)
     assert cyclic == []

@@ -20,7 +20,7 @@ from claude_proxy.upstream import (
     UpstreamResponse,
     _Connection,
 )
-from tests.conftest import Emulator, cyclic_garbage
+from tests.conftest import Emulator, cyclic_garbage, within_loop_turns
 
 BODY = orjson.dumps(
     {
@@ -45,13 +45,6 @@ async def test_broken_upstream_exchanges_are_freed_without_the_cyclic_collector(
     def fault(spec: bytes) -> list[tuple[bytes, bytes]]:
         return [*HEADERS, (b"x-emulator-fault", spec)]
 
-    async def all_closed() -> None:
-        for _ in range(1000):  # connection_lost runs a few loop turns after the close
-            if not pool._busy:
-                return
-            await asyncio.sleep(0)
-        raise AssertionError("connections still open")
-
     try:
         with cyclic_garbage(*OURS) as cyclic:
             for _ in range(3):
@@ -68,7 +61,7 @@ async def test_broken_upstream_exchanges_are_freed_without_the_cyclic_collector(
                 while await resp.read():
                     pass
                 resp.release()
-            await all_closed()
+            await within_loop_turns("the connections to close", lambda: not pool._busy)
             del resp
     finally:
         await pool.close()

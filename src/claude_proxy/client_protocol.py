@@ -607,11 +607,10 @@ class _Exchange:
 
     def app_finished(self, task: asyncio.Task[None]) -> None:
         """The app's task ended: make sure the client got a complete response."""
-        # Break this exchange's reference cycles (scope -> extensions -> on_disconnect ->
-        # self, and the app's disconnect callback -> its task), so that reference counting
-        # frees the request now. Left to the cyclic collector, every request's objects pile
-        # up until a full collection, which stalls every open stream for milliseconds.
-        self.gone_callback = None
+        # Break this exchange's reference cycle (scope -> extensions -> on_disconnect ->
+        # self), so that reference counting frees the request, its task and what the app's
+        # disconnect callback holds now. Left to the cyclic collector, every request's
+        # objects pile up until a full collection, which stalls every open stream.
         self.scope = {}
         proto = self.proto
         proto.server_state.tasks.discard(task)

@@ -92,7 +92,7 @@ class LogWriter:
         self._on_durable = on_durable
         self._pending: deque[RequestRecord] = deque()
         self._wake = threading.Event()  # set when a batch is ready, or to stop
-        self._queue_size = queue_size  # None: never spill for a full queue
+        # None: never spill for a full queue (stats report no capacity)
         self._queue_limit = sys.maxsize if queue_size is None else queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -200,7 +200,8 @@ class LogWriter:
         with self._cond:
             out: dict[str, Any] = dict(self._counts)
         out["queue_depth"] = len(self._pending)
-        out["queue_capacity"] = self._queue_size
+        limit = self._queue_limit
+        out["queue_capacity"] = None if limit == sys.maxsize else limit
         inflight = self._inflight
         out["inflight"] = len(inflight) if inflight else 0
         out["healthy"] = self._healthy
