@@ -74,12 +74,25 @@ def _wait_stable(url: str, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def _renice(pid: int, nice: int) -> None:
-    with contextlib.suppress(OSError):  # gone, or not ours to change: measured as it is
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
+def _renice(pid: int, nice: int, idle: bool = False) -> None:
+    """Lower every thread of `pid` (Linux keeps nice and policy per thread) to `nice`, or
+    with `idle` to SCHED_IDLE: it runs only when its core has nothing else to run."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return  # gone
+    for tid in tids:
+        with contextlib.suppress(OSError):  # gone, or not ours to change: measured as it is
+            if idle:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            elif os.sched_getscheduler(tid) == os.SCHED_IDLE:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
 
 
-def _side_core_control(url: str, script: Path, slices: int, seconds: float) -> dict[str, float]:
+def _side_core_control(
+    proxy: procs.Proc, script: Path, slices: int, seconds: float, idle: bool
+) -> dict[str, float]:
     """The log-off proxy alone, with and without a CPU burner at nice 19 on the side core.
 
     What any work beside the load generator costs the proxy on this machine, whatever its
@@ -87,6 +100,8 @@ def _side_core_control(url: str, script: Path, slices: int, seconds: float) -> d
     production they would not share a core with wrk and the emulator."""
     burner_code = "import hashlib\nx = b'a' * 65536\nwhile True: hashlib.sha256(x).digest()"
     rps: dict[str, list[float]] = {"alone": [], "burner": []}
+    cpu = {"alone": 0.0, "burner": 0.0}
+    requests = {"alone": 0, "burner": 0}
     for i in range(slices):
         for arm in ("alone", "burner") if i % 2 == 0 else ("burner", "alone"):
             burner = None
@@ -94,9 +109,12 @@ def _side_core_control(url: str, script: Path, slices: int, seconds: float) -> d
                 burner = subprocess.Popen(
                     [sys.executable, "-c", burner_code], preexec_fn=procs.preexec(SIDE_CORES)
                 )
-                _renice(burner.pid, 19)
+                _renice(burner.pid, 19, idle)
             try:
-                w = run_wrk(url, script, concurrency=50, seconds=seconds, cores=SIDE_CORES)
+                cpu0 = procs.own_cpu_seconds(proxy.pid)
+                w = run_wrk(proxy.url, script, concurrency=50, seconds=seconds, cores=SIDE_CORES)
+                cpu[arm] += procs.own_cpu_seconds(proxy.pid) - cpu0
+                requests[arm] += w.requests
             finally:
                 if burner is not None:
                     burner.kill()
@@ -107,6 +125,8 @@ def _side_core_control(url: str, script: Path, slices: int, seconds: float) -> d
         "rps_alone": round(alone / slices, 1),
         "rps_with_burner": round(burned / slices, 1),
         "throughput_with_burner_over_alone": _pair_ratio(rps["burner"], rps["alone"]),
+        "worker_cpu_us_per_request_alone": round(cpu["alone"] / requests["alone"] * 1e6, 1),
+        "worker_cpu_us_per_request_with_burner": round(cpu["burner"] / requests["burner"] * 1e6, 1),
     }
 
 
@@ -125,6 +145,12 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=200)
     ap.add_argument("--stream-rounds", type=int, default=3, help="per proxy, alternating")
     ap.add_argument("--nice", type=int, default=10, help="of PostgreSQL and the writer process")
+    ap.add_argument(
+        "--idle",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run PostgreSQL, the writer process and the control's burner as SCHED_IDLE",
+    )
     args = ap.parse_args()
     procs.raise_nofile()
     wd = procs.workdir()
@@ -147,10 +173,10 @@ def main() -> None:
         }
         for pid in pg_pids:  # PostgreSQL beside the load generator, off the proxy's core
             procs.pin_pid(pid, SIDE_CORES)
-            _renice(pid, args.nice)
+            _renice(pid, args.nice, args.idle)
         for pid in procs.tree(on.pid):  # the writer process (the worker stays at 0)
             if pid != on.pid:
-                _renice(pid, args.nice)
+                _renice(pid, args.nice, args.idle)
         warm_requests = 0
         for name, p in (("on", on), ("off", off)):  # warm both
             w = run_wrk(p.url, script, concurrency=50, seconds=1, cores=SIDE_CORES)
@@ -177,7 +203,7 @@ def main() -> None:
         # Let the writer catch up with the wrk backlog first: the stream test measures the
         # steady state, not the last second of a 30k-row burst being written.
         _wait_stable(url)
-        control = _side_core_control(off.url, script, args.slices, args.seconds)
+        control = _side_core_control(off, script, args.slices, args.seconds, args.idle)
         rounds: dict[str, list[streams.Round]] = {"on": [], "off": []}
         for _ in range(args.stream_rounds):
             for name, p in (("on", on), ("off", off)):

@@ -88,3 +88,82 @@ def test_a_refused_connection_is_freed_without_the_cyclic_collector() -> None:
     with cyclic_garbage(*OURS) as cyclic:
         uvloop.run(refused())
     assert cyclic == []
+
+
+async def _pool_and_stream(
+    emulator: Emulator, spec: bytes
+) -> tuple[UpstreamPool, UpstreamResponse]:
+    """A pool, and a stream of as many text deltas as `spec` asks for."""
+    body = orjson.dumps({**orjson.loads(BODY), "max_tokens": 100_000})
+    settings = Settings(anthropic_api_key=emulator.upstream_key, anthropic_base_url=emulator.url)
+    pool = UpstreamPool(settings, asyncio.get_running_loop())
+    headers = [*HEADERS, (b"x-emulator-fault", spec)]
+    return pool, await pool.request(b"POST", b"/v1/messages", headers, body)
+
+
+async def test_pump_pauses_the_upstream_while_its_consumer_is_full_then_delivers_all(
+    emulator: Emulator,
+) -> None:
+    """pump() writes from the read callback; a consumer that returns a future (its client is
+    full) gets nothing more, and the upstream is not read, until that future is done."""
+    pool, resp = await _pool_and_stream(emulator, b"events=2000 text-bytes=200")
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    holds: list[asyncio.Future[None]] = []
+    full = asyncio.Event()
+    delivered_while_held = 0
+
+    def deliver(chunk: bytes, at_end: bool) -> asyncio.Future[None] | None:
+        nonlocal delivered_while_held
+        if holds and not holds[-1].done():
+            delivered_while_held += 1
+        got.append(chunk)
+        if len(holds) < 5 and len(got) % 10 == 1:  # full now and then, five times
+            holds.append(loop.create_future())
+            full.set()
+            return holds[-1]
+        return None
+
+    try:
+        pumping = asyncio.ensure_future(resp.pump(deliver))
+        for _ in range(5):
+            await asyncio.wait_for(full.wait(), 10)
+            full.clear()
+            seen = len(got)
+            for _ in range(20):  # held: nothing is read or delivered meanwhile
+                await asyncio.sleep(0)
+            assert len(got) == seen and resp._conn.paused
+            holds[-1].set_result(None)
+        await asyncio.wait_for(pumping, 10)
+        assert resp.at_end and delivered_while_held == 0
+        body = b"".join(got)
+        assert body.count(b"event: content_block_delta") == 2000
+        assert body.rstrip().endswith(b'data: {"type":"message_stop"}')
+        resp.release()
+    finally:
+        await pool.close()
+
+
+async def test_pump_raises_what_its_consumer_raised_in_the_read_callback(
+    emulator: Emulator,
+) -> None:
+    """An error in the consumer, called from the connection's read callback, is raised in the
+    pump's task (not lost in the event loop's exception handler), and the connection closes."""
+    pool, resp = await _pool_and_stream(emulator, b"events=500 text-bytes=200")
+    calls = 0
+
+    def deliver(chunk: bytes, at_end: bool) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ValueError("the consumer broke")
+
+    try:
+        with pytest.raises(ValueError, match="the consumer broke"):
+            await resp.pump(deliver)
+        assert calls == 3 and not resp.at_end
+        resp.release()
+        await within_loop_turns("the connection to close", lambda: not pool._busy)
+        assert pool._idle == []
+    finally:
+        await pool.close()

@@ -8,7 +8,6 @@ Components are built once in the lifespan and passed in; nothing is global.
 from __future__ import annotations
 
 import asyncio
-import gc
 import hmac
 import logging
 import os
@@ -24,6 +23,7 @@ from claude_proxy import __version__
 from claude_proxy.auth import BadKeyThrottle, KeyCache
 from claude_proxy.breaker import BreakerConfig, CircuitBreaker
 from claude_proxy.client_protocol import TELEMETRY_STATE_KEY
+from claude_proxy.collector import settle_startup_heap
 from claude_proxy.config import Settings
 from claude_proxy.dispatch import Dispatcher
 from claude_proxy.drain import Drain
@@ -53,7 +53,6 @@ _DRAINING_BODY = b'{"status":"draining"}'
 
 
 _MIGRATE_RETRY_SECONDS = 30.0
-_GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass
@@ -311,16 +310,7 @@ class ProxyApp:
             metrics,
             background,
         )
-        # Everything loaded so far lives as long as the process: taking it out of the
-        # collector's view makes each full collection walk only what requests allocate.
-        gc.freeze()
-        # Requests leave no reference cycles (client_protocol, upstream), so a young
-        # collection finds nothing to free: at the default threshold (700 more objects
-        # alive than at the last one) it ran every few requests at c=50, 5.5 % of the
-        # worker's CPU, and promoted in-flight requests to the older generations, whose
-        # collections stall every open stream. Now it runs when the live heap grows by
-        # this much (many new streams), not every few requests.
-        gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        settle_startup_heap()  # every component is built: what follows is requests
         log.info(
             "claude-proxy %s started",
             __version__,

@@ -18,6 +18,9 @@ admin API and the tests rely on:
 - a client that goes away calls the callback the app registered through the
   `claude_proxy.disconnect` ASGI extension, instead of the app parking a task in
   `receive()` to find out;
+- the `claude_proxy.write_body` ASGI extension writes a body part without a message
+  dict or a coroutine, so the relay can write a stream's chunks from the upstream's read
+  callback (upstream.UpstreamResponse.pump) rather than wake its task for each;
 - open connections are counted into the app's Telemetry (found in the lifespan state).
 
 uvicorn.Server still runs the sockets, the lifespan, the signals and the graceful
@@ -44,6 +47,10 @@ log = logging.getLogger("claude_proxy.server")
 TELEMETRY_STATE_KEY = "claude_proxy.telemetry"
 # The ASGI extension through which the app learns that the client left (see module doc).
 DISCONNECT_EXTENSION = "claude_proxy.disconnect"
+# The ASGI extension `write_body(body, more) -> future | None`: what `send` does with an
+# `http.response.body` message, synchronously; it returns a future to wait for before
+# writing more when the client is not keeping up (see _Exchange.write_body).
+WRITE_BODY_EXTENSION = "claude_proxy.write_body"
 # Where in the scope an app may put its id for the request: an error this protocol answers
 # for it (a body that stopped coming) then carries the id the app logs it under.
 REQUEST_ID_SCOPE_KEY = "claude_proxy.request_id"
@@ -257,7 +264,10 @@ class ClientProtocol(asyncio.Protocol):
             "query_string": url.query or b"",
             "headers": self.headers,
             "state": self.app_state.copy(),
-            "extensions": {DISCONNECT_EXTENSION: ex.on_disconnect},
+            "extensions": {
+                DISCONNECT_EXTENSION: ex.on_disconnect,
+                WRITE_BODY_EXTENSION: ex.write_body,
+            },
         }
         self.parsing = ex
         if self.active is None:
@@ -363,10 +373,11 @@ class ClientProtocol(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    async def _drain(self) -> None:
+    def _until_writable(self) -> asyncio.Future[None]:
+        """Done once the client has taken enough of the write buffer (or has gone)."""
         if self.writable is None:
             self.writable = self.loop.create_future()
-        await self.writable
+        return self.writable
 
     def _resume_writers(self) -> None:
         w = self.writable
@@ -482,7 +493,7 @@ class _Exchange:
     async def send(self, message: dict[str, Any]) -> None:
         proto = self.proto
         if proto.write_paused and not self.disconnected:
-            await proto._drain()
+            await proto._until_writable()
         if self.disconnected:
             return
         if not self.started:
@@ -494,8 +505,18 @@ class _Exchange:
             raise RuntimeError(f"Unexpected ASGI message '{message['type']}' after the response")
         if message["type"] != "http.response.body":
             raise RuntimeError(f"Expected 'http.response.body', got '{message['type']}'")
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
+        self.write_body(message.get("body", b""), message.get("more_body", False))
+
+    def write_body(self, body: bytes, more: bool) -> asyncio.Future[None] | None:
+        """The WRITE_BODY_EXTENSION: an `http.response.body` message's work, synchronously.
+
+        Returns None when the client can take more now, else a future that is done once it
+        can: the caller waits for it before writing again (backpressure), as `send` does.
+        A client that has gone takes nothing, silently (the disconnect callback says so)."""
+        if self.disconnected:
+            return None
+        if not self.started or self.complete:
+            raise RuntimeError("A response body must follow the response start")
         if self.method == "HEAD":
             data = b""
         elif self.chunked:
@@ -513,6 +534,8 @@ class _Exchange:
             if self.remaining > 0 and self.method != "HEAD":
                 raise RuntimeError("Response content shorter than Content-Length")
             self._finish()
+        proto = self.proto
+        return proto._until_writable() if proto.write_paused and not self.disconnected else None
 
     def _start_response(self, status: int, headers: Any) -> None:
         parts = [_STATUS_LINE[status]]

@@ -25,6 +25,7 @@ from claude_proxy.client_protocol import (
     ANSWERED_KEY,
     DISCONNECT_EXTENSION,
     REQUEST_ID_SCOPE_KEY,
+    WRITE_BODY_EXTENSION,
 )
 from claude_proxy.dispatch import Dispatcher, Failed
 from claude_proxy.drain import Drain
@@ -363,26 +364,35 @@ class Relay:
         telemetry = self.telemetry
         if is_sse:
             telemetry.stream_started()
+        ended = False
+
+        def take(chunk: bytes, at_end: bool) -> bool:
+            """Note a chunk on its way to the client; True when it ends the response."""
+            nonlocal ended
+            if kept is not None and len(kept) < self.body_cap:
+                kept.extend(chunk[: self.body_cap - len(kept)])
+            if record.ttft_ms is None:
+                record.ttft_ms = (time.perf_counter() - started) * 1000.0
+            if is_sse:
+                observer.feed_sse(chunk)
+            elif observe_json:
+                observer.feed_json(chunk)
+            # The last chunk carries the end of the response: one write, not two.
+            ended = at_end and (not is_sse or observer.stream_complete)
+            return ended
+
+        write_body = scope.get("extensions", {}).get(WRITE_BODY_EXTENSION)
         try:
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
             try:
-                ended = False
-                while chunk := await resp.read():
-                    if kept is not None and len(kept) < self.body_cap:
-                        kept += chunk[: self.body_cap - len(kept)]
-                    if record.ttft_ms is None:
-                        record.ttft_ms = (time.perf_counter() - started) * 1000.0
-                    if is_sse:
-                        observer.feed_sse(chunk)
-                    elif observe_json:
-                        observer.feed_json(chunk)
-                    # The last chunk carries the end of the response: one write, not two.
-                    ended = resp.at_end and (not is_sse or observer.stream_complete)
-                    await send(
-                        {"type": "http.response.body", "body": chunk, "more_body": not ended}
+                if write_body is not None:  # our server: chunks go out from the read callback
+                    await resp.pump(
+                        lambda chunk, at_end: write_body(chunk, not take(chunk, at_end))
                     )
-                    if ended:
-                        break
+                else:  # any other ASGI server
+                    while not ended and (chunk := await resp.read()):
+                        more = not take(chunk, resp.at_end)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": more})
             except BodyError as exc:
                 if not exc.local:
                     telemetry.upstream_error("stream_error")

@@ -7,7 +7,9 @@ niquests, aiohttp) spent more CPU per request than the whole proxy budget
 - request bytes are written as given: method, raw path and query, client
   headers in order, body; nothing is re-quoted, decompressed or invented;
 - response headers come back raw (names lowercased) and the body comes back
-  as the chunks that arrived, with transfer-encoding removed;
+  as the chunks that arrived, with transfer-encoding removed: either pulled with
+  `read()`, or pushed with `pump()` to a callback from the socket's read callback
+  (no task wake-up per chunk: a stream's events cost a write, not a task step);
 - keep-alive connections are pooled (LIFO) and reused;
 - reading pauses when the consumer lags (backpressure to the upstream);
 - a per-pool watchdog enforces the first-byte, idle and total timeouts without
@@ -20,6 +22,7 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -38,6 +41,10 @@ _READ_SIZE = 4 * 1024
 _WATCHDOG_SECONDS = 1.0
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _DNS_TTL_SECONDS = 60.0
+
+# pump()'s consumer: takes a chunk and whether it ends the body; returns None, or a
+# future to wait for before it can take more (its client is not keeping up).
+Deliver = Callable[[bytes, bool], "asyncio.Future[None] | None"]
 
 
 class UpstreamError(Exception):
@@ -70,6 +77,9 @@ class UpstreamResponse:
         "_buffered",
         "_chunks",
         "_conn",
+        "_deliver",
+        "_failed",
+        "_hold",
         "_waiter",
         "complete",
         "error",
@@ -85,6 +95,9 @@ class UpstreamResponse:
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._deliver: Deliver | None = None
+        self._hold: asyncio.Future[None] | None = None
+        self._failed: BaseException | None = None
         self.complete = False
         self.error: UpstreamError | None = None
         self.until_close = False
@@ -118,6 +131,66 @@ class UpstreamResponse:
             finally:
                 self._waiter = None
 
+    async def pump(self, deliver: Deliver) -> None:
+        """Hand the body to `deliver` as it arrives, until its end; raises like `read()`.
+
+        Each read from the socket goes to `deliver` from the connection's read callback:
+        unlike `read()`, no future and no task step per chunk, which is most of a stream's
+        per-event cost. This task only waits for the end, or for the consumer's client to
+        catch up (`deliver` returned a future): reading from the upstream pauses meanwhile.
+        """
+        self._deliver = deliver
+        try:
+            while True:
+                hold = self._hold
+                if hold is not None:
+                    await hold
+                    self._hold = None
+                    if not self._chunks:
+                        self._conn.resume()  # else the next flush resumes, or holds again
+                elif self._chunks:
+                    self._flush()  # arrived before the pump started, or while held
+                elif self._failed is not None:
+                    raise self._failed
+                elif self.error is not None:
+                    raise self.error
+                elif self.complete:
+                    return
+                else:
+                    self._waiter = self._conn.loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+        finally:
+            self._deliver = None
+            self._hold = None
+            self._failed = None  # its traceback holds this frame (see release)
+
+    def _flush(self) -> None:
+        """Everything buffered, as one chunk, to the pump's consumer."""
+        chunks = self._chunks
+        chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        assert self._deliver is not None
+        hold = self._deliver(chunk, self.complete)
+        if hold is not None:
+            self._hold = hold
+            self._conn.pause()
+            self._wake()
+        else:
+            self._conn.resume()
+
+    def _pushed(self) -> None:
+        """The connection's read callback fed the parser: pump what it produced."""
+        if self._chunks and self._hold is None:
+            try:
+                self._flush()
+            except Exception as exc:  # the consumer's: raised in the pump's task
+                self._failed = exc
+                self._wake()
+
     @property
     def at_end(self) -> bool:
         """The body is complete and every chunk of it has been read."""
@@ -145,7 +218,8 @@ class UpstreamResponse:
         self._buffered += len(chunk)
         if self._buffered > _HIGH_WATER:
             self._conn.pause()
-        self._wake()
+        if self._deliver is None:  # a pump delivers once the read is parsed (_pushed)
+            self._wake()
 
     def _finish(self) -> None:
         self.complete = True
@@ -206,6 +280,9 @@ class _Connection(asyncio.BufferedProtocol):
         except httptools.HttpParserError as exc:
             self._broken(f"invalid HTTP from upstream: {exc}")
             self.abort()
+        resp = self.resp
+        if resp is not None and resp._deliver is not None:
+            resp._pushed()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The parser's callbacks are bound methods of this connection, and the response
