@@ -1,7 +1,8 @@
 """Targets, pass/fail checks and the markdown rendering of one benchmark run.
 
 The targets come from shared/reference/performance.md (stated in quantities that do not depend on
-how fast the emulator is) and from issue 2's ratio targets; both sets are checked.
+how fast the emulator is) and from issue 2. performance.md supersedes issue 2's ratio target for
+throughput: that ratio is reported, not checked (it measures how cheap the emulator is).
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ def checks(r: dict[str, Any]) -> list[Row]:
             lambda v: v <= 0.25,
         ),
         _check("added p50 latency, c=5", added_c5, "ms", "≤ 0.3 ms", lambda v: v <= 0.3),
-        _check("throughput c=50, proxy / direct", tput, "x", "≥ 0.70", lambda v: v >= 0.70),
+        {
+            "measure": "throughput c=50, proxy / direct",
+            "value": tput,
+            "unit": "x",
+            "target": "reported only (issue 2's ≥ 0.70, superseded by performance.md)",
+            "pass": None,
+        },
         _check(
             f"{small} streams: events/s, proxy / direct", ev, "x", "≥ 0.90", lambda v: v >= 0.90
         ),
