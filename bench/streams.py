@@ -222,47 +222,34 @@ async def run_streams(
 
     `sample` is called every 100 ms while the streams run (the caller records proxy RSS there).
     """
-    # The client is the instrument: a full collection of its growing timestamp lists (35 ms
-    # with 1,000 streams) would read as a stall of whichever server it measures.
-    gc.collect()
-    gc.disable()
-    try:
-        return await _run_streams(url, key, n, events, event_ms, ramp_s, timeout_s, sample)
-    finally:
-        gc.enable()
-
-
-async def _run_streams(
-    url: str,
-    key: str,
-    n: int,
-    events: int,
-    event_ms: int,
-    ramp_s: float,
-    timeout_s: float,
-    sample: Callable[[], None] | None,
-) -> Round:
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     fault = f"events={events} event-ms={event_ms} text-bytes={TEXT_BYTES}"
     req = request_bytes(host, port, key, fault, max_tokens=events * TEXT_BYTES // 4 + 64)
     streams = [Stream() for _ in range(n)]
-    t0 = time.monotonic()
-    deadline = loop.time() + timeout_s
-    tasks = [
-        asyncio.ensure_future(one_stream(host, port, req, st, deadline, ramp_s * i / n))
-        for i, st in enumerate(streams)
-    ]
-    all_done = asyncio.gather(*tasks)
-    while not all_done.done() and loop.time() < deadline + 5:
-        if sample is not None:
-            sample()
-        await asyncio.wait([all_done], timeout=0.1)
-    if not all_done.done():
-        all_done.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await all_done
+    # The client is the instrument: a full collection of its growing timestamp lists (35 ms
+    # with 1,000 streams) would read as a stall of whichever server it measures.
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.monotonic()
+        deadline = loop.time() + timeout_s
+        tasks = [
+            asyncio.ensure_future(one_stream(host, port, req, st, deadline, ramp_s * i / n))
+            for i, st in enumerate(streams)
+        ]
+        all_done = asyncio.gather(*tasks)
+        while not all_done.done() and loop.time() < deadline + 5:
+            if sample is not None:
+                sample()
+            await asyncio.wait([all_done], timeout=0.1)
+        if not all_done.done():
+            all_done.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await all_done
+    finally:
+        gc.enable()
     return Round(streams, t0)
 
 
