@@ -207,6 +207,26 @@ def ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 3)
 
 
+async def _wait_all(
+    tasks: list[asyncio.Task[None]],
+    until: float,
+    sample: Callable[[], None] | None,
+    every: float,
+) -> None:
+    """Wait for `tasks` until loop time `until` (then cancel the rest), calling `sample`
+    every `every` seconds meanwhile."""
+    loop = asyncio.get_running_loop()
+    all_done = asyncio.gather(*tasks)
+    while not all_done.done() and loop.time() < until:
+        if sample is not None:
+            sample()
+        await asyncio.wait([all_done], timeout=every)
+    if not all_done.done():
+        all_done.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await all_done
+
+
 async def run_streams(
     url: str,
     key: str,
@@ -239,15 +259,7 @@ async def run_streams(
             asyncio.ensure_future(one_stream(host, port, req, st, deadline, ramp_s * i / n))
             for i, st in enumerate(streams)
         ]
-        all_done = asyncio.gather(*tasks)
-        while not all_done.done() and loop.time() < deadline + 5:
-            if sample is not None:
-                sample()
-            await asyncio.wait([all_done], timeout=0.1)
-        if not all_done.done():
-            all_done.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await all_done
+        await _wait_all(tasks, deadline + 5, sample, 0.1)
     finally:
         gc.enable()
     return Round(streams, t0)
@@ -362,15 +374,7 @@ async def slow_readers(
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
     tasks = [asyncio.ensure_future(reader(i)) for i in range(n)]
-    all_done = asyncio.gather(*tasks)
-    t_end = loop.time() + seconds + 5
-    while not all_done.done() and loop.time() < t_end:
-        sample()
-        await asyncio.wait([all_done], timeout=0.25)
-    if not all_done.done():
-        all_done.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await all_done
+    await _wait_all(tasks, loop.time() + seconds + 5, sample, 0.25)
     for s in socks:
         s.close()
     return {
