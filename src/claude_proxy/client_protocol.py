@@ -69,6 +69,9 @@ MAX_HEAD_BYTES = 64 * 1024
 # task forever. The server sets them from the settings (ClientProtocol.with_timeouts).
 HEAD_TIMEOUT_SECONDS = 30.0
 BODY_TIMEOUT_SECONDS = 60.0
+# How long a client may take none of a response (the write buffer stays full) before the
+# connection is dropped: nginx's send_timeout. The relay then records the client as gone.
+SEND_TIMEOUT_SECONDS = 60.0
 _BODY_HIGH_WATER = 64 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -92,11 +95,15 @@ class ClientProtocol(asyncio.Protocol):
 
     head_timeout = HEAD_TIMEOUT_SECONDS
     body_timeout = BODY_TIMEOUT_SECONDS
+    send_timeout = SEND_TIMEOUT_SECONDS
 
     @classmethod
-    def with_timeouts(cls, head: float, body: float) -> type[ClientProtocol]:
+    def with_timeouts(
+        cls, head: float, body: float, send: float = SEND_TIMEOUT_SECONDS
+    ) -> type[ClientProtocol]:
         """This protocol with other client timeouts (uvicorn.Config takes a class)."""
-        return type(cls.__name__, (cls,), {"head_timeout": head, "body_timeout": body})
+        timeouts = {"head_timeout": head, "body_timeout": body, "send_timeout": send}
+        return type(cls.__name__, (cls,), timeouts)
 
     def __init__(
         self,
@@ -130,6 +137,7 @@ class ClientProtocol(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.writable: asyncio.Future[None] | None = None
+        self.send_timer: asyncio.TimerHandle | None = None  # armed while write_paused
         # While the connection waits on the client: since when, for how long at most, and
         # the 408's message once that is over (None: idle between requests, closed quietly).
         self.idle_since: float | None = None
@@ -182,6 +190,9 @@ class ClientProtocol(asyncio.Protocol):
         self.active = self.parsing = None  # each exchange points back here
         self.waiting.clear()
         self._resume_writers()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
         if self.keep_alive_timer is not None:
             self.keep_alive_timer.cancel()
             self.keep_alive_timer = None
@@ -194,10 +205,31 @@ class ClientProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        # Only a client that is not keeping up gets here: a timer per pause is cheap.
+        if self.send_timer is None:
+            self.send_timer = self.loop.call_later(self.send_timeout, self._send_timed_out)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
         self._resume_writers()
+
+    def _send_timed_out(self) -> None:
+        """The client took none of the response for send_timeout seconds: drop it, so that
+        the request ends (the relay sees the client gone) and its row is written."""
+        self.send_timer = None
+        if not self.write_paused or self.transport is None or self.transport.is_closing():
+            return
+        active = self.active
+        rid = active.scope.get(REQUEST_ID_SCOPE_KEY) if active is not None else None
+        log.warning(
+            "The client took no response data for %gs: closing the connection request_id=%s",
+            self.send_timeout,
+            rid or "-",
+        )
+        self.transport.abort()  # what is buffered for it is dropped
 
     # --- called by uvicorn.Server ------------------------------------------------------
 

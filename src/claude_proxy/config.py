@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # relay waits for must not stop for longer (nginx's client_header/body_timeout): 408.
     client_header_timeout_seconds: float = Field(default=30.0, gt=0)
     client_body_timeout_seconds: float = Field(default=60.0, gt=0)
+    # A client that takes none of a response for this long (its connection's write buffer
+    # stays full) is disconnected, as by nginx's send_timeout: else a client that stops
+    # reading without closing holds its task, connection and log row forever.
+    client_send_timeout_seconds: float = Field(default=60.0, gt=0)
     # Addresses whose X-Forwarded-For/-Proto are trusted (the ALB's subnets, e.g. "10.0.0.0/16"
     # or "*" inside a VPC where only the ALB can reach the task). Empty: headers ignored.
     forwarded_allow_ips: str = ""

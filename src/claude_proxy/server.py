@@ -78,7 +78,9 @@ def run_worker(sock: socket.socket) -> None:
         create_app(settings, drain),
         loop="uvloop",
         http=ClientProtocol.with_timeouts(
-            settings.client_header_timeout_seconds, settings.client_body_timeout_seconds
+            settings.client_header_timeout_seconds,
+            settings.client_body_timeout_seconds,
+            settings.client_send_timeout_seconds,
         ),
         lifespan="on",
         access_log=False,

@@ -3,6 +3,7 @@ holds a few KB per stream, not the whole response, and the upstream is made to w
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 import time
@@ -113,6 +114,47 @@ def test_slow_readers_hold_the_upstream_back_and_memory_stays_bounded(
     finally:
         for sock, _ in streams:
             sock.close()
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
+    emulator: Emulator,
+) -> None:
+    """A client that takes none of a stream for CLAUDE_PROXY_CLIENT_SEND_TIMEOUT_SECONDS
+    (without closing) is disconnected, as by nginx's send_timeout: the upstream request is
+    closed and the row is written now, not whenever the client would have come back."""
+    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-stuck-reader-"))
+    px = start_proxy(
+        emulator.url,
+        {
+            "CLAUDE_PROXY_CLIENT_SEND_TIMEOUT_SECONDS": "0.5",
+            "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.1",
+        },
+        tmp,
+    )
+    try:
+        sock, upstream_id = open_unread_stream(px)
+        with sock:
+            # The proxy closes the upstream request once it has dropped the client.
+            entry = emulator.wait_request(upstream_id, "client_closed", timeout=10)
+            assert entry["state"] == "client_closed"
+            engine = make_engine(px.env["DATABASE_URL"])
+            try:
+                row = rows_where(engine, "upstream_request_id", upstream_id)[0]
+            finally:
+                engine.dispose()
+            assert row["client_disconnected"] is True
+            assert row["status_code"] == 200 and row["output_tokens"] is not None
+            # What the client finds when it comes back: a connection cut short, not a
+            # stream that ends as if it were whole.
+            sock.settimeout(10)
+            data = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    data += chunk
+            assert not data.endswith(b"\r\n0\r\n\r\n")
+        px.process.wait_for(r"took no response data for 0.5s: closing the connection", timeout=5)
+    finally:
+        px.process.stop()
 
 
 def test_a_request_body_that_stops_coming_gets_408_and_one_row(emulator: Emulator) -> None:
