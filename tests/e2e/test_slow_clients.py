@@ -80,6 +80,13 @@ def open_unread_stream(px: Proxy) -> tuple[socket.socket, str]:
     raise AssertionError(f"no upstream request-id in {data!r}")
 
 
+def proxy_with_client_timeout(emulator: Emulator, setting: str, seconds: str) -> Proxy:
+    """A proxy of its own with one client timeout made short, writing its rows promptly."""
+    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-slow-client-"))
+    env = {setting: seconds, "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.1"}
+    return start_proxy(emulator.url, env, tmp)
+
+
 def read_to_end(sock: socket.socket) -> bytes:
     """Everything up to the end of the chunked body (the response stays keep-alive)."""
     data = bytearray()
@@ -122,15 +129,7 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
     """A client that takes none of a stream for CLAUDE_PROXY_CLIENT_SEND_TIMEOUT_SECONDS
     (without closing) is disconnected, as by nginx's send_timeout: the upstream request is
     closed and the row is written now, not whenever the client would have come back."""
-    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-stuck-reader-"))
-    px = start_proxy(
-        emulator.url,
-        {
-            "CLAUDE_PROXY_CLIENT_SEND_TIMEOUT_SECONDS": "0.5",
-            "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.1",
-        },
-        tmp,
-    )
+    px = proxy_with_client_timeout(emulator, "CLAUDE_PROXY_CLIENT_SEND_TIMEOUT_SECONDS", "0.5")
     try:
         sock, upstream_id = open_unread_stream(px)
         with sock:
@@ -161,15 +160,7 @@ def test_a_request_body_that_stops_coming_gets_408_and_one_row(emulator: Emulato
     """A client that sends part of a body and then nothing: the proxy answers 408 after
     CLAUDE_PROXY_CLIENT_BODY_TIMEOUT_SECONDS, under the id its row is logged with, and the
     row says 408 too."""
-    tmp = Path(tempfile.mkdtemp(prefix="claude-proxy-slow-sender-"))
-    px = start_proxy(
-        emulator.url,
-        {
-            "CLAUDE_PROXY_CLIENT_BODY_TIMEOUT_SECONDS": "0.3",
-            "CLAUDE_PROXY_LOG_FLUSH_INTERVAL_SECONDS": "0.1",
-        },
-        tmp,
-    )
+    px = proxy_with_client_timeout(emulator, "CLAUDE_PROXY_CLIENT_BODY_TIMEOUT_SECONDS", "0.3")
     try:
         host, port = px.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
