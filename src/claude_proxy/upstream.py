@@ -33,7 +33,6 @@ from claude_proxy.config import Settings
 # Pause reading from the upstream when this much is buffered for a slow client; small so
 # that 100 slow readers cost a few MB (events are ~100-500 bytes, so streams never notice).
 _HIGH_WATER = 4 * 1024
-_LOW_WATER = 1024
 # Bytes taken from the socket per read. Left to the event loop, one read after a pause
 # hands over whatever the kernel holds (~256 KB), all of it then held for a slow client.
 # 4 KiB holds a typical JSON answer or several SSE events; larger bodies take more reads.
@@ -111,25 +110,14 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         while True:
             if self._chunks:
-                # Under load several chunks wait here: relay them as one write, not many.
-                if len(self._chunks) == 1:
-                    chunk = self._chunks.popleft()
-                else:
-                    chunk = b"".join(self._chunks)
-                    self._chunks.clear()
-                self._buffered -= len(chunk)
-                if self._buffered < _LOW_WATER:
-                    self._conn.resume()
+                chunk = self._take_buffered()
+                self._conn.resume()  # nothing is buffered now
                 return chunk
             if self.error is not None:
                 raise self.error
             if self.complete:
                 return b""
-            self._waiter = self._conn.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._wait()
 
     async def pump(self, deliver: Deliver) -> None:
         """Hand the body to `deliver` as it arrives, until its end; raises like `read()`.
@@ -157,24 +145,32 @@ class UpstreamResponse:
                 elif self.complete:
                     return
                 else:
-                    self._waiter = self._conn.loop.create_future()
-                    try:
-                        await self._waiter
-                    finally:
-                        self._waiter = None
+                    await self._wait()
         finally:
             self._deliver = None
             self._hold = None
             self._failed = None  # its traceback holds this frame (see release)
 
-    def _flush(self) -> None:
-        """Everything buffered, as one chunk, to the pump's consumer."""
+    async def _wait(self) -> None:
+        """Until the connection calls `_wake` (a chunk for read(), the end, an error)."""
+        self._waiter = self._conn.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _take_buffered(self) -> bytes:
+        """Every buffered chunk as one: under load several wait, relayed in one write."""
         chunks = self._chunks
         chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
+        return chunk
+
+    def _flush(self) -> None:
+        """Everything buffered, as one chunk, to the pump's consumer."""
         assert self._deliver is not None
-        hold = self._deliver(chunk, self.complete)
+        hold = self._deliver(self._take_buffered(), self.complete)
         if hold is not None:
             self._hold = hold
             self._conn.pause()
