@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the proxies with CLAUDE_PROXY_LOG_REQUESTS=false (the relay alone)",
     )
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx reference row")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="the src/ of another checkout (e.g. a `git worktree` of main): its proxy joins\n"
+        "the non-streaming cells as `proxy_baseline`, for a same-run CPU-per-request A/B",
+    )
     p.add_argument("--quick", action="store_true", help="a short smoke run (numbers not stable)")
     args = p.parse_args(argv)
     if args.quick:
@@ -494,6 +500,15 @@ class Bench:
         prox = Target("proxy", proxy.url, CLIENT_KEY, proxy.pid)
         ngx = Target("nginx", nginx.url, UPSTREAM_KEY, nginx.pid) if nginx else None
         wrk_targets = [direct, prox, Target("proxy_info", info.url, CLIENT_KEY, info.pid)]
+        base = None
+        if a.baseline is not None:
+            base = self.keep(
+                start_proxy(
+                    wd, "proxy-baseline", emu.url, "WARNING", a.workers, log, source=a.baseline
+                )
+            )
+            assert base is not None
+            wrk_targets.append(Target("proxy_baseline", base.url, CLIENT_KEY, base.pid))
         stream_targets = [direct, prox]
         if ngx is not None:
             wrk_targets.append(ngx)
@@ -509,6 +524,8 @@ class Bench:
         )
         r["nonstream"]["proxy_info"]["access_log_lines"] = lines
         self.stop(info)
+        if base is not None:
+            self.stop(base)
 
         print("streams:", flush=True)
         r["streams_1000"] = self.stream_matrix(stream_targets, emu.pid, main_shape, proxy.pid)

@@ -101,7 +101,11 @@ def start_proxy(
     workers: int,
     request_log: bool = True,
     database_url: str | None = None,
+    source: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> procs.Proc:
+    """A proxy worker on the proxy core; `source`: run the package from that src/ instead
+    (another checkout, for a same-run comparison with `bench/run.py --baseline`)."""
     argv = [procs.PYTHON, "-m", "claude_proxy", "serve", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--workers", str(workers)]
     env = {
@@ -115,6 +119,9 @@ def start_proxy(
         "CLAUDE_PROXY_LOG_REQUESTS": "true" if request_log else "false",
         "CLAUDE_PROXY_PRE_STOP_SECONDS": "0",  # no load balancer to wait for at stop
     }
+    if source is not None:
+        env["PYTHONPATH"] = str(source)  # ahead of the installed (editable) package
+    env.update(extra_env or {})
     proc = procs.start(name, argv, env=env, cores=PROXY_CORES, ready=PROXY_READY, workdir=wd)
     # The request log's writer process inherited core 0. On a 2-vCPU task the kernel runs
     # it beside the worker, so here it shares the side core with the emulator and wrk (its

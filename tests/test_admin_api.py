@@ -389,6 +389,69 @@ async def test_validation_errors_are_400_and_create_nothing(
         assert conn.execute(select(api_keys)).first() is None
 
 
+# Every one of these answered 500 once: NUL reached PostgreSQL (which refuses it in text),
+# or a duration or an offset took a time outside the years 1-9999 a datetime can hold.
+BAD_QUERIES: list[tuple[str, dict[str, str], str]] = [
+    ("logs", {"key_id": "\x00"}, "key_id"),
+    ("logs", {"model": "claude-\x00"}, "model"),
+    ("logs", {"error_type": "\x00api_error"}, "error_type"),
+    ("logs", {"refusal": "rpm\x00"}, "refusal"),
+    ("logs", {"limit": "9" * 30}, "limit"),
+    ("logs", {"limit": "-1"}, "limit"),
+    ("logs", {"status_code": "9" * 30}, "status_code"),
+    ("logs", {"include_bodies": "\x00"}, "include_bodies"),
+    ("usage", {"since": "99999999999d"}, "since"),
+    ("usage", {"since": "999999999w"}, "since"),
+    ("usage", {"until": "99999999999d"}, "until"),
+    ("usage", {"since": "9" * 5000 + "d"}, "since"),
+    ("usage", {"since": "9999-12-31T23:59:59-05:00"}, "since"),
+    ("usage", {"until": "0001-01-01T00:00:00+01:00"}, "until"),
+    ("usage", {"since": "2026-13-45"}, "since"),
+    ("usage", {"since": "7d\x00"}, "since"),
+    ("usage", {"by": "\x00"}, "by"),
+    ("keys", {"include_revoked": "\x00"}, "include_revoked"),
+]
+
+
+@pytest.mark.parametrize(("route", "params", "named"), BAD_QUERIES)
+async def test_bad_query_values_are_400_naming_the_parameter(
+    client: httpx2.AsyncClient, route: str, params: dict[str, str], named: str
+) -> None:
+    r = await client.get(f"{BASE}/{route}", params=params)
+    message = assert_error(r, 400, "invalid_request_error")
+    assert message.startswith(f"{named}:"), message
+    assert "\x00" not in message  # a NUL is never echoed back raw
+
+
+async def test_nul_in_a_path_or_a_body_is_400_and_changes_nothing(
+    client: httpx2.AsyncClient, db: Engine
+) -> None:
+    key = await create(client, name="kept")
+    before = stored(db, key["id"])
+    for r in (
+        await client.get(f"{BASE}/keys/%00"),
+        await client.get(f"{BASE}/keys/{key['id']}%00"),
+        await client.patch(f"{BASE}/keys/%00", json={"rpm": 5}),
+        await client.delete(f"{BASE}/keys/%00"),
+        await client.post(f"{BASE}/keys/{key['id']}%00/revoke"),
+        await client.post(f"{BASE}/keys/{key['id']}%00/rotate"),
+    ):
+        assert "path" in assert_error(r, 400, "invalid_request_error")
+    bodies: list[tuple[dict[str, Any], str]] = [
+        ({"name": "bad\x00name"}, "name: must not contain a NUL character"),
+        ({"name": "a", "models": ["claude-\x00"]}, "models.0: must not contain a NUL"),
+        ({"name": "a", "expires_at": "9999-12-31T23:59:59-05:00"}, "expires_at: is out of range"),
+    ]
+    for body, needle in bodies:
+        r = await client.post(f"{BASE}/keys", json=body)
+        assert needle in assert_error(r, 400, "invalid_request_error"), body
+        r = await client.patch(f"{BASE}/keys/{key['id']}", json=body)
+        assert needle in assert_error(r, 400, "invalid_request_error"), body
+    assert stored(db, key["id"]) == before
+    with db.connect() as conn:
+        assert len(conn.execute(select(api_keys)).all()) == 1
+
+
 async def test_unknown_ids_and_routes_are_404(client: httpx2.AsyncClient) -> None:
     path = f"{BASE}/keys/key_nope"
     for r in (

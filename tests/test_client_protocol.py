@@ -17,9 +17,12 @@ from uvicorn.server import ServerState
 from claude_proxy.client_protocol import (
     ANSWERED_KEY,
     DISCONNECT_EXTENSION,
+    RECORD_SINK_STATE_KEY,
+    REQUEST_ID_SCOPE_KEY,
     ClientProtocol,
     _Exchange,
 )
+from claude_proxy.records import RequestRecord, new_request_id
 from tests.conftest import cyclic_garbage, within_loop_turns
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -89,7 +92,9 @@ Serve = Callable[..., Awaitable[tuple[ClientProtocol, Recording, Peer]]]
 async def serve() -> AsyncIterator[Serve]:
     opened: list[tuple[asyncio.BaseTransport, socket.socket]] = []
 
-    async def start(app: App, keep_alive: float = 5) -> tuple[ClientProtocol, Recording, Peer]:
+    async def start(
+        app: App, keep_alive: float = 5, state: dict[str, Any] | None = None
+    ) -> tuple[ClientProtocol, Recording, Peer]:
         loop = asyncio.get_running_loop()
         config = uvicorn.Config(
             app,
@@ -97,7 +102,7 @@ async def serve() -> AsyncIterator[Serve]:
             timeout_keep_alive=keep_alive,
             log_config=None,  # type: ignore[arg-type]
         )
-        proto = ClientProtocol(config, ServerState(), {}, loop)
+        proto = ClientProtocol(config, ServerState(), state or {}, loop)
         ours, theirs = socket.socketpair()
         transport, _ = await loop.connect_accepted_socket(lambda: proto, ours)
         rec = Recording(proto.transport)  # type: ignore[arg-type]
@@ -447,3 +452,160 @@ async def test_a_slow_body_that_keeps_coming_is_served(serve: Serve) -> None:
         await peer.send(part)
     await peer.until(b"\r\n\r\n")
     assert await peer.exactly(6) == b"abcdef"
+
+
+# --------------------------------------------------- request-head rules (RFC 9112)
+
+
+def refused(raw: bytes, status: int = 400) -> dict[str, Any]:
+    """`raw` is the whole connection: one Anthropic-shaped error, then the server closed."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    err: dict[str, Any] = orjson.loads(body)
+    assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+    assert err["request_id"].startswith("cpr_")
+    assert b"request-id: " + err["request_id"].encode() in head
+    assert b"connection: close" in head
+    return err
+
+
+BAD_HEADS = {
+    "1.1 without Host": (b"GET /x HTTP/1.1\r\nuser-agent: t\r\n\r\n", "Host header"),
+    "no version (HTTP/0.9)": (b"GET /x\r\n\r\n", "no HTTP version"),
+    "HTTP/2.0": (b"GET /x HTTP/2.0\r\nhost: t\r\n\r\n", "HTTP/2.0"),
+    "two Host headers": (b"GET /x HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", "one Host"),
+    "two Host on 1.0": (b"GET /x HTTP/1.0\r\nhost: a\r\nHost: b\r\n\r\n", "one Host"),
+}
+
+
+@pytest.mark.parametrize("raw,why", BAD_HEADS.values(), ids=BAD_HEADS.keys())
+async def test_a_head_that_breaks_http_1_1_gets_400_and_never_reaches_the_app(
+    serve: Serve, raw: bytes, why: str
+) -> None:
+    called: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        called.append(scope["path"])
+        await plain()(scope, receive, send)
+
+    _, _, peer = await serve(app)
+    await peer.send(raw + GET)  # what follows a refused head is never served either
+    err = refused(await peer.eof())
+    assert why in err["error"]["message"]
+    assert called == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /x HTTP/1.0\r\n\r\n",  # HTTP/1.0 may leave Host out
+        b"GET /x HTTP/1.1\r\nhost:\r\n\r\n",  # an empty Host is allowed (RFC 9112 3.2)
+        b"GET /x HTTP/1.1\r\nHOST: t\r\n\r\n",
+    ],
+    ids=["1.0 without Host", "empty Host", "upper-case Host"],
+)
+async def test_heads_that_http_1_1_allows_are_served(serve: Serve, raw: bytes) -> None:
+    _, _, peer = await serve(plain())
+    await peer.send(raw)
+    assert (await peer.until(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+    assert await peer.exactly(5) == b"hello"
+
+
+# --------------------------------------------- refused heads are recorded here
+
+
+class ListSink:
+    """A RecordSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[RequestRecord] = []
+
+    def submit(self, record: RequestRecord) -> None:
+        self.records.append(record)
+
+
+async def test_a_refused_head_is_recorded_with_what_was_parsed(serve: Serve) -> None:
+    sink = ListSink()
+    _, _, peer = await serve(plain(), state={RECORD_SINK_STATE_KEY: sink})
+    await peer.send(b"POST /v1/messages?beta=true HTTP/1.1\r\nuser-agent: curl/8\r\n\r\n")
+    err = refused(await peer.eof())
+    (record,) = sink.records
+    assert record.id == err["request_id"]
+    assert (record.method, record.endpoint) == ("POST", "/v1/messages")
+    assert (record.status_code, record.error_type) == (400, "invalid_request_error")
+    assert record.error_message == err["error"]["message"]
+    assert record.refusal == "malformed_http" and record.user_agent == "curl/8"
+
+
+async def test_unparseable_and_oversized_heads_are_recorded(serve: Serve) -> None:
+    sink = ListSink()
+    _, _, peer = await serve(plain(), state={RECORD_SINK_STATE_KEY: sink})
+    await peer.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # TLS to a plain port
+    err = refused(await peer.eof())
+    _, _, peer = await serve(plain(), state={RECORD_SINK_STATE_KEY: sink})
+    target = b"/v1/" + b"a" * 70_000  # the request line alone is over the limit
+    await peer.send(b"GET " + target + b" HTTP/1.1\r\nhost: t\r\n\r\n")
+    big = refused(await peer.eof(), 431)
+    unparsed, oversized = sink.records
+    assert unparsed.id == err["request_id"] and big["request_id"] == oversized.id
+    assert (unparsed.method, unparsed.endpoint, unparsed.status_code) == ("", "(unparsed)", 400)
+    assert (oversized.method, oversized.status_code) == ("GET", 431)
+    assert oversized.refusal == "headers_too_large"
+    assert oversized.endpoint.startswith("/v1/aaaa") and len(oversized.endpoint) <= 256
+
+
+async def test_a_head_timeout_is_recorded_with_how_long_it_was_waited_for(serve: Serve) -> None:
+    sink = ListSink()
+    proto, _, peer = await serve(plain(), keep_alive=30, state={RECORD_SINK_STATE_KEY: sink})
+    proto.head_timeout = 0.2
+    await peer.send(b"GET /v1/models HTTP/1.1\r\nhost: t\r\n")  # never ends
+    timed_out(await peer.eof(), "request headers")
+    (record,) = sink.records
+    assert (record.method, record.endpoint) == ("GET", "/v1/models")
+    assert (record.status_code, record.error_type, record.refusal) == (
+        408,
+        "timeout_error",
+        "header_timeout",
+    )
+    assert record.latency_ms is not None and record.latency_ms >= 200
+
+
+async def test_a_bad_head_after_an_answered_request_gets_its_own_id_and_row(
+    serve: Serve,
+) -> None:
+    """The request before it has its own row from the app: the refusal must not reuse its
+    id (one row would overwrite the other) nor be recorded twice."""
+    sink = ListSink()
+    first_id = new_request_id()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope[REQUEST_ID_SCOPE_KEY] = first_id  # as the relay does
+        await plain()(scope, receive, send)
+
+    _, _, peer = await serve(app, state={RECORD_SINK_STATE_KEY: sink})
+    await peer.send(GET)
+    await peer.until(b"hello")
+    await peer.send(b"NOT HTTP\r\n\r\n")  # on the same kept-alive connection
+    err = refused(await peer.eof())
+    assert err["request_id"] != first_id
+    assert [r.id for r in sink.records] == [err["request_id"]]
+
+
+async def test_a_request_the_app_saw_is_not_recorded_by_the_protocol(serve: Serve) -> None:
+    """A body that stops coming is the app's to record (it gets the 408 in http.disconnect);
+    a request served normally costs the protocol no record at all."""
+    sink = ListSink()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    proto, _, peer = await serve(plain(), state={RECORD_SINK_STATE_KEY: sink})
+    await peer.send(GET)
+    await peer.until(b"hello")
+    assert sink.records == []
+    proto, _, peer = await serve(app, keep_alive=30, state={RECORD_SINK_STATE_KEY: sink})
+    proto.body_timeout = 0.2
+    await peer.send(b"POST /v1/messages HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n")
+    timed_out(await peer.eof(), "request body")
+    assert sink.records == []

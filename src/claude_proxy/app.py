@@ -21,8 +21,10 @@ from sqlalchemy import Engine
 
 from claude_proxy import __version__
 from claude_proxy.auth import BadKeyThrottle, KeyCache
+from claude_proxy.batches import BatchSettler
+from claude_proxy.body_budget import BodyBudget
 from claude_proxy.breaker import BreakerConfig, CircuitBreaker
-from claude_proxy.client_protocol import TELEMETRY_STATE_KEY
+from claude_proxy.client_protocol import RECORD_SINK_STATE_KEY, TELEMETRY_STATE_KEY
 from claude_proxy.collector import settle_startup_heap
 from claude_proxy.config import Settings
 from claude_proxy.dispatch import Dispatcher
@@ -32,7 +34,13 @@ from claude_proxy.limits import Limiter
 from claude_proxy.metrics import CIRCUIT_STATES, CONTENT_TYPE, ProxyMetrics
 from claude_proxy.observability import FIELDS
 from claude_proxy.pricing import PriceTable
-from claude_proxy.records import RecordSink, RequestRecord, new_request_id
+from claude_proxy.records import (
+    MAX_SHORT_TEXT_CHARS,
+    RecordSink,
+    RequestRecord,
+    bounded,
+    new_request_id,
+)
 from claude_proxy.relay import Relay
 from claude_proxy.retry import RetryConfig, RetryPolicy
 from claude_proxy.store.engine import make_engine, redacted_url
@@ -87,22 +95,25 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path: str = scope["path"]
-            if path.startswith("/v1/") or path == "/v1":
+            # Routed on the raw target: `/%6detrics` must not reach /metrics, which the
+            # load balancer hides by its exact path, nor `/%761/...` the relay.
+            raw: bytes = scope["raw_path"]
+            if raw.startswith(b"/v1/") or raw == b"/v1":
                 assert self.components is not None, "lifespan did not run"
                 await self.components.relay(scope, receive, send)
-            elif path == "/health":
+            elif raw == b"/health":
                 await self._health(send)
-            elif path == "/ready":
+            elif raw == b"/ready":
                 await self._ready(send)
-            elif path == "/metrics":
+            elif raw == b"/metrics":
                 await self._metrics(scope, send)
-            elif path.startswith("/admin/") and self.components and self.components.admin:
+            elif raw.startswith(b"/admin/") and self.components and self.components.admin:
                 # Its own key (CLAUDE_PROXY_ADMIN_KEY); proxy keys mean nothing there.
                 await self.components.admin(scope, receive, send)
             else:
                 rid = new_request_id()
-                await send_error(send, "not_found_error", f"Not found: {path}", rid)
+                shown = bounded(raw.decode("latin-1"), MAX_SHORT_TEXT_CHARS)
+                await send_error(send, "not_found_error", f"Not found: {shown}", rid)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
 
@@ -174,6 +185,7 @@ class ProxyApp:
                 "last_written_seconds_ago": round(time.time() - last, 1) if last else None,
             },
             "log_queue": c.sink.stats() if c.sink is not None else None,
+            "request_bodies": c.relay.body_budget.stats(),  # bytes held, bound, waiting
             "live": c.telemetry.live.snapshot(),
             "limits": c.limiter.stats(),  # processes sharing the limits, sync health
         }
@@ -186,10 +198,13 @@ class ProxyApp:
                 try:
                     await self.startup()
                     # uvicorn shares this state with every connection: the client protocol
-                    # counts connections into the telemetry through it.
+                    # counts connections into the telemetry through it, and records the
+                    # requests it refuses itself (malformed or late heads) into the sink.
                     assert self.components is not None
                     if "state" in scope:
                         scope["state"][TELEMETRY_STATE_KEY] = self.components.telemetry
+                        if self.components.sink is not None:
+                            scope["state"][RECORD_SINK_STATE_KEY] = self.components.sink
                 except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -271,6 +286,7 @@ class ProxyApp:
         telemetry = Telemetry(metrics, tracing)
         dispatcher = Dispatcher(upstream, breaker, retry, telemetry)
         body_cap = st.log_body_max_bytes if st.log_bodies else 0
+        settler = BatchSettler(engine, upstream, sink, prices, st.batch_poll_seconds)
         relay = Relay(
             keys,
             limiter,
@@ -280,10 +296,15 @@ class ProxyApp:
             self.drain,
             telemetry,
             st.max_body_bytes,
+            BodyBudget(st.max_buffered_body_bytes, st.body_wait_seconds),
             body_cap,
+            prices,
+            settler,
+            st.public_url,
         )
         background: list[asyncio.Task[None]] = [
-            asyncio.get_running_loop().create_task(telemetry.publish_every(1.0))
+            asyncio.get_running_loop().create_task(telemetry.publish_every(1.0)),
+            asyncio.get_running_loop().create_task(settler.run()),
         ]
         if st.emf_enabled:
             from claude_proxy.emf import EmfReporter
@@ -341,6 +362,8 @@ class ProxyApp:
             task.cancel()
         if c.telemetry.tracing is not None:
             await asyncio.to_thread(c.telemetry.tracing.shutdown)
+        if c.relay.settler is not None:
+            await c.relay.settler.close()
         await c.upstream.close()
         await c.keys.close()
         await c.limiter.close()

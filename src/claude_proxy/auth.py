@@ -10,7 +10,9 @@ Keys come from two places: the static `CLAUDE_PROXY_API_KEYS` set, and the
 `api_keys` table, which a background task re-reads every `refresh_interval`
 seconds (only the rows changed since the last read). A key the cache has not
 seen yet (created a moment ago on another replica) costs one database lookup,
-rate-limited so that a flood of bad keys cannot turn into a flood of queries.
+rate-limited so that a flood of bad keys cannot turn into a flood of queries. Concurrent
+first requests with the same key share that one lookup, and a lookup over the rate waits
+for its turn instead of calling a key that may well exist unknown.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import Engine
 
@@ -35,6 +38,9 @@ log = logging.getLogger("claude_proxy.auth")
 _REFRESH_OVERLAP = timedelta(seconds=10)
 _NEGATIVE_TTL = 30.0  # seconds a digest the database did not know is not asked again
 _NEGATIVE_MAX = 10_000
+# How long a lookup may wait for its turn under the lookup rate. Past it (a queue of
+# rate * this many distinct unknown keys) the answer is "try again" (503), never a 401.
+_MISS_MAX_WAIT = 5.0
 
 
 def key_digest(key: str | bytes) -> bytes:
@@ -91,7 +97,8 @@ class KeyInfo:
 
 
 class KeyStoreUnavailable(Exception):
-    """The key is not cached and the database cannot be asked: a retryable refusal."""
+    """The key is not cached and the database cannot be asked (it is unreachable, or the
+    lookup queue is full; the message says which): a retryable refusal."""
 
 
 class KeyCache:
@@ -104,6 +111,7 @@ class KeyCache:
         *,
         refresh_interval: float = 2.0,
         miss_lookups_per_second: float = 20.0,
+        miss_max_wait: float = _MISS_MAX_WAIT,
     ) -> None:
         self._by_digest: dict[bytes, KeyInfo] = {}
         self._static = len(set(static_keys))
@@ -118,7 +126,10 @@ class KeyCache:
         self._loaded = False
         self._healthy_at = float("-inf")  # monotonic time of the last good refresh
         self._misses = _TokenBucket(miss_lookups_per_second, miss_lookups_per_second)
+        self._miss_max_wait = miss_max_wait
         self._unknown: OrderedDict[bytes, float] = OrderedDict()
+        # One database lookup per digest at a time; every concurrent request awaits it.
+        self._inflight: dict[bytes, asyncio.Task[KeyInfo | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -137,8 +148,10 @@ class KeyCache:
     async def lookup(self, credential: bytes) -> KeyInfo | None:
         """A key the cache does not hold: ask the database (rarely), or say it is unknown.
 
+        None only when the database said so (now, or in the last 30 s): a key that exists
+        is never called unknown. Concurrent lookups of one key share one database read.
         Raises KeyStoreUnavailable when the answer cannot be known: the database is
-        unreachable and the cache is stale, so a valid new key must not get a 401.
+        unreachable, or too many lookups are queued under the lookup rate.
         """
         digest = key_digest(credential)
         info = self._by_digest.get(digest)
@@ -148,21 +161,41 @@ class KeyCache:
         seen = self._unknown.get(digest)
         if seen is not None and now - seen < _NEGATIVE_TTL and self._fresh(now):
             return None
-        if not self._misses.take(now):
-            # Over the lookup rate: trust the cache if it is fresh, else say "try again".
-            if self._fresh(now):
-                return None
-            raise KeyStoreUnavailable()
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._resolve(digest))
+            self._inflight[digest] = task
+            task.add_done_callback(partial(self._resolved, digest))
+        # Shielded: a client that leaves must not cancel the read the others wait for.
+        return await asyncio.shield(task)
+
+    async def _resolve(self, digest: bytes) -> KeyInfo | None:
+        """The one database read for `digest`, in its turn under the lookup rate."""
+        assert self._engine is not None
+        wait = self._misses.reserve(time.monotonic(), self._miss_max_wait)
+        if wait is None:  # the queue is full: "retry", not "unknown"
+            raise KeyStoreUnavailable("too many unknown keys are being looked up at once")
+        if wait > 0:
+            await asyncio.sleep(wait)
+            info = self._by_digest.get(digest)
+            if info is not None:
+                return info  # a refresh or the admin API brought it meanwhile
         try:
             row = await asyncio.to_thread(key_by_hash, self._engine, digest.hex())
         except Exception as exc:
             log.warning("key lookup failed (%s): database unreachable", type(exc).__name__)
-            raise KeyStoreUnavailable() from exc
+            raise KeyStoreUnavailable("the key database is unreachable") from exc
         if row is None:
-            self._remember_unknown(digest, now)
+            self._remember_unknown(digest, time.monotonic())
             return None
         self.apply(row)
         return self._by_digest.get(digest)
+
+    def _resolved(self, digest: bytes, task: asyncio.Task[KeyInfo | None]) -> None:
+        if self._inflight.get(digest) is task:
+            del self._inflight[digest]
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every waiter had gone
 
     # -------------------------------------------------------------- updates
 
@@ -205,10 +238,12 @@ class KeyCache:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [*self._inflight.values(), *([self._task] if self._task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._inflight.clear()
+        self._task = None
 
     def healthy(self) -> bool:
         return self._engine is None or self._fresh(time.monotonic())
@@ -290,6 +325,16 @@ class _TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+    def reserve(self, now: float, max_wait: float) -> float | None:
+        """Book the next free slot: seconds to wait for it (0: now), or None if that is
+        over `max_wait`. Booked slots are owed (tokens below zero), so waiters queue."""
+        self._fill(now)
+        wait = max(0.0, (1.0 - self.tokens) / self.rate)
+        if wait > max_wait:
+            return None
+        self.tokens -= 1.0
+        return wait
 
     def wait_seconds(self, now: float) -> int | None:
         self._fill(now)

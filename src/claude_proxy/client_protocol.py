@@ -21,7 +21,12 @@ admin API and the tests rely on:
 - the `claude_proxy.write_body` ASGI extension writes a body part without a message
   dict or a coroutine, so the relay can write a stream's chunks from the upstream's read
   callback (upstream.UpstreamResponse.pump) rather than wake its task for each;
-- open connections are counted into the app's Telemetry (found in the lifespan state).
+- open connections are counted into the app's Telemetry (found in the lifespan state);
+- a request head that breaks HTTP/1.1 (unparseable, no HTTP version or one other than 1.0
+  and 1.1, an HTTP/1.1 request without a Host header, more than one Host header), one over
+  64 KiB, or one that does not arrive in time is answered here (400, 431, 408) and never
+  reaches the app; this protocol records it itself, through the record sink the app puts
+  in the lifespan state, so that every request that reached the proxy has its row.
 
 uvicorn.Server still runs the sockets, the lifespan, the signals and the graceful
 shutdown; it builds one of these per connection (`Config(http=ClientProtocol)`).
@@ -32,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable
@@ -40,11 +46,24 @@ from typing import Any, cast
 import httptools
 
 from claude_proxy.errors import error_body, error_headers
-from claude_proxy.records import new_request_id
+from claude_proxy.records import (
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_SHORT_TEXT_CHARS,
+    MAX_USER_AGENT_CHARS,
+    RecordSink,
+    RequestRecord,
+    bounded,
+    new_request_id,
+)
 
 log = logging.getLogger("claude_proxy.server")
 
 TELEMETRY_STATE_KEY = "claude_proxy.telemetry"
+# Where the app puts its RecordSink in the lifespan state: requests this protocol refuses
+# before the app sees them (malformed, oversized or late heads) are recorded through it.
+RECORD_SINK_STATE_KEY = "claude_proxy.record_sink"
+# A refused head's row when its request line was not parsed as far as the target.
+UNPARSED_ENDPOINT = "(unparsed)"
 # The ASGI extension through which the app learns that the client left (see module doc).
 DISCONNECT_EXTENSION = "claude_proxy.disconnect"
 # The ASGI extension `write_body(body, more) -> future | None`: what `send` does with an
@@ -77,6 +96,8 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HEAD_TIMED_OUT = "Timed out reading the request headers."
+# The `refusal` of a row this protocol records, by the status it answered.
+_REFUSALS = {400: "malformed_http", 408: "header_timeout", 431: "headers_too_large"}
 
 
 def _status_line(status: int) -> bytes:
@@ -148,6 +169,8 @@ class ClientProtocol(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_continue = False
         self.head_budget = MAX_HEAD_BYTES
+        self.hosts = 0  # Host headers in the head being parsed
+        self.head_error: str | None = None  # why a parsed head was refused (a 400)
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -174,7 +197,9 @@ class ClientProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass  # no upgrades (WebSocket) here: the request was answered as plain HTTP
         except httptools.HttpParserError:
-            if self.head_budget < 0:
+            if self.head_error is not None:
+                self._bad_request(400, self.head_error)
+            elif self.head_budget < 0:
                 self._bad_request(431, f"Request headers exceed {MAX_HEAD_BYTES} bytes.")
             else:
                 self._bad_request(400, "Invalid HTTP request received.")
@@ -251,6 +276,7 @@ class ClientProtocol(asyncio.Protocol):
         self.headers = []
         self.expect_continue = False
         self.head_budget = MAX_HEAD_BYTES
+        self.hosts = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -263,14 +289,21 @@ class ClientProtocol(asyncio.Protocol):
         if self.head_budget < 0:
             raise ValueError("request head too large")
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"host":
+            self.hosts += 1
+        elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._stop_waiting()
         parser = self.parser
         http_version = parser.get_http_version()
+        if http_version != "1.1" or self.hosts != 1:  # one comparison on the common path
+            problem = _head_problem(http_version, self.hosts)
+            if problem is not None:
+                self.head_error = problem
+                raise ValueError(problem)  # feed_data raises a parser error: a 400
+        self._stop_waiting()
         url = httptools.parse_url(self.url)
         raw_path: bytes = url.path
         path = raw_path.decode("ascii")
@@ -423,9 +456,12 @@ class ClientProtocol(asyncio.Protocol):
     ) -> None:
         """Unparseable, oversized or stalled HTTP: an Anthropic-shaped error, and the
         connection is closed (nothing after it on this connection can be trusted to be a
-        request). An app still waiting for this request's body sees the client gone."""
+        request). An app still waiting for this request's body sees the client gone, and
+        records it; a request the app never saw is recorded here."""
         active = self.active
-        answer = active is None or active.complete or not active.started  # not mid-response
+        if active is not None and active.complete:
+            active = None  # that one was answered: what failed is the next request
+        answer = active is None or not active.started  # not mid-response
         rid = active.scope.get(REQUEST_ID_SCOPE_KEY) if active is not None and answer else None
         rid = rid or new_request_id()
         log.warning("%s request_id=%s", message, rid)
@@ -436,7 +472,45 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.write(_error_response(status, body, rid))
         if active is not None:  # before the app could write a second response
             active.client_gone((status, error_type, message) if answer else None)
+        else:
+            self._record_refusal(rid, status, error_type, message)
         self.transport.close()
+
+    def _record_refusal(self, rid: str, status: int, error_type: str, message: str) -> None:
+        """The row of a request refused before the app saw it: only refusals pay for this.
+
+        Method, endpoint (the target's path, as sent) and user agent as far as the head
+        was parsed; method "" and endpoint "(unparsed)" when the request line was not."""
+        sink: RecordSink | None = self.app_state.get(RECORD_SINK_STATE_KEY)
+        if sink is None:
+            return
+        latency_ms = None
+        if self.wait_error is _HEAD_TIMED_OUT and self.idle_since is not None:
+            latency_ms = max(0.0, (self.loop.time() - self.idle_since) * 1000)
+        method, endpoint, user_agent = "", UNPARSED_ENDPOINT, None
+        if self.mid_message and self.url:  # the method was valid, the target begun
+            method = self.parser.get_method().decode("ascii", "replace")
+            endpoint = _target_path(self.url) or UNPARSED_ENDPOINT
+            for name, value in self.headers:
+                if name == b"user-agent":
+                    user_agent = bounded(value.decode("latin-1"), MAX_USER_AGENT_CHARS)
+        record = RequestRecord(
+            id=rid,
+            created_at=time.time() - (latency_ms or 0.0) / 1000,
+            method=method,
+            endpoint=endpoint,
+            status_code=status,
+            error_type=error_type,
+            error_message=bounded(message, MAX_ERROR_MESSAGE_CHARS),
+            latency_ms=latency_ms,
+            client_ip=self.client[0] if self.client else None,
+            user_agent=user_agent,
+            refusal=_REFUSALS.get(status),
+        )
+        try:
+            sink.submit(record)
+        except Exception:  # a record lost must not keep the 400 from being answered
+            log.exception("could not record a refused request request_id=%s", rid)
 
 
 class _Exchange:
@@ -689,6 +763,28 @@ class _Exchange:
         transport.close()
         if proto.active is self:
             proto.active = None
+
+
+def _head_problem(http_version: str, hosts: int) -> str | None:
+    """Why a parsed request head breaks HTTP/1.1 (RFC 9112), or None if it does not."""
+    if http_version == "0.9":
+        return "The request line has no HTTP version: send HTTP/1.1."
+    if http_version not in ("1.0", "1.1"):
+        return f"HTTP/{http_version} is not supported here: send HTTP/1.1."
+    if hosts > 1:
+        return "A request must have at most one Host header."
+    if hosts == 0 and http_version == "1.1":
+        return "An HTTP/1.1 request must have a Host header."
+    return None
+
+
+def _target_path(url: bytes) -> str:
+    """The path of a request target as sent (no query), capped: for a refused head's row."""
+    try:
+        path: bytes = httptools.parse_url(url).path or b""
+    except httptools.HttpParserInvalidURLError:
+        path = url.partition(b"?")[0]
+    return bounded(path.decode("latin-1"), MAX_SHORT_TEXT_CHARS) or ""
 
 
 def _error_response(status: int, body: bytes, request_id: str) -> bytes:

@@ -39,6 +39,17 @@ class Settings(BaseSettings):
 
     # The API's own limit for /v1/messages and count_tokens (larger bodies get 413).
     max_body_bytes: int = 32 * 1024 * 1024
+    # Request-body bytes one process holds at once (each body is held whole until it has
+    # been forwarded). Past it a body waits up to _BODY_WAIT_SECONDS for room, then gets
+    # 529 overloaded_error with retry-after: slow or hostile uploads cannot exhaust memory.
+    max_buffered_body_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
+    # How clients reach the proxy (https://claude-proxy.example.com), for the results_url of
+    # message batches; unset: the request's scheme (X-Forwarded-Proto from a trusted load
+    # balancer) and Host.
+    public_url: str | None = None
+    # How often unsettled message batches are polled until they end (docs/access-control.md).
+    batch_poll_seconds: float = Field(default=60.0, gt=0)
+    body_wait_seconds: float = Field(default=5.0, ge=0)
     # --- timeouts (docs/reliability.md): each fires as a 504 timeout_error before any byte
     # reached the client, or an SSE error event after; the log line says "Timeout (which)".
     # Reaching api.anthropic.com takes milliseconds; 10 s only trips on a real outage.

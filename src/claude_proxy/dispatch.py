@@ -15,7 +15,7 @@ from claude_proxy.breaker import CircuitBreaker, is_failure_status
 from claude_proxy.records import RequestRecord
 from claude_proxy.retry import RetryPolicy
 from claude_proxy.telemetry import Telemetry
-from claude_proxy.upstream import ConnectError, UpstreamPool, UpstreamResponse
+from claude_proxy.upstream import Buffer, ConnectError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("claude_proxy.upstream")
 
@@ -48,7 +48,7 @@ class Dispatcher:
         method: bytes,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        body: Buffer,
         record: RequestRecord,
         span: object = None,
     ) -> UpstreamResponse | Failed:

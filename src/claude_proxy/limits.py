@@ -42,7 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from claude_proxy.auth import KeyInfo
 from claude_proxy.pricing import PriceTable
-from claude_proxy.records import RequestRecord
+from claude_proxy.records import MAX_MODEL_CHARS, RequestRecord, bounded
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.schema import DatabaseNow, key_spend, proxy_instances, rate_usage
 from claude_proxy.window import SlidingCounts
@@ -133,17 +133,23 @@ class Limiter:
 
     # ----------------------------------------------------------- request path
 
-    def check(self, key: KeyInfo, models: list[str], now: float) -> Refusal | None:
-        """The first limit this request would break, or None to let it through."""
+    def check_models(self, key: KeyInfo, models: list[str]) -> Refusal | None:
+        """A refusal if the key may not use one of these models (known once the body is read)."""
         for model in models:
             if not key.allows_model(model):
                 allowed = ", ".join(key.models or ())
+                shown = bounded(model, MAX_MODEL_CHARS)
                 return Refusal(
                     "model_not_allowed",
                     "permission_error",
                     403,
-                    f"This key may not use model '{model}'. Allowed models: {allowed}.",
+                    f"This key may not use model '{shown}'. Allowed models: {allowed}.",
                 )
+        return None
+
+    def check(self, key: KeyInfo, now: float) -> Refusal | None:
+        """The first limit (budget, RPM, TPM) this request would break, or None to let it
+        through; needs nothing from the body, so it runs before the body is read."""
         if not key.limited:
             return None
         if key.budget_usd is not None:
@@ -185,6 +191,36 @@ class Limiter:
             self._allowance[key.key_id] = (gen_left[0], gen_left[1] - 1)
         if key.budget_usd is not None:
             self._budget_keys[key.key_id] = key.budget_period or "total"
+
+    def check_reservation(self, key: KeyInfo, usd: float, now: float) -> Refusal | None:
+        """A refusal if reserving `usd` (a message batch's estimate) would cross the key's
+        budget: a batch runs later, so its whole estimate must fit in what is left now."""
+        if key.budget_usd is None or usd <= 0:
+            return None
+        period = key.budget_period or "total"
+        spent = self.spent(key.key_id, period, now)
+        left = max(0.0, key.budget_usd - spent)
+        if usd <= left:
+            return None
+        msg = (
+            f"Budget too small for this batch on key '{key.name or key.key_id}': its estimated "
+            f"cost is {_usd(usd)} (input estimated from the body, max_tokens as output, at "
+            f"batch prices) and {_usd(left)} of {_usd(key.budget_usd)} is left. Submit fewer "
+            "requests, lower max_tokens, or raise the budget."
+        )
+        return Refusal("budget", "rate_limit_error", 429, msg, ((b"x-should-retry", b"false"),))
+
+    def reserve(self, key: KeyInfo, usd: float, tokens: int, now: float) -> None:
+        """Count a reservation (a batch's estimate; negative to give one back) at once, in
+        this process, until the request log's spend reaches the next snapshot; and its
+        tokens against TPM."""
+        if key.budget_usd is not None and usd:
+            self._budget_keys[key.key_id] = key.budget_period or "total"
+            self._spend_local.setdefault(key.key_id, deque()).append((now, usd))
+        if key.tpm is not None and tokens > 0:
+            now_s = int(now)
+            self._window(key.key_id, now_s).add(now_s, 0, tokens)
+            self._dirty.add((key.key_id, now_s))
 
     def finish(self, key: KeyInfo, record: RequestRecord, now: float) -> None:
         """Count what a finished request used: its tokens (TPM) and its cost (budget)."""

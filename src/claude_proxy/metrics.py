@@ -131,7 +131,7 @@ class ProxyMetrics:
         )
         self.rows = Counter(
             "claude_proxy_log_rows_total",
-            "Request-log rows by outcome: written, spilled, replayed, rejected",
+            "Request-log rows by outcome: written, spilled, replayed, reduced, quarantined",
             ["outcome"],
             registry=reg,
         )

@@ -23,6 +23,7 @@ from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcont
 from pathlib import Path
 from typing import Any
 
+from claude_proxy.records import MAX_MODEL_CHARS, bounded
 from claude_proxy.sse import Usage
 
 __all__ = ["ModelPrice", "PriceTable", "PromptTier", "Rates"]
@@ -241,6 +242,8 @@ class PriceTable:
             return (amount / _MTOK).quantize(_QUANTUM)
 
     def _warn_unknown(self, model: str) -> None:
+        # Capped before it is kept or logged: a model id is whatever a client sent.
+        model = bounded(model, MAX_MODEL_CHARS)
         if model in self._warned or len(self._warned) > _MAX_WARNED:
             return
         self._warned.add(model)

@@ -7,13 +7,14 @@ The sink must not block: the request log pipeline plugs its writer in here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import operator
 import random
 import time
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import orjson
 
@@ -21,6 +22,38 @@ from claude_proxy.observability import FIELDS
 from claude_proxy.sse import Usage
 
 log = logging.getLogger("claude_proxy.access")
+
+
+# Caps on every client-controlled or upstream-echoed text that is stored or logged
+# (docs/request-logs.md). A longer value keeps its head and the SHA-256 prefix of the whole
+# value, so two long values that differ only at the end still differ, and every row stays
+# far under PostgreSQL's limit for an index entry (~2,700 bytes: `model` is indexed).
+MAX_MODEL_CHARS = 256
+MAX_USER_AGENT_CHARS = 512
+MAX_METADATA_USER_ID_CHARS = 256
+MAX_SESSION_ID_CHARS = 128
+MAX_BETA_CHARS = 1024
+MAX_ERROR_MESSAGE_CHARS = 4096
+MAX_ENDPOINT_CHARS = 512  # pass-through paths are the client's
+MAX_SHORT_TEXT_CHARS = 256  # ids and labels echoed from the upstream or the client
+# ASCII, so a capped value fits a database in any encoding (LATIN1, SQL_ASCII) and greps.
+_HASH_MARK = "...sha256:"
+_HASH_HEX = 16
+
+
+@overload
+def bounded(value: str, cap: int) -> str: ...
+@overload
+def bounded(value: None, cap: int) -> None: ...
+@overload
+def bounded(value: str | None, cap: int) -> str | None: ...
+def bounded(value: str | None, cap: int) -> str | None:
+    """`value` if it fits in `cap` characters, else its head plus "...sha256:<16 hex>" of the
+    whole value, `cap` characters in all. Cheap when it fits (one len())."""
+    if value is None or len(value) <= cap:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_HEX]
+    return value[: max(0, cap - len(_HASH_MARK) - _HASH_HEX)] + _HASH_MARK + digest
 
 
 def new_request_id() -> str:
@@ -62,6 +95,9 @@ class RequestRecord:
     # Only with CLAUDE_PROXY_LOG_BODIES=true, capped; never headers (credentials).
     request_body: str | None = None
     response_body: str | None = None
+    # A cost the proxy decided itself, in USD as a decimal string, instead of pricing model
+    # and usage: a message batch's reservation at submission and its settlement (batches.py).
+    cost_usd: str | None = None
 
 
 # How records travel to the writer process: one JSON array per line, the fields in
@@ -97,22 +133,24 @@ def log_access(record: RequestRecord, cost_usd: Decimal | None) -> None:
     """One access line per request. Called by the log writer's thread, off the event loop.
 
     Never the key itself: `key_id` is the key's id (docs/observability.md lists the fields).
+    Texts a client or the upstream chose are capped: one request must not make a line of
+    megabytes.
     """
     if not log.isEnabledFor(logging.INFO):
         return
     u = record.usage
     fields = {
-        "request_id": record.id,
-        "upstream_request_id": record.upstream_request_id,
-        "key_id": record.key_id,
-        "method": record.method,
-        "endpoint": record.endpoint,
-        "model": record.model,
+        "request_id": bounded(record.id, MAX_SHORT_TEXT_CHARS),
+        "upstream_request_id": bounded(record.upstream_request_id, MAX_SHORT_TEXT_CHARS),
+        "key_id": bounded(record.key_id, MAX_SHORT_TEXT_CHARS),
+        "method": bounded(record.method, MAX_SHORT_TEXT_CHARS),
+        "endpoint": bounded(record.endpoint, MAX_ENDPOINT_CHARS),
+        "model": bounded(record.model, MAX_MODEL_CHARS),
         "stream": record.stream,
         "status": record.status_code,
-        "error_type": record.error_type,
-        "refusal": record.refusal,
-        "stop_reason": record.stop_reason,
+        "error_type": bounded(record.error_type, MAX_SHORT_TEXT_CHARS),
+        "refusal": bounded(record.refusal, MAX_SHORT_TEXT_CHARS),
+        "stop_reason": bounded(record.stop_reason, MAX_SHORT_TEXT_CHARS),
         "latency_ms": None if record.latency_ms is None else round(record.latency_ms, 1),
         "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 1),
         "input_tokens": u.input_tokens,

@@ -16,11 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import orjson
 
 from claude_proxy.auth import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
+from claude_proxy.batches import (
+    BatchEstimate,
+    BatchSettler,
+    public_base,
+    rewrite_results_urls,
+)
+from claude_proxy.batches import estimate as estimate_batch
+from claude_proxy.body_budget import BodyBudget
 from claude_proxy.client_protocol import (
     ANSWERED_KEY,
     DISCONNECT_EXTENSION,
@@ -32,25 +41,40 @@ from claude_proxy.drain import Drain
 from claude_proxy.errors import STATUS_FOR_TYPE, send_error, sse_error_event
 from claude_proxy.headers import ClientHeaders, filter_response_headers, split_request_headers
 from claude_proxy.limits import Limiter, Refusal
-from claude_proxy.records import RecordSink, RequestRecord, new_request_id
+from claude_proxy.paths import (
+    BATCHES,
+    JSON_ENDPOINTS,
+    allowed_methods,
+    canonical_target,
+    endpoint_label,
+    target_problem,
+)
+from claude_proxy.pricing import PriceTable
+from claude_proxy.records import (
+    MAX_BETA_CHARS,
+    MAX_METADATA_USER_ID_CHARS,
+    MAX_MODEL_CHARS,
+    MAX_SESSION_ID_CHARS,
+    MAX_SHORT_TEXT_CHARS,
+    MAX_USER_AGENT_CHARS,
+    RecordSink,
+    RequestRecord,
+    bounded,
+    new_request_id,
+)
 from claude_proxy.sse import ResponseObserver
+from claude_proxy.store.batches import Submission
 from claude_proxy.telemetry import Telemetry
 from claude_proxy.types import Message, Receive, Scope, Send
-from claude_proxy.upstream import BodyError
+from claude_proxy.upstream import BodyError, Buffer, UpstreamResponse
 
 log = logging.getLogger("claude_proxy.relay")
 
-# Endpoints whose request body must be a JSON object (the proxy reads model/stream from it).
-_JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
-_BATCHES = "/v1/messages/batches"
-_KNOWN_PATHS = frozenset(
-    {"/v1/messages", "/v1/messages/count_tokens", "/v1/models", _BATCHES, "/v1/files"}
+# Endpoints that answer batch objects, whose results_url is rewritten; and the results.
+_BATCH_OBJECT_ENDPOINTS = frozenset(
+    {BATCHES, "/v1/messages/batches/{id}", "/v1/messages/batches/{id}/cancel"}
 )
-# A key the proxy cannot check right now: the SDKs retry a 503 with this advice.
-_KEY_STORE_DOWN = (
-    "The proxy cannot verify this API key right now: its key database is unreachable. "
-    "Retry shortly."
-)
+_RESULTS = "/v1/messages/batches/{id}/results"
 
 
 class ClientGone(Exception):
@@ -66,20 +90,6 @@ def _body_cut(disconnect: Message, record: RequestRecord) -> NoReturn:
     raise ClientGone()
 
 
-def endpoint_label(path: str) -> str:
-    """A low-cardinality name for records, metrics and spans: ids are folded to {id}
-    (`/v1/models/{id}`, `/v1/messages/batches/{id}/results`, `/v1/files/{id}/content`),
-    and paths deeper than /v1 plus four segments are cut."""
-    if path in _KNOWN_PATHS:
-        return path
-    parts = path.split("/")[:6]  # "", "v1", and at most four more
-    for i in range(2, len(parts)):
-        p = parts[i]
-        if len(p) > 24 or any(c.isdigit() for c in p) or not p.replace("_", "").isalpha():
-            parts[i] = "{id}"
-    return "/".join(parts)
-
-
 class Relay:
     def __init__(
         self,
@@ -91,7 +101,11 @@ class Relay:
         drain: Drain,
         telemetry: Telemetry,
         max_body: int,
+        body_budget: BodyBudget,
         body_cap: int = 0,
+        prices: PriceTable | None = None,
+        settler: BatchSettler | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.keys = keys
@@ -101,14 +115,27 @@ class Relay:
         self.drain = drain
         self.sink = sink
         self.max_body = max_body
+        self.body_budget = body_budget
+        wait = max(1, round(body_budget.wait_seconds))
+        self._bodies_full = Refusal(
+            "body_memory",
+            "overloaded_error",
+            529,
+            "The proxy holds as many request bodies in memory as it may right now. "
+            f"Retry after {wait} seconds.",
+            ((b"retry-after", str(wait).encode()), (b"x-should-retry", b"true")),
+        )
         # > 0 only with CLAUDE_PROXY_LOG_BODIES=true: bytes of each body kept on the record.
         self.body_cap = body_cap
+        # Message batches: estimates at batch prices, settlement, the proxy's results_url.
+        self.prices = prices or PriceTable.load(None)
+        self.settler = settler
+        self.public_url = public_url
         # Built in the app's lifespan, on the loop that serves it. current_task(loop) skips
         # get_running_loop(), which on Python 3.11 is a getpid() system call per request.
         self._loop = asyncio.get_running_loop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         path: str = scope["path"]
         client = scope.get("client")
         record = RequestRecord(
@@ -122,7 +149,7 @@ class Relay:
         tracing = self.telemetry.tracing
         span = tracing.start_request(record, scope["headers"]) if tracing is not None else None
         try:
-            await self._handle(scope, receive, send, record, started, span)
+            await self._handle(scope, receive, send, record, span)
         except ClientGone:
             # Nothing more can be said to this client; the server closes the connection.
             record.client_disconnected = record.error_type is None
@@ -133,7 +160,7 @@ class Relay:
             else:
                 raise
         finally:
-            record.latency_ms = (time.perf_counter() - started) * 1000.0
+            self._settle(record)  # unless the response's end already did
             status = record.status_code or 0
             self.telemetry.request_finished(
                 # 5xx the proxy made without the upstream's part: not a breaker refusal.
@@ -151,46 +178,100 @@ class Relay:
         receive: Receive,
         send: Send,
         record: RequestRecord,
-        started: float,
         span: object,
     ) -> None:
-        rid = record.id
         hdrs = split_request_headers(scope["headers"])
-        record.user_agent = hdrs.user_agent
-        record.anthropic_beta = hdrs.anthropic_beta
-        record.claude_code_session_id = hdrs.claude_code_session_id
+        record.user_agent = bounded(hdrs.user_agent, MAX_USER_AGENT_CHARS)
+        record.anthropic_beta = bounded(hdrs.anthropic_beta, MAX_BETA_CHARS)
+        record.claude_code_session_id = bounded(hdrs.claude_code_session_id, MAX_SESSION_ID_CHARS)
+
+        problem = target_problem(scope["raw_path"], scope["path"])
+        if problem is not None:
+            record.refusal = "bad_target"
+            return await self._refuse(send, record, "invalid_request_error", problem)
+        methods = allowed_methods(record.endpoint)
+        if methods is not None and record.method not in methods:
+            allow = ", ".join(sorted(methods))
+            msg = f"{record.method} is not allowed on {record.endpoint}; use {allow}."
+            record.refusal = "method_not_allowed"
+            return await self._fail(
+                send, record, "invalid_request_error", msg, 405, [(b"allow", allow.encode())]
+            )
 
         key = await self._authenticate(hdrs, record, send)
         if key is None:
             return
 
-        if hdrs.content_length is not None and hdrs.content_length > self.max_body:
+        length = hdrs.content_length
+        if length is not None and length > self.max_body:
             return await self._refuse(send, record, "request_too_large", self._too_large_msg())
-        body = await self._read_body(receive, record)
+        # Everything that does not need the body is checked before a byte of it is read.
+        now = time.time()
+        refusal = self.limiter.check(key, now)
+        if refusal is not None:
+            return await self._refuse_for(send, record, refusal)
+        self.limiter.admit(key, now)
+        budget = self.body_budget
+        if length and not budget.try_reserve(length) and not await budget.reserve(length):
+            return await self._refuse_for(send, record, self._bodies_full)
+        held = length or 0
+        try:
+            try:
+                body = await self._read_body(receive, record, length is None)
+            except _BodiesFull:
+                return await self._refuse_for(send, record, self._bodies_full)
+            if length is None and body is not None:
+                held = len(body)
+            await self._proceed(scope, receive, send, record, hdrs, key, body, span)
+        finally:
+            self.body_budget.release(held)
+            self.limiter.finish(key, record, time.time())
+
+    async def _proceed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        record: RequestRecord,
+        hdrs: ClientHeaders,
+        key: KeyInfo,
+        body: Buffer | None,
+        span: object,
+    ) -> None:
+        """With the body read: the checks that need it, then the upstream request."""
         if body is None:
             return await self._refuse(send, record, "request_too_large", self._too_large_msg())
-
-        if record.method == "POST" and record.endpoint in _JSON_ENDPOINTS:
+        model = None
+        if record.method == "POST" and record.endpoint in JSON_ENDPOINTS:
             parsed = _parse_json_object(body)
             if parsed is None:
                 return await self._refuse(
                     send, record, "invalid_request_error", "The request body is not valid JSON."
                 )
-            _note_request(record, parsed)
-        models = [record.model] if record.model else []
-        if key.models is not None and record.method == "POST" and record.endpoint == _BATCHES:
-            batch_models = _batch_models(body)
-            if batch_models is None:
+            model = _note_request(record, parsed)
+        models = [model] if model else []  # whole, not as bounded for the record
+        batch = None
+        if record.method == "POST" and record.endpoint == BATCHES:
+            parsed = _parse_json_object(body)
+            if parsed is None:
                 return await self._refuse(
                     send, record, "invalid_request_error", "The request body is not valid JSON."
                 )
-            models = batch_models
+            requests = parsed.get("requests")
+            batch = estimate_batch(requests if isinstance(requests, list) else [], self.prices)
+            models = batch.models
+            record.model = bounded(models[0], MAX_MODEL_CHARS) if models else None
 
-        now = time.time()
-        refusal = self.limiter.check(key, models, now)
+        refusal = self.limiter.check_models(key, models)
         if refusal is not None:
             return await self._refuse_for(send, record, refusal)
-        self.limiter.admit(key, now)
+        if batch is not None:
+            # A batch is billed when it runs: its whole estimate is reserved now.
+            usd, now = float(batch.cost_usd), time.time()
+            refusal = self.limiter.check_reservation(key, usd, now)
+            if refusal is not None:
+                return await self._refuse_for(send, record, refusal)
+            self.limiter.reserve(key, usd, batch.tokens, now)
 
         if self.body_cap:
             record.request_body = _clip(body, self.body_cap)
@@ -207,19 +288,21 @@ class Relay:
             watcher = asyncio.ensure_future(receive())
             watcher.add_done_callback(state.client_gone)
         try:
-            await self._forward(scope, send, record, hdrs, body, started, span)
+            await self._forward(scope, send, record, hdrs, body, span, batch)
         except asyncio.CancelledError:
             if not state.gone:
                 raise
             task.uncancel()
             record.client_disconnected = True
             record.error_type = record.error_type or "client_disconnected"
-            log.info("client disconnected request_id=%s", rid)
+            log.info("client disconnected request_id=%s", record.id)
         finally:
             state.finished = True
             if watcher is not None and not watcher.done():
                 watcher.cancel()
-            self.limiter.finish(key, record, time.time())
+            if batch is not None and record.cost_usd is None:
+                # Not accepted upstream: the reservation is given back.
+                self.limiter.reserve(key, -float(batch.cost_usd), 0, time.time())
 
     async def _authenticate(
         self, hdrs: ClientHeaders, record: RequestRecord, send: Send
@@ -271,12 +354,13 @@ class Relay:
                 info = await self.keys.lookup(cred)
                 if info is not None:
                     return info
-        except KeyStoreUnavailable:
+        except KeyStoreUnavailable as exc:
+            # The SDKs retry a 503 with this advice.
             refusal = Refusal(
                 "key_store_unavailable",
                 "api_error",
                 503,
-                _KEY_STORE_DOWN,
+                f"The proxy cannot verify this API key right now: {exc}. Retry shortly.",
                 ((b"retry-after", b"5"), (b"x-should-retry", b"true")),
             )
             await self._refuse_for(send, record, refusal)
@@ -309,22 +393,49 @@ class Relay:
         """Answer a request the proxy itself rejects; nothing is sent upstream."""
         await self._fail(send, record, error_type, msg, STATUS_FOR_TYPE[error_type])
 
-    async def _read_body(self, receive: Receive, record: RequestRecord) -> bytes | None:
-        """The whole request body, or None when it exceeds the cap."""
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                _body_cut(msg, record)
-            chunk: bytes = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
+    async def _read_body(
+        self, receive: Receive, record: RequestRecord, chunked: bool
+    ) -> Buffer | None:
+        """The whole request body, or None when it exceeds the cap.
+
+        A body with a Content-Length has its bytes reserved already. One without
+        reserves them here as they come and gives them back if it fails, so that on
+        return the body's length is what it holds of the budget."""
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            _body_cut(msg, record)
+        chunk: bytes = msg.get("body", b"")
+        if not msg.get("more_body", False):  # most bodies arrive in one message: no copy
+            if len(chunk) > self.max_body:
                 return None
-            if not msg.get("more_body", False):
-                # Most bodies arrive in one message: no join, no copy.
-                return b"".join((*parts, chunk)) if parts else chunk
-            parts.append(chunk)
+            if chunked and chunk and not await self._reserve(len(chunk)):
+                raise _BodiesFull()
+            return chunk
+        # One buffer grown in place: joining parts at the end would hold the body twice.
+        buf = bytearray()
+        try:
+            while True:
+                if len(buf) + len(chunk) > self.max_body:
+                    if chunked:
+                        self.body_budget.release(len(buf))
+                    return None
+                if chunked and chunk and not await self._reserve(len(chunk)):
+                    raise _BodiesFull()
+                buf += chunk
+                if not msg.get("more_body", False):
+                    return buf
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    _body_cut(msg, record)
+                chunk = msg.get("body", b"")
+        except BaseException:
+            if chunked:
+                self.body_budget.release(len(buf))
+            raise
+
+    async def _reserve(self, n: int) -> bool:
+        budget = self.body_budget
+        return budget.try_reserve(n) or await budget.reserve(n)
 
     async def _forward(
         self,
@@ -332,21 +443,27 @@ class Relay:
         send: Send,
         record: RequestRecord,
         hdrs: ClientHeaders,
-        body: bytes,
-        started: float,
+        body: Buffer,
         span: object,
+        batch: BatchEstimate | None = None,
     ) -> None:
         rid = record.id
-        target: bytes = scope["raw_path"]
+        target = canonical_target(scope["raw_path"])
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
+        batch_object = record.endpoint in _BATCH_OBJECT_ENDPOINTS
+        forward = hdrs.forward
+        if batch_object:  # read and rewritten here: ask for it uncompressed
+            forward = [(n, v) for n, v in forward if n != b"accept-encoding"]
         resp = await self.dispatcher.send(
-            record.method.encode(), target, hdrs.forward, body, record, span
+            record.method.encode(), target, forward, body, record, span
         )
         if isinstance(resp, Failed):
             return await self._fail(
                 send, record, resp.error_type, resp.message, resp.status, list(resp.headers)
             )
+        if batch_object and resp.status == 200:
+            return await self._forward_batch_object(scope, send, record, resp, batch)
 
         status = resp.status
         record.status_code = status
@@ -356,7 +473,7 @@ class Relay:
         encoding = resp.header(b"content-encoding")
         observer = ResponseObserver(encoding.decode("latin-1") if encoding else None)
         # Plain JSON is observed for messages and for every error body.
-        observe_json = not is_sse and (record.endpoint in _JSON_ENDPOINTS or status >= 400)
+        observe_json = not is_sse and (record.endpoint in JSON_ENDPOINTS or status >= 400)
         kept = bytearray() if self.body_cap else None
         out_headers = filter_response_headers(resp.headers, rid.encode())
         if self.drain.draining:
@@ -365,6 +482,19 @@ class Relay:
         if is_sse:
             telemetry.stream_started()
         ended = False
+        observed = False
+        write_body: WriteBody | None = scope.get("extensions", {}).get(WRITE_BODY_EXTENSION)
+
+        def conclude() -> None:
+            """Put what the response showed on the record, once: at its end, before the
+            last bytes go out, or however else it ended (cut, client gone)."""
+            nonlocal observed
+            if observed:
+                return
+            observed = True
+            if kept:
+                record.response_body = _clip(kept, self.body_cap)
+            _finish_observation(record, observer, is_sse)
 
         def take(chunk: bytes, at_end: bool) -> bool:
             """Note a chunk on its way to the client; True when it ends the response."""
@@ -372,7 +502,7 @@ class Relay:
             if kept is not None and len(kept) < self.body_cap:
                 kept.extend(chunk[: self.body_cap - len(kept)])
             if record.ttft_ms is None:
-                record.ttft_ms = (time.perf_counter() - started) * 1000.0
+                record.ttft_ms = (time.time() - record.created_at) * 1000.0
             if is_sse:
                 observer.feed_sse(chunk)
             elif observe_json:
@@ -381,17 +511,25 @@ class Relay:
             ended = at_end and (not is_sse or observer.stream_complete)
             return ended
 
-        write_body = scope.get("extensions", {}).get(WRITE_BODY_EXTENSION)
         try:
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
             try:
                 if write_body is not None:  # our server: chunks go out from the read callback
-                    await resp.pump(
-                        lambda chunk, at_end: write_body(chunk, not take(chunk, at_end))
-                    )
+
+                    def deliver(chunk: bytes, at_end: bool) -> asyncio.Future[None] | None:
+                        if take(chunk, at_end):
+                            conclude()
+                            self._settle(record)
+                            return write_body(chunk, False)
+                        return write_body(chunk, True)
+
+                    await resp.pump(deliver)
                 else:  # any other ASGI server
                     while not ended and (chunk := await resp.read()):
                         more = not take(chunk, resp.at_end)
+                        if not more:
+                            conclude()
+                            self._settle(record)
                         await send({"type": "http.response.body", "body": chunk, "more_body": more})
             except BodyError as exc:
                 if not exc.local:
@@ -405,24 +543,85 @@ class Relay:
                     record.error_type = _error_type(exc)
                     record.error_message = f"Streaming error: {exc}"
                     raise ClientGone() from exc
+                conclude()
                 await self._break_stream(send, record, f"Streaming error: {exc}", _error_type(exc))
                 return
             if is_sse and status == 200 and not observer.stream_complete and not ended:
                 telemetry.upstream_error("stream_error")
+                conclude()
                 await self._break_stream(
                     send, record, "Streaming error: upstream closed the stream before message_stop"
                 )
                 return
             if not ended:
+                conclude()
+                self._settle(record)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if record.endpoint == _RESULTS and status == 200 and self.settler is not None:
+                self.settler.poke(scope["path"].split("/")[4])  # the whole results went by
         finally:
             if is_sse:
                 telemetry.stream_ended()
             resp.release()
-            if kept:
-                record.response_body = _clip(kept, self.body_cap)
-            # However the response ended (complete, cut, client gone): what was seen counts.
-            _finish_observation(record, observer, is_sse)
+            conclude()  # however the response ended (complete, cut, client gone)
+
+    async def _forward_batch_object(
+        self,
+        scope: Scope,
+        send: Send,
+        record: RequestRecord,
+        resp: UpstreamResponse,
+        batch: BatchEstimate | None,
+    ) -> None:
+        """A batch object (or a page of them), read whole: its `results_url` is set to the
+        proxy's own (the SDK fetches it with the client's key), and a submission the
+        upstream accepted keeps its reservation on its row."""
+        kept = bytearray()
+        try:
+            while chunk := await resp.read():
+                kept += chunk
+        except BodyError as exc:
+            return await self._fail(send, record, _error_type(exc), f"Upstream error: {exc}", 502)
+        finally:
+            resp.release()
+        record.status_code = 200
+        record.ttft_ms = (time.time() - record.created_at) * 1000.0
+        upstream_rid = resp.header(b"request-id")
+        record.upstream_request_id = upstream_rid.decode("latin-1") if upstream_rid else None
+        host = next((v for n, v in scope["headers"] if n == b"host"), None)
+        base = public_base(self.public_url, scope["scheme"], host)
+        out = bytes(kept)
+        rewritten = rewrite_results_urls(out, base)
+        if rewritten is not None:
+            out, found = rewritten
+            if len(found) == 1:
+                self._note_batch(record, found[0], batch)
+        headers = [
+            (n, v)
+            for n, v in filter_response_headers(resp.headers, record.id.encode())
+            if n not in (b"content-length", b"content-encoding")
+        ]
+        headers.append((b"content-length", b"%d" % len(out)))
+        if self.drain.draining:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        self._settle(record)
+        await send({"type": "http.response.body", "body": out, "more_body": False})
+
+    def _note_batch(
+        self, record: RequestRecord, obj: dict[str, Any], batch: BatchEstimate | None
+    ) -> None:
+        batch_id = bounded(str(obj["id"]), MAX_SHORT_TEXT_CHARS) or ""
+        record.message_id = batch_id
+        if batch is not None:  # the submission: its row carries the reservation
+            record.cost_usd = str(batch.cost_usd)
+            if self.settler is not None:
+                sub = Submission(
+                    batch_id, record.key_id, record.created_at, batch.cost_usd, record.model
+                )
+                self.settler.track(sub)
+        elif obj.get("processing_status") == "ended" and self.settler is not None:
+            self.settler.poke(batch_id)
 
     async def _break_stream(
         self, send: Send, record: RequestRecord, message: str, error_type: str = "api_error"
@@ -431,6 +630,7 @@ class Relay:
         log.error("%s request_id=%s", message, record.id)
         record.error_type = error_type
         record.error_message = message
+        self._settle(record)
         event = sse_error_event(error_type, message, record.id)
         await send({"type": "http.response.body", "body": event, "more_body": False})
 
@@ -446,10 +646,27 @@ class Relay:
         """Answer with a proxy-made Anthropic-shaped error and note it on the record."""
         if self.drain.draining:
             headers = [*(headers or ()), (b"connection", b"close")]
-        await send_error(send, error_type, msg, record.id, status=status, extra_headers=headers)
         record.status_code = status
         record.error_type = error_type
         record.error_message = msg
+        self._settle(record)
+        await send_error(send, error_type, msg, record.id, status=status, extra_headers=headers)
+
+    def _settle(self, record: RequestRecord) -> None:
+        """Hand the record over, once, before the client can see its response end: the
+        sink puts it into the writer process's socket at once, where a worker killed the
+        next moment (OOM, SIGKILL) cannot take it along."""
+        if record.latency_ms is None:
+            record.latency_ms = (time.time() - record.created_at) * 1000.0
+            self.sink.submit(record)
+
+
+# The WRITE_BODY_EXTENSION: write a body part now; a future while the client is full.
+WriteBody = Callable[[bytes, bool], "asyncio.Future[None] | None"]
+
+
+class _BodiesFull(Exception):
+    """The process holds as many request-body bytes as it may (BodyBudget): a 529."""
 
 
 class _Watch:
@@ -469,7 +686,7 @@ class _Watch:
         self.task.cancel()
 
 
-def _parse_json_object(body: bytes) -> dict[str, Any] | None:
+def _parse_json_object(body: Buffer) -> dict[str, Any] | None:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -477,33 +694,22 @@ def _parse_json_object(body: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _note_request(record: RequestRecord, req: dict[str, Any]) -> None:
+def _note_request(record: RequestRecord, req: dict[str, Any]) -> str | None:
+    """Note what the record keeps of a request body; returns its model, whole."""
     model = req.get("model")
-    if isinstance(model, str):
-        record.model = model
+    if not isinstance(model, str):
+        model = None
+    else:
+        record.model = bounded(model, MAX_MODEL_CHARS)
     record.stream = req.get("stream") is True
     meta = req.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
-        record.metadata_user_id = meta["user_id"][:256]
+        record.metadata_user_id = bounded(meta["user_id"], MAX_METADATA_USER_ID_CHARS)
+    return model
 
 
 def _error_type(exc: BodyError) -> str:
     return "timeout_error" if exc.timeout else "api_error"
-
-
-def _batch_models(body: bytes) -> list[str] | None:
-    """Every model a message batch asks for (for the key's allowlist); None if unreadable."""
-    parsed = _parse_json_object(body)
-    if parsed is None:
-        return None
-    models: list[str] = []
-    requests = parsed.get("requests")
-    for item in requests if isinstance(requests, list) else []:
-        params = item.get("params") if isinstance(item, dict) else None
-        model = params.get("model") if isinstance(params, dict) else None
-        if isinstance(model, str) and model not in models:
-            models.append(model)
-    return models
 
 
 def _clip(data: bytes | bytearray, cap: int) -> str:
@@ -514,7 +720,7 @@ def _clip(data: bytes | bytearray, cap: int) -> str:
 def _finish_observation(record: RequestRecord, obs: ResponseObserver, is_sse: bool) -> None:
     if not is_sse:
         obs.finish_json()
-    record.model = obs.model or record.model
+    record.model = bounded(obs.model, MAX_MODEL_CHARS) or record.model
     record.message_id = obs.message_id
     record.stop_reason = obs.stop_reason
     record.usage = obs.usage

@@ -1,4 +1,5 @@
-"""`claude-proxy db upgrade | logs tail | usage`: the request log from the command line.
+"""`claude-proxy db upgrade | logs tail | logs quarantine | usage`: the request log from the
+command line.
 
 These run outside the server, against the same DATABASE_URL, so an operator can
 answer "who spent what, how fast, what failed" with nothing but the CLI.
@@ -7,6 +8,7 @@ answer "who spent what, how fast, what failed" with nothing but the CLI.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -15,10 +17,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from claude_proxy.config import Settings
 from claude_proxy.store.engine import make_engine, redacted_url
 from claude_proxy.store.migrate import current_revision, upgrade
 from claude_proxy.store.queries import LogFollower, recent_logs, usage_summary
+from claude_proxy.store.spill import quarantined_rows
 
 _SINCE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -103,6 +108,35 @@ def cmd_logs_tail(args: argparse.Namespace) -> None:
         pass
 
 
+_QUARANTINE_COLUMNS = (
+    ("created_at", 32),
+    ("id", 36),
+    ("key_id", 24),
+    ("file", 26),
+    ("reason", 0),
+)
+
+
+def cmd_logs_quarantine(args: argparse.Namespace) -> None:
+    """Rows the database refused even in reduced form, from the spill directory's
+    quarantine files: no database needed, so it works during the outage it may explain."""
+    directory = args.dir or Settings().spill_dir
+    rows, unreadable = quarantined_rows(directory)
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps([dataclasses.asdict(r) for r in rows], option=orjson.OPT_INDENT_2).decode()
+            + "\n"
+        )
+    else:
+        print("  ".join(c.ljust(w) for c, w in _QUARANTINE_COLUMNS).rstrip())
+        for r in rows:
+            print("  ".join(_fmt(getattr(r, c)).ljust(w) for c, w in _QUARANTINE_COLUMNS))
+        if not rows:
+            print(f"(no quarantined rows in {directory})")
+    if unreadable:
+        print(f"{unreadable} unreadable lines skipped", file=sys.stderr)
+
+
 _USAGE_COLUMNS = (
     ("bucket", 24),
     ("requests", 9),
@@ -157,6 +191,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     tail.add_argument("--limit", type=int, default=20)
     tail.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     tail.set_defaults(func=cmd_logs_tail)
+    quarantine = logsub.add_parser(
+        "quarantine", help="rows the database refused even reduced (from the spill directory)"
+    )
+    quarantine.add_argument("--json", action="store_true", help="a JSON array")
+    quarantine.add_argument("--dir", help="the spill directory (default: CLAUDE_PROXY_SPILL_DIR)")
+    quarantine.set_defaults(func=cmd_logs_quarantine)
 
     usage = sub.add_parser("usage", help="requests, tokens, cost and latency per bucket")
     usage.add_argument("--by", choices=("key", "model", "day"), default="model")

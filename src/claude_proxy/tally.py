@@ -49,7 +49,7 @@ TOKEN_TYPES = (
 # Short names on the wire -> (metric, histogram buckets or None for a counter).
 REQUESTS, DURATION, TTFT, TOKENS, COST = "requests", "duration", "ttft", "tokens", "cost"
 ROWS = "rows"  # the LogWriter's rows by outcome
-ROW_OUTCOMES = ("written", "spilled", "replayed", "rejected")
+ROW_OUTCOMES = ("written", "spilled", "replayed", "reduced", "quarantined")
 BUCKETS = {DURATION: DURATION_BUCKETS, TTFT: TTFT_BUCKETS}
 
 

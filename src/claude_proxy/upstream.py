@@ -30,6 +30,9 @@ import httptools
 
 from claude_proxy.config import Settings
 
+# A request body: bytes, or the bytearray a body read in parts was gathered into.
+Buffer = bytes | bytearray
+
 # Pause reading from the upstream when this much is buffered for a slow client; small so
 # that 100 slow readers cost a few MB (events are ~100-500 bytes, so streams never notice).
 _HIGH_WATER = 4 * 1024
@@ -37,6 +40,8 @@ _HIGH_WATER = 4 * 1024
 # hands over whatever the kernel holds (~256 KB), all of it then held for a slow client.
 # 4 KiB holds a typical JSON answer or several SSE events; larger bodies take more reads.
 _READ_SIZE = 4 * 1024
+# Bodies up to this size are copied into the head's write (one system call).
+_JOIN_BODY_MAX = 256 * 1024
 _WATCHDOG_SECONDS = 1.0
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _DNS_TTL_SECONDS = 60.0
@@ -370,7 +375,8 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             self.abort()
 
-    async def send(self, data: bytes, head: bool) -> UpstreamResponse:
+    async def send(self, data: bytes, body: Buffer, head: bool) -> UpstreamResponse:
+        """Write the request (`data`, then `body` when it was too large to copy into it)."""
         assert self.transport is not None
         self.head = head
         self.got_bytes = False
@@ -378,6 +384,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.headers_ready = self.loop.create_future()
         self.last_io = self.sent_at = self.loop.time()
         self.transport.write(data)
+        if body:
+            self.transport.write(body)
         try:
             if self._write_paused:  # a large body: wait until the kernel took it
                 self._drain = self.loop.create_future()
@@ -428,7 +436,7 @@ class UpstreamPool:
         self._watchdog = loop.create_task(self._watch())
 
     async def request(
-        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: Buffer
     ) -> UpstreamResponse:
         """Send one request and return once its response headers arrived.
 
@@ -439,14 +447,18 @@ class UpstreamPool:
         client (502), whose SDK decides. A timeout or the proxy's own abort is never
         sent again.
         """
-        parts = [method, b" ", self.prefix, target, b" HTTP/1.1\r\n", self.host_line]
+        parts: list[Buffer] = [method, b" ", self.prefix, target, b" HTTP/1.1\r\n", self.host_line]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         parts.append(self.api_key_line)
         if body or method in (b"POST", b"PUT", b"PATCH"):
             parts.append(b"content-length: %d\r\n" % len(body))
-        parts += (b"\r\n", body)
+        # A small body goes in the same write as the head; a large one is written as it
+        # is, so the process never holds a second copy of it (BodyBudget counts one).
+        separate = len(body) > _JOIN_BODY_MAX
+        parts += (b"\r\n", b"" if separate else body)
         data = b"".join(parts)
+        rest = body if separate else b""
         head = method == b"HEAD"
         while True:
             conn = self._take_idle()
@@ -455,7 +467,7 @@ class UpstreamPool:
                 conn = await self._connect()
             self._busy.add(conn)
             try:
-                return await conn.send(data, head)
+                return await conn.send(data, rest, head)
             except ConnectError as exc:
                 if reused and not conn.got_bytes and not exc.local and method in _IDEMPOTENT:
                     continue

@@ -30,6 +30,13 @@ with c.messages.stream(model="claude-sonnet-4-6", max_tokens=32,
     f = s.get_final_message()
 out["stream"] = [f.stop_reason, f.usage.output_tokens, "".join(b.text for b in f.content)]
 out["models"] = [x.id for x in c.models.list(limit=2).data]
+# Batch results: the SDK fetches the batch's results_url with this client's key, so that URL
+# must be the proxy's own (the API's host would refuse the proxy key).
+b = c.messages.batches.create(requests=[
+    {"custom_id": f"r{i}", "params": {"model": "claude-sonnet-4-6", "max_tokens": 16,
+                                      "messages": [{"role": "user", "content": "hi"}]}}
+    for i in range(2)])
+out["results"] = sorted((r.custom_id, r.result.type) for r in c.messages.batches.results(b.id))
 try:
     anthropic.Anthropic(base_url=sys.argv[1], api_key="wrong", max_retries=0).messages.create(
         model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
@@ -56,10 +63,13 @@ def test_legacy_sdk_through_proxy(proxy: Proxy, emulator: Emulator) -> None:
     assert out["create"][0] == "end_turn" and out["create"][1] > 0 and out["create"][2]
     assert out["stream"][0] == "end_turn" and out["stream"][1] > 0 and out["stream"][2]
     assert len(out["models"]) == 2
+    assert out["results"] == [["r0", "succeeded"], ["r1", "succeeded"]]
     assert out["bad_key"] == 401
 
     seen = [r for r in emulator.requests() if ["x-marker", marker] in r["headers"]]
-    assert len(seen) == 3  # create, stream, models; the bad key never reached upstream
+    # create, stream, models, then the batch: create, retrieve, results (through the proxy);
+    # the bad key never reached upstream
+    assert len(seen) == 6
     for r in seen:
         headers = {k.lower(): v for k, v in r["headers"]}
         assert headers["anthropic-version"] == "2023-06-01"

@@ -362,6 +362,65 @@ def test_a_killed_writer_process_loses_no_row(emulator: Emulator) -> None:
         assert second != first
 
 
+def test_kill_9_of_the_worker_loses_no_row_a_client_saw_complete(emulator: Emulator) -> None:
+    """An OOM kill or ECS's SIGKILL takes the worker with whatever it holds: a record must
+    already be in the writer process's socket when its client sees the response end."""
+    with logged_proxy(emulator, "postgres") as lp:
+        px = lp.proxy
+        (writer,) = _children(px.process.proc.pid)
+        completed: list[str] = []
+        lock = threading.Lock()
+        enough = threading.Event()
+        stop = threading.Event()
+
+        def client_loop(n: int) -> None:
+            headers = {"x-api-key": PROXY_KEY, **V, **fault("event-ms=3")}
+            with httpx2.Client(base_url=px.url, headers=headers, timeout=30) as http:
+                for i in range(10_000):
+                    if stop.is_set():
+                        return
+                    stream = (i + n) % 3 != 0
+                    body = {"model": MODEL, "max_tokens": 16, "messages": HELLO, "stream": stream}
+                    try:
+                        with http.stream("POST", "/v1/messages", json=body) as r:
+                            data = r.read()  # raises unless the whole response arrived
+                    except httpx2.HTTPError:
+                        return  # the proxy is gone
+                    assert r.status_code == 200, data[:200]
+                    assert not stream or b"message_stop" in data
+                    with lock:
+                        completed.append(r.headers["x-claude-proxy-request-id"])
+                        if len(completed) >= 300:
+                            enough.set()
+
+        threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(20)]
+        for t in threads:
+            t.start()
+        try:
+            assert enough.wait(60), "the clients did not complete 300 requests"
+            os.kill(px.process.proc.pid, signal.SIGKILL)  # the worker, not its writer process
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        px.process.proc.wait()
+        # The writer process reads to the end of its socket, writes, and exits.
+        wait_until(
+            "the orphaned writer process to exit", lambda: not Path(f"/proc/{writer}").exists()
+        )
+        px2 = start_proxy(emulator.url, px.env, lp.tmp)  # same database and spill directory
+        try:
+            seen = set(completed)
+            wait_until(
+                f"rows for all {len(seen)} completed requests",
+                lambda: seen <= {r["id"] for r in lp.rows()},
+            )
+            ids = [r["id"] for r in lp.rows()]
+            assert len(ids) == len(set(ids)), "a request has two rows"
+        finally:
+            px2.process.stop()
+
+
 def test_kill_9_with_spilled_records_replays_them_on_restart(emulator: Emulator) -> None:
     with logged_proxy(emulator, "pgbouncer") as lp:
         bouncer, px, tmp = lp.bouncer, lp.proxy, lp.tmp

@@ -43,7 +43,7 @@ def new_limiter(made: list[Limiter], db: Backend, interval: float = 1.0) -> Limi
 
 
 def attempt(lim: Limiter, k: KeyInfo, now: float, model: str = "claude-sonnet-4-6") -> bool:
-    if lim.check(k, [model], now) is not None:
+    if lim.check_models(k, [model]) is not None or lim.check(k, now) is not None:
         return False
     lim.admit(k, now)
     return True
@@ -57,7 +57,7 @@ async def test_a_sliding_minute_with_retry_after_in_whole_seconds(
     k = key(rpm=5)
     assert [attempt(lim, k, T0 + i * 0.1) for i in range(5)] == [True] * 5
     assert [attempt(lim, k, T0 + 1), attempt(lim, k, T0 + 1.5)] == [False, False]
-    refusal = lim.check(k, ["m"], T0 + 30.5)
+    refusal = lim.check(k, T0 + 30.5)
     assert refusal is not None and refusal.reason == "rpm" and refusal.status == 429
     assert refusal.error_type == "rate_limit_error"
     assert dict(refusal.headers)[b"retry-after"] == b"30"  # the first admission leaves at T0+60
@@ -101,7 +101,7 @@ async def test_tokens_per_minute_count_what_finished_requests_used(
     usage = Usage(input_tokens=400, output_tokens=500, cache_creation_input_tokens=100,
                   cache_read_input_tokens=50_000)  # fmt: skip
     lim.finish(k, RequestRecord("r1", T0, "POST", "/v1/messages", usage=usage), T0 + 1)
-    refusal = lim.check(k, ["m"], T0 + 2)
+    refusal = lim.check(k, T0 + 2)
     assert refusal is not None and refusal.reason == "tpm"  # 1,000: cache reads do not count
     assert dict(refusal.headers)[b"retry-after"] == b"59"
 
@@ -116,7 +116,7 @@ async def test_budgets_refuse_without_retry_and_survive_a_restart(
     record = RequestRecord("r1", T0, "POST", "/v1/messages", model="claude-sonnet-4-6", usage=big)
     lim.finish(k, record, datetime.now(UTC).timestamp())
     now = datetime.now(UTC).timestamp()
-    refusal = lim.check(k, ["claude-sonnet-4-6"], now)
+    refusal = lim.check(k, now)
     assert refusal is not None and refusal.reason == "budget" and refusal.status == 429
     assert dict(refusal.headers) == {b"x-should-retry": b"false"}
     assert "Budget exhausted" in refusal.message and "$0.06 of $0.05" in refusal.message
@@ -133,16 +133,16 @@ async def test_budgets_refuse_without_retry_and_survive_a_restart(
     fresh = new_limiter(limiters, db)
     fresh.admit(k, now)  # registers the key as one with a budget
     assert await fresh.sync()
-    again = fresh.check(k, ["claude-sonnet-4-6"], now)
+    again = fresh.check(k, now)
     assert again is not None and again.reason == "budget"
 
 
 async def test_model_allowlist_names_the_model(db: Backend, limiters: list[Limiter]) -> None:
     lim = new_limiter(limiters, db)
     k = key(models=("claude-haiku-*", "claude-sonnet-4-6"))
-    assert lim.check(k, ["claude-haiku-4-5-20251001"], T0) is None
-    assert lim.check(k, ["claude-sonnet-4-6"], T0) is None
-    refusal = lim.check(k, ["claude-opus-4-1"], T0)
+    assert lim.check_models(k, ["claude-haiku-4-5-20251001"]) is None
+    assert lim.check_models(k, ["claude-sonnet-4-6"]) is None
+    refusal = lim.check_models(k, ["claude-opus-4-1"])
     assert refusal is not None and refusal.status == 403
     assert refusal.error_type == "permission_error" and "'claude-opus-4-1'" in refusal.message
 

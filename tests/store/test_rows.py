@@ -8,10 +8,26 @@ from decimal import Decimal
 
 import pytest
 
-from claude_proxy.records import RequestRecord, decode_record, encode_record
+from claude_proxy.records import (
+    MAX_ERROR_MESSAGE_CHARS,
+    RequestRecord,
+    bounded,
+    decode_record,
+    encode_record,
+)
 from claude_proxy.sse import Usage
 from claude_proxy.store.columns import ROW_COLUMNS, TOKEN_COLUMNS
-from claude_proxy.store.rows import dump_row, load_row, record_to_row, row_to_record
+from claude_proxy.store.rows import (
+    REDUCED_DROPPED,
+    REDUCED_KEPT,
+    REDUCED_TEXT_CHARS,
+    TEXT_CAPS,
+    dump_row,
+    load_row,
+    record_to_row,
+    reduced_row,
+    row_to_record,
+)
 from claude_proxy.store.schema import COLUMNS
 from tests.store.conftest import make_record
 
@@ -76,8 +92,62 @@ def test_values_postgres_would_refuse_are_cleaned() -> None:
     assert row["latency_ms"] is None
     assert row["input_tokens"] is None and row["output_tokens"] is None
     assert row["cost_usd"] is None  # beyond NUMERIC(18, 8): NULL, never a failing batch
-    assert len(row["error_message"]) == 8192
+    assert row["error_message"] == bounded("x" * 100_000, MAX_ERROR_MESSAGE_CHARS)
     assert load_row(dump_row(row)) == row
+
+
+def test_every_text_a_client_or_the_upstream_chose_is_capped() -> None:
+    """Whatever the sender did: the caps hold in the writer (the record may arrive uncapped).
+    A capped value keeps its head and a hash of the whole, so different values stay apart."""
+    long = {name: f"{name}:" + "\u00e9\x00" * 6000 for name in TEXT_CAPS}
+    record = make_record(1, **long, status_code=2**40, upstream_attempts=2**33)
+    row = record_to_row(record, None)
+    for name, cap in TEXT_CAPS.items():
+        assert len(row[name]) == cap, name
+        assert row[name].startswith(f"{name}:\u00e9\ufffd"), name  # cleaned, then capped
+        assert "...sha256:" in row[name]
+    other = record_to_row(make_record(1, model=long["model"] + "!"), None)
+    assert other["model"] != row["model"]
+    assert row["status_code"] is None and row["upstream_attempts"] == 0  # integer columns
+    assert row["id"] == record.id and row["key_id"] == record.key_id  # the proxy's own: whole
+
+
+def test_a_spill_line_from_before_the_caps_is_capped_when_read() -> None:
+    row = record_to_row(make_record(1), None)
+    row["model"] = "m" * 3200
+    row["user_agent"] = "nul\x00" * 1000
+    row["endpoint"] = None
+    back = load_row(dump_row(row))
+    assert back["model"] == bounded("m" * 3200, TEXT_CAPS["model"])
+    assert len(back["user_agent"]) == TEXT_CAPS["user_agent"] and "\x00" not in back["user_agent"]
+    assert back["endpoint"] == ""
+
+
+def test_the_reduced_row_keeps_accounting_and_drops_client_texts() -> None:
+    record = make_record(
+        3,
+        model="claude-\u2603-" + "x" * 200,
+        user_agent="agent",
+        metadata_user_id="user",
+        claude_code_session_id="session",
+        anthropic_beta="beta",
+        error_message="message",
+        request_body="{}",
+        response_body="{}",
+    )
+    row = record_to_row(record, Decimal("0.5"))
+    reduced = reduced_row(row)
+    for name in REDUCED_DROPPED:
+        assert reduced[name] is None, name
+    for name in REDUCED_KEPT:
+        value = reduced[name]
+        assert value is None or (len(value) <= REDUCED_TEXT_CHARS and value.isprintable())
+        assert value is None or value.isascii(), name
+    assert reduced["model"].startswith("claude-?-xxx") and "...sha256:" in reduced["model"]
+    assert reduced["client_ip"] == "10.0.0.1" and reduced["endpoint"] == "/v1/messages"
+    unchanged = set(ROW_COLUMNS) - set(REDUCED_KEPT) - set(REDUCED_DROPPED)
+    assert {name: reduced[name] for name in unchanged} == {name: row[name] for name in unchanged}
+    assert {"id", "key_id", "cost_usd", "status_code", "latency_ms", *TOKEN_COLUMNS} <= unchanged
 
 
 @pytest.mark.parametrize(

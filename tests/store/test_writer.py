@@ -303,30 +303,6 @@ def test_torn_last_line_is_skipped_and_counted(
     assert not path.exists()
 
 
-def test_a_row_the_database_refuses_is_set_aside_not_retried_forever(
-    db: Backend, spill_dir: Path, writers: list[LogWriter], caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="claude_proxy.store")
-    recs = records(5)
-    rows = [record_to_row(r, None) for r in recs]
-    rows[2]["endpoint"] = None  # NOT NULL: this row can never be inserted
-    spill_dir.mkdir(parents=True)
-    path = spill_dir / "spill-1-dead-1.jsonl"
-    path.write_bytes(b"".join(dump_row(r) for r in rows))
-    w = new_writer(writers, db, spill_dir)
-    w.start()
-    stats = wait_stats(w, "file replayed", lambda s: s["replayed_files"] == 1)
-    assert stats["rejected"] == 1 and stats["healthy"]
-    assert set(db.ids()) == {r.id for i, r in enumerate(recs) if i != 2}
-    (rejected,) = spill_dir.glob("rejected-*.jsonl")
-    assert recs[2].id in rejected.read_text()
-    assert not path.exists()
-    # The log says which record and why, but not the row (PostgreSQL's DETAIL holds it).
-    (line,) = [r.getMessage() for r in caplog.records if "database refused" in r.getMessage()]
-    assert recs[2].id in line and "not-null" in line.lower().replace(" ", "-")
-    assert "test-agent" not in line and "10.0.0.1" not in line
-
-
 CRASHER = textwrap.dedent(
     """
     import sys

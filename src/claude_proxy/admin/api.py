@@ -7,10 +7,12 @@ schema), so nothing about the API is visible without it.
 
 Every error is Anthropic-shaped, `{"type":"error","error":{"type","message"},
 "request_id"}`, and every response has `request-id` and `cache-control: no-store`
-(a created key's secret is in a response body). Changes to keys go to the
-database and then straight into this process's key cache (`KeyCache.apply`), so
-they hold for the very next request; other replicas see them at their next
-refresh. Money is a decimal string with 8 places ("10.00000000"), never a float.
+(a created key's secret is in a response body). A value the database cannot take or
+hold (a NUL character, which PostgreSQL refuses in text; a time outside the years 1 to
+9999) is a 400 naming it, found before any query, never a 500 from the database.
+Changes to keys go to the database and then straight into this process's key cache
+(`KeyCache.apply`), so they hold for the very next request; other replicas see them at
+their next refresh. Money is a decimal string with 8 places ("10.00000000"), never a float.
 Documented in docs/admin-api.md.
 """
 
@@ -20,14 +22,22 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
 from sqlalchemy import Engine
 from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException
@@ -35,7 +45,7 @@ from starlette.exceptions import HTTPException
 from claude_proxy import __version__
 from claude_proxy.auth import KeyCache
 from claude_proxy.errors import STATUS_FOR_TYPE, error_body, send_error
-from claude_proxy.records import new_request_id
+from claude_proxy.records import bounded, new_request_id
 from claude_proxy.reports import parse_duration
 from claude_proxy.store.columns import current_period, money_text
 from claude_proxy.store.keys import (
@@ -62,11 +72,23 @@ PREFIX = "/admin/api"
 REQUEST_ID_SCOPE_KEY = "claude_proxy.request_id"
 MAX_BODY_BYTES = 64 * 1024  # key bodies are a few hundred bytes
 MAX_LOG_ROWS = 1000
+# `since`/`until` are "7d" or an ISO date/time: a few dozen characters at most.
+MAX_WHEN_CHARS = 64
+_NUL = "\x00"
 
 
 T = TypeVar("T")
 Period = Literal["day", "month", "total"]
 
+
+def _no_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: refused here as a 400, not by the database as a 500."""
+    if _NUL in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 # Money in: a JSON number or string. Money out: a decimal string with 8 places, exact.
 MoneyIn = Annotated[Decimal, Field(ge=0, le=BUDGET_MAX, max_digits=18, decimal_places=8)]
@@ -92,7 +114,7 @@ class ErrorResponse(BaseModel):
 class _KeyFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    models: list[str] | None = Field(
+    models: list[Text] | None = Field(
         default=None,
         description="Allowed model ids or shell patterns (`claude-haiku-*`); null: any model.",
         examples=[["claude-sonnet-4-6", "claude-haiku-*"]],
@@ -128,7 +150,7 @@ class _KeyFields(BaseModel):
     def _future(cls, v: datetime | None) -> datetime | None:
         if v is None:
             return None
-        v = v if v.tzinfo else v.replace(tzinfo=UTC)
+        v = _utc(v)
         if v <= datetime.now(UTC):
             raise ValueError("must be in the future (to stop a key now, revoke it)")
         return v
@@ -137,14 +159,14 @@ class _KeyFields(BaseModel):
 class KeyCreate(_KeyFields):
     """A new key; every limit is optional (absent or null: unlimited)."""
 
-    name: str = Field(min_length=1, description="Who or what the key is for.")
+    name: Text = Field(min_length=1, description="Who or what the key is for.")
 
 
 class KeyUpdate(_KeyFields):
     """Only the fields present change; null removes a limit. Setting budget_usd to null
     without budget_period removes the budget altogether."""
 
-    name: str | None = Field(default=None, min_length=1)
+    name: Text | None = Field(default=None, min_length=1)
 
 
 class KeyOut(BaseModel):
@@ -545,17 +567,57 @@ def _spec(fields: dict[str, Any]) -> KeySpec:
         raise ApiError("invalid_request_error", str(exc)) from None
 
 
-def _when(name: str, text: str) -> datetime:
-    ago = parse_duration(text)
-    if ago is not None:
-        return datetime.now(UTC) - ago
+def _utc(at: datetime) -> datetime:
+    """`at` in UTC (no offset: taken as UTC). ValueError when that is outside years
+    1-9999 (`9999-12-31T23:00-05:00`), which no database column can hold."""
+    if at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
     try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range (years 1 to 9999, in UTC)") from None
+
+
+def _when(name: str, text: str) -> datetime:
+    """`since`/`until`: a duration ago or an ISO date/time, bounded; else a 400."""
+    usage = f"{name}: use 7d, 12h, 30m or an ISO date/time"
+    if len(text) > MAX_WHEN_CHARS:
+        raise ApiError("invalid_request_error", f"{usage} (at most {MAX_WHEN_CHARS} characters)")
+    try:
+        ago = parse_duration(text)
+    except (OverflowError, ValueError):  # more days than a timedelta holds
+        ago = timedelta.max
+    if ago is not None:
+        try:
+            return datetime.now(UTC) - ago
+        except OverflowError:
+            raise ApiError(
+                "invalid_request_error", f"{name}: {text} ago is before year 1"
+            ) from None
+    try:
+        return _utc(datetime.fromisoformat(text.strip()))
+    except ValueError as exc:
+        detail = str(exc) if "out of range" in str(exc) else None
         raise ApiError(
-            "invalid_request_error", f"{name}: use 7d, 12h, 30m or an ISO date/time, not {text!r}"
+            "invalid_request_error",
+            f"{name}: {text!r} {detail}" if detail else f"{usage}, not {text!r}",
         ) from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def query_problem(scope: Scope) -> str | None:
+    """Why the path or query cannot even be looked up (a NUL character), or None.
+
+    One scan of the raw bytes for the common case; the slow path only names the culprit."""
+    if _NUL in scope.get("path", ""):
+        return "the path must not contain a NUL character"
+    raw: bytes = scope.get("query_string", b"")
+    if b"%00" not in raw and b"\x00" not in raw:
+        return None
+    for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        if _NUL in name or _NUL in value:
+            shown = bounded(name.replace(_NUL, "\\x00"), 64)
+            return f"{shown}: must not contain a NUL character"
+    return None
 
 
 def _hide_sql_parameters(exc: BaseException | None) -> None:
@@ -617,6 +679,16 @@ class AdminApp:
             )
             return
 
+        problem = query_problem(scope)
+        if problem is not None:
+            await send_error(
+                send,
+                "invalid_request_error",
+                problem,
+                rid,
+                extra_headers=[(b"cache-control", b"no-store")],
+            )
+            return
         body = await self._read_body(scope, receive, send, rid)
         if body is None:
             return

@@ -531,7 +531,9 @@ class EmulatorApp:
                 body = self._json(req, BATCHES_LIMIT)
                 host = req.wanted.get(b"host")
                 base = f"http://{host.decode('latin-1')}" if host else self.base_url
-                batch = self.batches.create(body, base, self._batch_reply)
+                fault = self._header_fault(req)
+                seconds = fault.batch_ms / 1000 if fault is not None else 0.0
+                batch = self.batches.create(body, base, self._batch_reply, seconds)
                 self._ok(req, orjson.dumps(batch.to_json()))
                 return None
             if method == b"GET":
@@ -550,7 +552,7 @@ class EmulatorApp:
             self._ok(req, orjson.dumps(self.batches.cancel(batch_id).to_json()))
         elif action == b"results" and method == b"GET":
             batch = self.batches.get(batch_id)
-            if batch.ended_at is None:
+            if not batch.ended():
                 raise ApiError(400, f"Batch {batch_id} has not finished processing")
             return self._results(req, batch.lines)
         else:

@@ -37,26 +37,32 @@ class Batch:
     ended_at: float | None = None
     cancel_initiated_at: float | None = None
 
+    def ended(self) -> bool:
+        return self.ended_at is not None and self.ended_at <= time.time()
+
     def to_json(self) -> dict[str, Any]:
+        ended = self.ended()
+        total = self.succeeded + self.errored + self.canceled + self.expired
         return {
             "id": self.id,
             "type": "message_batch",
-            "processing_status": "ended" if self.ended_at is not None else "in_progress",
+            "processing_status": "ended" if ended else "in_progress",
+            # Counts other than `processing` stay 0 until the whole batch ends, as the API's.
             "request_counts": {
-                "processing": 0,
-                "succeeded": self.succeeded,
-                "errored": self.errored,
-                "canceled": self.canceled,
-                "expired": self.expired,
+                "processing": 0 if ended else total,
+                "succeeded": self.succeeded if ended else 0,
+                "errored": self.errored if ended else 0,
+                "canceled": self.canceled if ended else 0,
+                "expired": self.expired if ended else 0,
             },
             "created_at": rfc3339(self.created_at, micros=True),
             "expires_at": rfc3339(self.created_at + EXPIRY_SECONDS, micros=True),
-            "ended_at": rfc3339(self.ended_at, micros=True) if self.ended_at else None,
+            "ended_at": rfc3339(self.ended_at, micros=True) if ended and self.ended_at else None,
             "cancel_initiated_at": (
                 rfc3339(self.cancel_initiated_at, micros=True) if self.cancel_initiated_at else None
             ),
             "archived_at": None,
-            "results_url": self.results_url if self.ended_at is not None else None,
+            "results_url": self.results_url if ended else None,
         }
 
 
@@ -69,7 +75,10 @@ class BatchStore:
     def clear(self) -> None:
         self._batches.clear()
 
-    def create(self, body: dict[str, Any], base_url: str, reply: ReplyFn) -> Batch:
+    def create(
+        self, body: dict[str, Any], base_url: str, reply: ReplyFn, processing_seconds: float = 0
+    ) -> Batch:
+        """Process every request now; the batch reads as ended `processing_seconds` later."""
         requests = body.get("requests")
         if requests is None:
             raise ApiError(400, "requests: Field required")
@@ -112,7 +121,7 @@ class BatchStore:
                 }
                 batch.errored += 1
             batch.lines.append(orjson.dumps({"custom_id": item["custom_id"], "result": result}))
-        batch.ended_at = time.time()
+        batch.ended_at = time.time() + processing_seconds
         self._batches[batch_id] = batch
         return batch
 
@@ -127,13 +136,13 @@ class BatchStore:
 
     def cancel(self, batch_id: str) -> Batch:
         batch = self.get(batch_id)
-        if batch.ended_at is None and batch.cancel_initiated_at is None:
+        if not batch.ended() and batch.cancel_initiated_at is None:
             batch.cancel_initiated_at = time.time()
         return batch
 
     def delete(self, batch_id: str) -> dict[str, Any]:
         batch = self.get(batch_id)
-        if batch.ended_at is None:
+        if not batch.ended():
             raise ApiError(400, "Batches can only be deleted once they have finished processing")
         del self._batches[batch_id]
         return {"id": batch_id, "type": "message_batch_deleted"}

@@ -54,6 +54,7 @@ class Fault:
     after: int = 3
     close_before_headers: bool = False
     tool: bool = False
+    batch_ms: int = 0  # a message batch stays `in_progress` this long after its creation
 
     @property
     def fails(self) -> bool:
@@ -117,6 +118,8 @@ def parse_fault(spec: str) -> Fault:
             fields["close_before_headers"] = True
         elif key == "tool" and value is None:
             fields["tool"] = True
+        elif key == "batch-ms":
+            fields["batch_ms"] = _int(key, value, 0, MAX_DELAY_MS)
         else:
             raise FaultSpecError(f"x-emulator-fault: unknown token {token!r}")
     if fields.get("events", 10) * fields.get("text_bytes", 12) > MAX_TEXT:

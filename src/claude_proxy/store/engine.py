@@ -19,8 +19,8 @@ from sqlalchemy.exc import ArgumentError
 
 from claude_proxy.store.writer_db import (
     DatabaseTarget,
-    make_sqlite_dir,
     pg_connect_args,
+    prepare_sqlite_file,
     set_sqlite_pragmas,
 )
 
@@ -81,7 +81,7 @@ def make_engine(
     """A pooled sync Engine; `connect_timeout` bounds how long an outage can stall a caller."""
     url = normalize_url(database_url)
     if backend(url) == "sqlite":
-        make_sqlite_dir(url.database)
+        prepare_sqlite_file(url.database)
         return _sqlite_engine(url, pool_size, max_overflow, pool_timeout, sqlite_busy_timeout_ms)
     return create_engine(
         url,

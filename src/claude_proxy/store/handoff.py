@@ -1,12 +1,15 @@
 """ProcessSink: the proxy's side of the request log. Records go to a writer process.
 
-`submit` encodes the record (~1 µs, the only per-record work left on the event
-loop) and appends the line to a deque; every 50 ms (or every 256 records) the
-batch goes to the writer process in one write. Records wait here as encoded
-lines, not objects: bytes are not tracked by the garbage collector, so a
-thousand records in flight do not make its collections longer. The process
-counts back the records it has made safe (store/writer_process.py), and until
-then each one stays here, so nothing is lost when the process dies:
+`submit` encodes the record (~1 µs) and writes the line into the socket to the
+writer process at once: the relay submits before the client can see its response
+end, so a record the client saw complete is already in the kernel's socket buffer,
+which outlives this worker (an OOM kill, the SIGKILL after ECS's stop timeout).
+Only while the writer process is not reading (or is being restarted) do lines wait
+here, and go in one write every 50 ms (or every 256 records). Lines are kept as
+bytes, not objects: bytes are not tracked by the garbage collector, so a thousand
+records in flight do not make its collections longer. The process counts back the
+records it has made safe (store/writer_process.py), and until then each one stays
+here, so nothing is lost when the writer process dies:
 
 - the writer process exits or is killed: a new one starts after a second and
   gets every record not yet counted (inserts are idempotent, so a record sent
@@ -92,8 +95,19 @@ class ProcessSink:
         if self._closed:
             self._fallback.spill_records([record])
             return
+        line = encode_record(record)
         pending = self._pending
-        pending.append(encode_record(record))
+        transport = self._transport
+        if (
+            transport is not None
+            and not self._write_paused
+            and not pending
+            and len(self._unacked) < self._capacity  # else the process is stalled
+        ):
+            transport.write(line)
+            self._unacked.append(line)
+            return
+        pending.append(line)
         if len(pending) >= _SHIP_BATCH:
             self._ship()
         elif self._timer is None:

@@ -56,8 +56,10 @@ class BatchInserter:
                 return int(self.db.run(lambda cur: self._pg_copy(cur, rows)))
             except Exception as exc:
                 if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
-                    if self.db.is_data_error(exc):
-                        raise  # the rows are at fault: the caller sets the bad one aside
+                    if self.db.fault(exc) != "outage":
+                        # The rows are at fault (the caller sets the bad one aside), or a
+                        # conflict already retried: neither says COPY itself cannot work.
+                        raise
                     copy_error = exc
         # The whole batch as one json parameter, serialised by orjson (C).
         batch = orjson.dumps(rows, default=_json_default).decode()

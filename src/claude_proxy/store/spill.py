@@ -14,13 +14,19 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
+from claude_proxy.records import MAX_SHORT_TEXT_CHARS, bounded
 from claude_proxy.store.rows import Row, load_row
 
 log = logging.getLogger("claude_proxy.store")
 
 SPILL_GLOB = "spill-*.jsonl"
+QUARANTINE_PREFIX = "quarantine-"
+_MAX_REASON_CHARS = 1024
 
 
 class SpillFile:
@@ -200,11 +206,12 @@ def claim(path: Path) -> ClaimedFile | None:
     return ClaimedFile(fd, path)
 
 
-def append_rejected(directory: str | os.PathLike[str], lines: bytes) -> Path:
-    """Keep rows the database refuses as data (never replayed automatically) for a human."""
+def append_quarantine(directory: str | os.PathLike[str], lines: bytes) -> Path:
+    """Keep rows the database refused even in reduced form (never replayed automatically)
+    for a person: `claude-proxy logs quarantine` lists them. Private (0600), fsync'd."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / f"rejected-{os.getpid()}.jsonl"
+    path = d / f"{QUARANTINE_PREFIX}{os.getpid()}.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, lines)
@@ -212,6 +219,62 @@ def append_rejected(directory: str | os.PathLike[str], lines: bytes) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+@dataclass(frozen=True)
+class QuarantinedRow:
+    """One line of a quarantine file, as `logs quarantine` shows it."""
+
+    id: str | None
+    created_at: str | None
+    key_id: str | None
+    reason: str | None
+    quarantined_at: str | None
+    file: str
+
+
+def quarantined_rows(directory: str | os.PathLike[str]) -> tuple[list[QuarantinedRow], int]:
+    """Every quarantined row in `directory` (older files named rejected-*.jsonl too), oldest
+    file first, and how many lines could not be read. Ids are capped for display; the
+    reason is what the writer logged (no SQL, no row values beyond the database's message)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return [], 0
+    paths = sorted([*d.glob(f"{QUARANTINE_PREFIX}*.jsonl"), *d.glob("rejected-*.jsonl")])
+    out: list[QuarantinedRow] = []
+    unreadable = 0
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            unreadable += 1
+            continue
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                unreadable += 1
+                continue
+            if not isinstance(doc, dict):
+                unreadable += 1
+                continue
+            out.append(
+                QuarantinedRow(
+                    id=_shown(doc.get("id")),
+                    created_at=_shown(doc.get("created_at")),
+                    key_id=_shown(doc.get("key_id")),
+                    reason=_shown(doc.get("_reason"), _MAX_REASON_CHARS),
+                    quarantined_at=_shown(doc.get("_quarantined_at")),
+                    file=path.name,
+                )
+            )
+    return out, unreadable
+
+
+def _shown(value: object, cap: int = MAX_SHORT_TEXT_CHARS) -> str | None:
+    return None if value is None else bounded(str(value), cap)
 
 
 def _write_all(fd: int, data: bytes) -> None:

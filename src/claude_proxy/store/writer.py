@@ -10,7 +10,11 @@ what makes the rest simple:
 - the queue is full: `submit` appends the record to the spill file itself;
 - the database is back, or the process starts: spill files nobody holds are
   replayed, then deleted once every row is committed;
-- shutdown: the queue is flushed within the drain window, the rest spilled.
+- shutdown: the queue is flushed within the drain window, the rest spilled;
+- the database refuses a row for its content (store/writer_db.py `fault`): the batch is
+  split until the row is alone, the row is written again in its reduced form (its spend
+  still counts), and only if that is refused too is it quarantined. A bad row never
+  holds back its batch, never marks the database unhealthy.
 
 A row may be written twice (spilled after a commit whose reply was lost, say),
 never lost. Counters are in `stats()`; spill and replay events are logged.
@@ -27,15 +31,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from claude_proxy.observability import FIELDS
-from claude_proxy.records import RequestRecord
+from claude_proxy.records import MAX_SHORT_TEXT_CHARS, RequestRecord, bounded
 from claude_proxy.store.inserts import BatchInserter
-from claude_proxy.store.rows import Row, dump_row, record_to_row
-from claude_proxy.store.spill import ClaimedFile, SpillFile, append_rejected, claim, spill_files
+from claude_proxy.store.rows import Row, dump_row, record_to_row, reduced_row
+from claude_proxy.store.spill import (
+    ClaimedFile,
+    SpillFile,
+    append_quarantine,
+    claim,
+    spill_files,
+)
 from claude_proxy.store.writer_db import WriterDatabase, why
 
 log = logging.getLogger("claude_proxy.store")
@@ -44,6 +55,7 @@ CostFn = Callable[[RequestRecord], Decimal | None]
 DurableFn = Callable[[int], None]
 
 _REPORT_INTERVAL = 10.0  # seconds between "spill: ..." summaries during an outage
+_MAX_LOGGED_RECORD_CHARS = 2048  # an unconvertible record's repr in its ERROR line
 
 _COUNTERS = (
     "batches",  # batches from the queue committed
@@ -58,7 +70,8 @@ _COUNTERS = (
     "failed_batches",  # database writes that failed (then spilled)
     "torn_lines",  # incomplete last lines skipped in spill files (crash mid-write)
     "corrupt_lines",  # other unreadable spill lines skipped
-    "rejected",  # rows the database refused as data, kept in rejected-<pid>.jsonl
+    "reduced",  # rows the database refused whole, written in their reduced form
+    "quarantined",  # rows refused even reduced, kept in quarantine-<pid>.jsonl
     "spill_errors",  # rows neither written nor spilled (disk full): logged at ERROR instead
 )
 
@@ -350,32 +363,55 @@ class LogWriter:
     def _insert_batch(self, rows: list[Row]) -> int:
         """Insert idempotently; returns how many rows were new. Raises on database failure.
 
-        A batch the database rejects as data (a constraint, a value out of range)
-        would fail forever and stall everything behind it, so its rows are then
-        tried one by one and the refused ones set aside in rejected-<pid>.jsonl.
+        A batch the database refuses for a row's content (a constraint, a value out of
+        range, an index entry too big) would fail forever and stall everything behind
+        it, so it is split in halves until each refused row is alone (a few statements
+        for one bad row in 500, not 500), and that row goes to `_insert_refused`.
         """
         try:
             return self._inserter.insert(rows)
         except Exception as exc:
             if not self.db.is_data_error(exc):
                 raise
-        new = 0
-        for row in rows:
-            try:
-                new += self._inserter.insert([row])
-            except Exception as exc:
-                if not self.db.is_data_error(exc):
-                    raise
-                self._reject(row, exc)
+            if len(rows) == 1:
+                return self._insert_refused(rows[0], exc)
+        half = len(rows) // 2
+        return self._insert_batch(rows[:half]) + self._insert_batch(rows[half:])
+
+    def _insert_refused(self, row: Row, refused: BaseException) -> int:
+        """A row the database refused alone: write its reduced form (accounting kept, client
+        texts dropped), or, if that is refused too, quarantine the row. Raises only when
+        the database itself fails."""
+        try:
+            new = self._inserter.insert([reduced_row(row)])
+        except Exception as exc:
+            if not self.db.is_data_error(exc):
+                raise
+            self._quarantine(row, f"{why(refused)}; reduced form: {why(exc)}")
+            return 0
+        log.warning(
+            "database refused record %s (%s); stored it reduced, without its client texts",
+            _shown_id(row),
+            why(refused),
+        )
+        self._bump(reduced=1)
         return new
 
-    def _reject(self, row: Row, exc: BaseException) -> None:
+    def _quarantine(self, row: Row, reason: str) -> None:
+        extra = {"_reason": reason, "_quarantined_at": datetime.now(UTC).isoformat()}
         try:
-            path = append_rejected(self.spill_dir, dump_row(row))
-            log.error("database refused record %s (%s); kept in %s", row["id"], why(exc), path)
-            self._bump(rejected=1)
+            path = append_quarantine(self.spill_dir, dump_row(row, extra))
         except OSError as err:
             self._last_resort([row], err)
+            return
+        log.error(
+            "database refused record %s even reduced (%s); quarantined in %s "
+            "(claude-proxy logs quarantine lists it)",
+            _shown_id(row),
+            reason,
+            path,
+        )
+        self._bump(quarantined=1)
 
     def _on_failure(self, exc: BaseException) -> None:
         self._bump(failed_batches=1)
@@ -464,7 +500,8 @@ class LogWriter:
                 rows.append(self._to_row(record))
             except Exception:  # a malformed record must not take its batch down with it
                 self._bump(spill_errors=1)
-                log.exception("cannot convert record; record=%r", record)
+                shown = bounded(repr(record), _MAX_LOGGED_RECORD_CHARS)
+                log.exception("cannot convert record; record=%s", shown)
         return rows
 
     def _drain_queue(self) -> list[RequestRecord]:
@@ -490,6 +527,12 @@ class LogWriter:
             for k, v in deltas.items():
                 self._counts[k] += v
             self._cond.notify_all()
+
+
+def _shown_id(row: Row) -> str:
+    """A row's id for a log line: ids are the proxy's, but one from a damaged spill file
+    could be anything."""
+    return bounded(str(row.get("id")), MAX_SHORT_TEXT_CHARS)
 
 
 class _Interrupted(Exception):

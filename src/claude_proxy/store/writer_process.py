@@ -68,6 +68,8 @@ def build_writer(
     tally: RecordTally | None = None,
 ) -> LogWriter:
     def cost(record: RequestRecord) -> Decimal | None:
+        if record.cost_usd is not None:  # decided by the proxy (a message batch's ledger)
+            return Decimal(record.cost_usd)
         return prices.cost(record.model, record.usage, batch=False)
 
     def on_record(record: RequestRecord, cost_usd: Decimal | None) -> None:

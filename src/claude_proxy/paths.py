@@ -1,0 +1,79 @@
+"""Which /v1 request targets the proxy forwards, and under what name it governs them.
+
+The proxy decides on the decoded path (what the upstream will read) and forwards only
+that path's canonical spelling, so no spelling of a governed endpoint can slip past the
+model allowlist or the usage accounting (`/v1//messages`, `/v1/%6Dessages`,
+`/v1/messages;x`), and no dot segment can climb out of /v1 upstream
+(`/v1/%2e%2e/admin`). Targets that need no decoding, the SDKs' and Claude Code's, take
+one scan of a few bytes.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+# What the proxy reads or counts on these endpoints; other methods get a 405.
+JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+BATCHES = "/v1/messages/batches"
+_KNOWN_PATHS = frozenset(
+    {"/v1/messages", "/v1/messages/count_tokens", "/v1/models", BATCHES, "/v1/files"}
+)
+_METHODS: dict[str, frozenset[str]] = {
+    "/v1/messages": frozenset({"POST"}),
+    "/v1/messages/count_tokens": frozenset({"POST"}),
+    BATCHES: frozenset({"GET", "POST"}),
+    "/v1/messages/batches/{id}": frozenset({"GET", "DELETE"}),
+    "/v1/messages/batches/{id}/cancel": frozenset({"POST"}),
+    "/v1/messages/batches/{id}/results": frozenset({"GET"}),
+    "/v1/models": frozenset({"GET"}),
+    "/v1/models/{id}": frozenset({"GET"}),
+}
+# Bytes that may mean a non-canonical target; a raw path without any is canonical.
+_SUSPECT = (b"%", b";", b"//", b"/.", b"\\")
+# Kept as they are when a segment is spelled again (RFC 3986 pchar, less '%' and ';').
+_SAFE = ":@!$&'()*+,=-._~"
+
+
+def target_problem(raw_path: bytes, path: str) -> str | None:
+    """Why this /v1 target is refused with a 400, or None when it may be forwarded."""
+    if raw_path.endswith(b"/") or any(s in raw_path for s in _SUSPECT):
+        for segment in path.split("/")[1:]:
+            if segment in ("", ".", ".."):
+                return (
+                    "The request path has an empty or dot segment; "
+                    "send it without '//', '/./' or '/../'."
+                )
+        if ";" in path:
+            return "The request path has a path parameter (';'); it is not supported."
+        if "%" in path or "\\" in path:
+            return "The request path holds an encoded '%' or a backslash; it is not supported."
+    return None
+
+
+def canonical_target(raw_path: bytes) -> bytes:
+    """What is sent upstream: the raw path when it holds no escape, else each segment
+    spelled with only the escapes it needs (`/v1/%6Dessages` → `/v1/messages`; an encoded
+    '/' inside a segment stays `%2F`)."""
+    if b"%" not in raw_path:
+        return raw_path
+    segments = raw_path.decode("ascii").split("/")
+    return "/".join(quote(unquote(s), safe=_SAFE) for s in segments).encode("ascii")
+
+
+def endpoint_label(path: str) -> str:
+    """A low-cardinality name for records, metrics and spans: ids are folded to {id}
+    (`/v1/models/{id}`, `/v1/messages/batches/{id}/results`, `/v1/files/{id}/content`),
+    and paths deeper than /v1 plus four segments are cut."""
+    if path in _KNOWN_PATHS:
+        return path
+    parts = path.split("/")[:6]  # "", "v1", and at most four more
+    for i in range(2, len(parts)):
+        p = parts[i]
+        if len(p) > 24 or any(c.isdigit() for c in p) or not p.replace("_", "").isalpha():
+            parts[i] = "{id}"
+    return "/".join(parts)
+
+
+def allowed_methods(endpoint: str) -> frozenset[str] | None:
+    """The methods a governed endpoint takes; None for a pass-through endpoint."""
+    return _METHODS.get(endpoint)
