@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# An old 0.x SDK in its own venv: it sends x-api-key and anthropic-version 2023-06-01.
-LEGACY_SDK := anthropic==0.69.0
+# Every venv installs from a lock in requirements/: exact versions with their hashes, so a
+# fresh install today gets what CI tested. `make lock` regenerates them (see README).
+REQ := requirements
+PIP_LOCKED := -m pip install -q --require-hashes
+# An old 0.x SDK in its own venv (requirements/sdk0.in): it sends x-api-key and
+# anthropic-version 2023-06-01.
 LEGACY_VENV := .venv-sdk0
 LEGACY_STAMP := $(LEGACY_VENV)/.installed-stamp
 # checkov pins a python-hcl2 that clashes with ours: it gets a venv of its own.
@@ -12,25 +16,30 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 CLAUDE_CODE := tests/e2e/claude_code
 CLAUDE_CODE_STAMP := $(CLAUDE_CODE)/node_modules/.installed-stamp
+# `make test-latest`: a copy of the tree with its own venv and node_modules.
+LATEST_DIR := build/latest-clients
 
-.PHONY: run test lint bench install clean system-deps
+.PHONY: run test test-latest lint lock bench install clean system-deps
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The installer and build backend first (bootstrap.txt), then the dependencies, then this
+# package alone, built by those pinned tools rather than by whatever is newest.
+$(STAMP): pyproject.toml $(REQ)/bootstrap.txt $(REQ)/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python $(PIP_LOCKED) -r $(REQ)/bootstrap.txt
+	$(BIN)/python $(PIP_LOCKED) -r $(REQ)/dev.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(LEGACY_STAMP): Makefile
+$(LEGACY_STAMP): $(REQ)/sdk0.txt
 	$(PYTHON) -m venv $(LEGACY_VENV)
-	$(LEGACY_VENV)/bin/python -m pip install -q '$(LEGACY_SDK)'
+	$(LEGACY_VENV)/bin/python $(PIP_LOCKED) -r $(REQ)/sdk0.txt
 	touch $@
 
-$(CHECKOV_STAMP): Makefile
+$(CHECKOV_STAMP): $(REQ)/checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install -q 'checkov>=3.2'
+	$(CHECKOV_VENV)/bin/python $(PIP_LOCKED) -r $(REQ)/checkov.txt
 	touch $@
 
 $(CLAUDE_CODE_STAMP): $(CLAUDE_CODE)/package.json $(CLAUDE_CODE)/package-lock.json
@@ -57,8 +66,29 @@ test: $(STAMP) $(LEGACY_STAMP) $(CLAUDE_CODE_STAMP) $(CHECKOV_STAMP) system-deps
 	CLAUDE_PROXY_LEGACY_PYTHON=$(LEGACY_VENV)/bin/python \
 	CLAUDE_PROXY_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest
 
+# The suite against the newest anthropic SDK (and openai, once the lock has it) with their
+# newest dependencies, and the newest Claude Code, in a copy of the tree under $(LATEST_DIR):
+# the locked venvs and tests/e2e/claude_code are not touched. PYTEST_ARGS narrows the run.
+test-latest: $(LEGACY_STAMP) $(CHECKOV_STAMP) system-deps
+	CLAUDE_PROXY_LEGACY_PYTHON=$(CURDIR)/$(LEGACY_VENV)/bin/python \
+	CLAUDE_PROXY_CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov \
+	PYTHON=$(PYTHON) .ci/test-latest $(LATEST_DIR) $(PYTEST_ARGS)
+
+# Regenerate the locks from pyproject.toml and requirements/*.in. Versions already locked
+# stay unless LOCK_ARGS says otherwise: LOCK_ARGS=--upgrade (everything to the newest) or
+# LOCK_ARGS="--upgrade-package anthropic". The image's lock is resolved within the dev
+# lock, so the image ships the versions the tests ran with.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" $(LOCK_ARGS)
+lock: $(STAMP)
+	$(UV_COMPILE) pyproject.toml --extra dev -o $(REQ)/dev.txt
+	$(UV_COMPILE) pyproject.toml --extra tracing -c $(REQ)/dev.txt -o $(REQ)/runtime.txt
+	$(UV_COMPILE) $(REQ)/bootstrap.in -o $(REQ)/bootstrap.txt
+	$(UV_COMPILE) $(REQ)/sdk0.in -o $(REQ)/sdk0.txt
+	$(UV_COMPILE) $(REQ)/checkov.in -o $(REQ)/checkov.txt
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) $(LEGACY_VENV) $(CHECKOV_VENV) $(CLAUDE_CODE)/node_modules
+	rm -rf $(VENV) $(LEGACY_VENV) $(CHECKOV_VENV) $(CLAUDE_CODE)/node_modules $(LATEST_DIR)

@@ -36,6 +36,7 @@ from claude_proxy.pricing import PriceTable
 from claude_proxy.records import MAX_MODEL_CHARS, RecordSink, RequestRecord, bounded
 from claude_proxy.sse import Usage
 from claude_proxy.store.batches import SETTLEMENT_PREFIX, Submission, unsettled_batches
+from claude_proxy.store.columns import TOKEN_COLUMNS
 from claude_proxy.upstream import UpstreamPool
 
 log = logging.getLogger("claude_proxy.batches")
@@ -44,14 +45,6 @@ BYTES_PER_TOKEN = 3
 # A batch ends within 24 hours; its submission is looked for this far back.
 SETTLE_WINDOW_SECONDS = 7 * 24 * 3600
 _VERSION = (b"anthropic-version", b"2023-06-01")
-_TOKEN_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_creation_5m_input_tokens",
-    "cache_creation_1h_input_tokens",
-    "cache_read_input_tokens",
-)
 
 
 @dataclass(slots=True)
@@ -168,7 +161,7 @@ class ResultsTally:
             return
         one = Usage()
         one.merge(usage)
-        for name in _TOKEN_FIELDS:
+        for name in TOKEN_COLUMNS:
             n = getattr(one, name)
             if type(n) is int and n > 0:
                 setattr(self.usage, name, (getattr(self.usage, name) or 0) + n)

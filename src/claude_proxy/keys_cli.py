@@ -22,7 +22,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from claude_proxy.reports import parse_duration
+from claude_proxy.reports import parse_duration_arg
 from claude_proxy.store.columns import COST_PLACES, current_period, money_text
 from claude_proxy.store.keys import (
     BUDGET_MAX,
@@ -94,7 +94,7 @@ def parse_models(text: str) -> tuple[str, ...]:
 
 def parse_expires(text: str) -> datetime:
     """`30d`, `12h`, `90m`, `2w` from now, or an ISO date/time (UTC unless it says)."""
-    ahead = parse_duration(text)
+    ahead = parse_duration_arg(text)
     if ahead is not None:
         at = datetime.now(UTC) + ahead
     else:

@@ -75,6 +75,8 @@ _BATCH_OBJECT_ENDPOINTS = frozenset(
     {BATCHES, "/v1/messages/batches/{id}", "/v1/messages/batches/{id}/cancel"}
 )
 _RESULTS = "/v1/messages/batches/{id}/results"
+# POST bodies the proxy reads (model, stream, a batch's requests): they must be JSON objects.
+_READ_ENDPOINTS = JSON_ENDPOINTS | {BATCHES}
 
 
 class ClientGone(Exception):
@@ -170,7 +172,6 @@ class Relay:
             )
             if tracing is not None:
                 tracing.finish_request(span, record)
-            self.sink.submit(record)
 
     async def _handle(
         self,
@@ -241,26 +242,21 @@ class Relay:
         """With the body read: the checks that need it, then the upstream request."""
         if body is None:
             return await self._refuse(send, record, "request_too_large", self._too_large_msg())
-        model = None
-        if record.method == "POST" and record.endpoint in JSON_ENDPOINTS:
-            parsed = _parse_json_object(body)
-            if parsed is None:
-                return await self._refuse(
-                    send, record, "invalid_request_error", "The request body is not valid JSON."
-                )
-            model = _note_request(record, parsed)
-        models = [model] if model else []  # whole, not as bounded for the record
+        models: list[str] = []  # whole, not as bounded for the record
         batch = None
-        if record.method == "POST" and record.endpoint == BATCHES:
+        if record.method == "POST" and record.endpoint in _READ_ENDPOINTS:
             parsed = _parse_json_object(body)
             if parsed is None:
                 return await self._refuse(
                     send, record, "invalid_request_error", "The request body is not valid JSON."
                 )
-            requests = parsed.get("requests")
-            batch = estimate_batch(requests if isinstance(requests, list) else [], self.prices)
-            models = batch.models
-            record.model = bounded(models[0], MAX_MODEL_CHARS) if models else None
+            if record.endpoint == BATCHES:
+                requests = parsed.get("requests")
+                batch = estimate_batch(requests if isinstance(requests, list) else [], self.prices)
+                models = batch.models
+                record.model = bounded(models[0], MAX_MODEL_CHARS) if models else None
+            elif model := _note_request(record, parsed):
+                models = [model]
 
         refusal = self.limiter.check_models(key, models)
         if refusal is not None:

@@ -29,17 +29,35 @@ _SINCE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+# Durations past this are refused (a date that far away cannot be written anyway).
+_MAX_DURATION = timedelta(days=365 * 100)
+
+
 def parse_duration(text: str) -> timedelta | None:
     """`7d`, `12h`, `30m`, `45s`, `2w` as a timedelta; None if the text is not one."""
-    m = _SINCE.match(text.strip())
+    m = _SINCE.match(text.strip()[:32])
     if m is None:
         return None
-    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        d = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    except OverflowError:
+        d = _MAX_DURATION * 2
+    if d > _MAX_DURATION:
+        raise ValueError(f"{text[:32]} is longer than 100 years")
+    return d
+
+
+def parse_duration_arg(text: str) -> timedelta | None:
+    """`parse_duration` for a command-line value: a usage error, not a traceback."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_since(text: str) -> datetime:
     """`7d`, `12h`, `30m` ... or an ISO date/time; returns an aware UTC datetime."""
-    ago = parse_duration(text)
+    ago = parse_duration_arg(text)
     if ago is not None:
         return datetime.now(UTC) - ago
     try:

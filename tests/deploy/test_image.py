@@ -208,11 +208,58 @@ def test_multi_stage_on_pinned_python_slim_copying_only_the_venv() -> None:
     build, final = all_stages[0], all_stages[-1]
     assert final.base == build.base, "the venv must run on the interpreter it was built with"
     installs = " ".join(build.all("RUN"))
-    assert "install" in installs and ".[tracing]" in installs, "the tracing extra is missing"
+    # The runtime lock has the tracing extra (tests/deploy/test_lock.py).
+    assert "install" in installs and "requirements/runtime.txt" in installs
     assert "-e " not in installs and "--editable" not in installs
     # The runtime stage gets the venv and nothing else from the build or the context.
     assert final.all("COPY") == [f"--from={build.name} /opt/venv /opt/venv"]
     assert final.all("ADD") == []
+
+
+def pip_commands(stage: Stage) -> list[list[str]]:
+    """The pip commands of a stage's RUN instructions (split at `&&`), as word lists."""
+    return [
+        shlex.split(command)
+        for rest in stage.all("RUN")
+        for command in re.split(r"\s*&&\s*", rest)
+        if re.match(r"python3? -m pip\b|pip3? ", command)
+    ]
+
+
+def test_the_build_installs_the_locked_versions_and_nothing_else() -> None:
+    """Every version in the image comes from a lock (requirements/, `make lock`), checked
+    against its hashes, as wheels: none is chosen, and nothing is compiled, at build time."""
+    build = stages()[0]
+    locks = {"requirements/bootstrap.txt", "requirements/runtime.txt"}
+    commands = pip_commands(build)
+    installs = [c for c in commands if "install" in c or "wheel" in c]
+    assert installs, "the build stage installs nothing with pip"
+    from_locks = set()
+    for words in installs:
+        command = " ".join(words)
+        if "-r" in words:
+            lock = words[words.index("-r") + 1]
+            assert lock in locks, f"`{command}`: {lock} is not one of the image's locks"
+            assert "--require-hashes" in words, f"`{command}` does not check hashes"
+            assert words[words.index("--only-binary") + 1] == ":all:", command
+            from_locks.add(lock)
+        else:  # the package itself, whose dependencies are all in already
+            assert "--no-deps" in words, f"`{command}` resolves dependencies at build time"
+    assert from_locks == locks
+    # The runtime lock goes into the venv; the installer and build backend stay behind.
+    (runtime,) = [w for w in installs if "requirements/runtime.txt" in w]
+    assert runtime[runtime.index("--python") + 1] == "/opt/venv/bin/python"
+    (bootstrap,) = [w for w in installs if "requirements/bootstrap.txt" in w]
+    assert "--python" not in bootstrap
+    # The package is built by the pinned setuptools (no isolated build with the newest).
+    (wheel,) = [w for w in installs if "wheel" in w and "-r" not in w]
+    assert "--no-build-isolation" in wheel
+    # The locks are copied, and installed, before the sources: a change in src/ does not
+    # reinstall the dependencies.
+    order = [rest for kw, rest in build.instructions if kw in ("COPY", "RUN")]
+    first_lock = next(i for i, r in enumerate(order) if "requirements/runtime.txt" in r)
+    first_src = next(i for i, r in enumerate(order) if r.startswith("src "))
+    assert first_lock < first_src
 
 
 def test_runs_as_a_non_root_user_with_its_writable_dirs() -> None:
@@ -328,21 +375,28 @@ def in_context(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
 
 def test_dockerignore_keeps_what_the_build_copies_and_nothing_local() -> None:
     rules = dockerignore_rules()
-    # What the build stage COPYs: pyproject.toml, README.md (the package's readme), src/.
+    # What the build stage COPYs: pyproject.toml, README.md (the package's readme), src/,
+    # and the two locks it installs.
     copied = [
         word
         for rest in stages()[0].all("COPY")
         for word in rest.split()[:-1]
         if not word.startswith("--")
     ]
-    assert sorted(copied) == ["README.md", "pyproject.toml", "src"]
+    assert sorted(copied) == [
+        "README.md",
+        "pyproject.toml",
+        "requirements/bootstrap.txt",
+        "requirements/runtime.txt",
+        "src",
+    ]
     package = [
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "src").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p)
     ]
     assert any(p.endswith("prices.json") for p in package)
-    for path in ["pyproject.toml", "README.md", *package]:
+    for path in [*copied, *package]:
         assert in_context(path, rules), f"{path} is needed by the build but ignored"
     for path in [
         ".git/HEAD",
@@ -364,6 +418,8 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_local() -> None:
         "deploy/terraform/environments/production/.terraform/x",
         "deploy/terraform/environments/production/terraform.tfstate",
         ".env",
+        "requirements/dev.txt",
+        "requirements/checkov.in",
     ]:
         assert not in_context(path, rules), f"{path} would be sent to the builder"
 

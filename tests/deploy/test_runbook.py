@@ -355,7 +355,7 @@ def metrics() -> dict[str, set[str]]:
 def app_paths() -> set[str]:
     """The paths app.py answers itself (exact, or as prefixes)."""
     text = (SRC / "app.py").read_text()
-    return set(re.findall(r"path(?: ==|\.startswith\()\s*\"(/[^\"]*)\"", text))
+    return set(re.findall(r"(?:path|raw)(?: ==|\.startswith\()\s*b?\"(/[^\"]*)\"", text))
 
 
 @cache

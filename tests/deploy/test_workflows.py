@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 CI = WORKFLOWS / "ci.yml"
 DEPLOY = WORKFLOWS / "deploy.yml"
+LATEST = WORKFLOWS / "latest-clients.yml"
 ACTIONLINT = Path(sys.executable).parent / "actionlint"
 
 CLUSTER = "claude-proxy-cluster"
@@ -91,7 +92,7 @@ def test_actionlint_is_installed() -> None:
     )
 
 
-@pytest.mark.parametrize("workflow", [CI, DEPLOY], ids=lambda p: p.name)
+@pytest.mark.parametrize("workflow", [CI, DEPLOY, LATEST], ids=lambda p: p.name)
 def test_actionlint_passes(workflow: Path) -> None:
     assert ACTIONLINT.is_file(), f"actionlint is missing at {ACTIONLINT} (never skipped)"
     assert workflow.is_file(), f"{workflow} is missing"
@@ -122,7 +123,7 @@ def test_actionlint_finds_errors(tmp_path: Path) -> None:
     assert 'missing input "aws-region"' in run.stdout
 
 
-@pytest.mark.parametrize("workflow", [CI, DEPLOY], ids=lambda p: p.name)
+@pytest.mark.parametrize("workflow", [CI, DEPLOY, LATEST], ids=lambda p: p.name)
 def test_actions_are_pinned_to_a_version(workflow: Path) -> None:
     for action, version in uses(load(workflow)).items():
         assert re.fullmatch(r"v\d+(\.\d+){0,2}|[0-9a-f]{40}", version), (
@@ -159,6 +160,56 @@ def test_ci_runs_make_test_with_its_services() -> None:
     assert postgres["image"] == "postgres:15"
     assert postgres["env"]["POSTGRES_HOST_AUTH_METHOD"] == "trust"
     assert "5432:5432" in postgres["ports"]
+
+
+def test_ci_installs_from_the_locks() -> None:
+    """`make test` is the only install step: the Makefile installs every venv from a lock
+    (tests/deploy/test_lock.py), so CI never resolves a version of its own."""
+    for _, cmd in all_commands(load(CI)):
+        assert "pip" not in cmd and "pip3" not in cmd, f"ci.yml installs outside the locks: {cmd}"
+        assert cmd[:2] != ["npm", "install"], f"ci.yml installs outside the locks: {cmd}"
+
+
+# --------------------------------------------------------------- latest-clients
+
+
+def test_latest_clients_runs_daily_and_on_demand() -> None:
+    doc = load(LATEST)
+    assert set(doc["on"]) == {"schedule", "workflow_dispatch"}, doc["on"]
+    (schedule,) = doc["on"]["schedule"]
+    minute, hour, *rest = schedule["cron"].split()
+    assert minute.isdigit() and hour.isdigit() and rest == ["*", "*", "*"], (
+        f"{schedule['cron']!r} is not once a day"
+    )
+    assert doc["permissions"] == {"contents": "read"}
+
+
+def test_latest_clients_runs_make_test_latest() -> None:
+    cmds = [cmd for _, cmd in all_commands(load(LATEST))]
+    assert ["make", "test-latest"] in cmds
+    assert ["make", "test"] not in cmds, "the locked suite is ci.yml's job"
+
+
+def test_latest_clients_is_set_up_like_ci() -> None:
+    """The same runner, services and steps as ci.yml: only the last command differs, so a
+    failure here is the clients' doing, not the setup's."""
+    ci, latest = load(CI), load(LATEST)
+    (ci_job,) = ci["jobs"].values()
+    (job,) = latest["jobs"].values()
+    for key in ("runs-on", "services"):
+        assert job[key] == ci_job[key], f"{key} differs from ci.yml"
+    assert job["timeout-minutes"] >= ci_job["timeout-minutes"]
+
+    def without_the_run(job: dict[str, Any], target: str) -> tuple[list[Any], dict[str, Any]]:
+        setup = [s for s in job["steps"] if s.get("run", "").strip() != f"make {target}"]
+        (last,) = [s for s in job["steps"] if s.get("run", "").strip() == f"make {target}"]
+        assert job["steps"][-1] is last, f"`make {target}` is not the last step"
+        return [{k: v for k, v in s.items() if k != "name"} for s in setup], last.get("env", {})
+
+    ci_setup, ci_env = without_the_run(ci_job, "test")
+    setup, env = without_the_run(job, "test-latest")
+    assert setup == ci_setup, "the steps before `make test-latest` differ from ci.yml's"
+    assert env == ci_env
 
 
 # ----------------------------------------------------------------------- deploy

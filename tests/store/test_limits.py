@@ -164,3 +164,26 @@ async def test_during_an_outage_each_process_keeps_to_its_share_then_reconciles(
             select(func.sum(rate_usage.c.requests)).where(rate_usage.c.key_id == k.key_id)
         ).scalar_one()
     assert stored == 5  # the counts made during the outage reached the database
+
+
+async def test_a_batch_reservation_counts_against_budget_and_tpm_until_given_back(
+    db: Backend, limiters: list[Limiter]
+) -> None:
+    lim = new_limiter(limiters, db)
+    k = key(budget_usd=1.0, budget_period="total", tpm=10_000)
+    now = datetime.now(UTC).timestamp()
+    refusal = lim.check_reservation(k, 1.5, now)
+    assert refusal is not None and refusal.reason == "budget" and refusal.status == 429
+    assert "$1.50" in refusal.message and dict(refusal.headers)[b"x-should-retry"] == b"false"
+    assert lim.check_reservation(k, 0.6, now) is None
+    lim.reserve(k, 0.6, 8_000, now)
+    # What is reserved is spent, for the next batch and for every other request.
+    again = lim.check_reservation(k, 0.6, now)
+    assert again is not None and "$0.40" in again.message
+    assert lim.check(k, now) is None  # $0.60 of $1.00: still under the budget
+    lim.reserve(k, 0.0, 3_000, now)
+    tpm = lim.check(k, now)
+    assert tpm is not None and tpm.reason == "tpm"  # 11,000 tokens of 10,000
+    # A batch the upstream did not accept gives its reservation back.
+    lim.reserve(k, -0.6, 0, now)
+    assert lim.check_reservation(k, 0.9, now) is None
