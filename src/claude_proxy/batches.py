@@ -190,6 +190,7 @@ class BatchSettler:
         self.poll_seconds = poll_seconds
         self._known: dict[str, Submission] = {}  # submitted through this process
         self._settled: set[str] = set()
+        self._busy: set[str] = set()  # being settled now
         self._tasks: set[asyncio.Task[None]] = set()
         self.settled_count = 0
 
@@ -198,7 +199,7 @@ class BatchSettler:
 
     def poke(self, batch_id: str) -> None:
         """The batch may have ended (its results were read): settle it soon, once."""
-        if batch_id in self._settled:
+        if batch_id in self._settled or batch_id in self._busy:
             return
         task = asyncio.get_running_loop().create_task(self._settle_by_id(batch_id))
         self._tasks.add(task)
@@ -244,8 +245,16 @@ class BatchSettler:
 
     async def _settle(self, sub: Submission) -> int:
         batch_id = sub.batch_id
-        if batch_id in self._settled:
+        if batch_id in self._settled or batch_id in self._busy:
             return 0
+        self._busy.add(batch_id)
+        try:
+            return await self._settle_now(sub)
+        finally:
+            self._busy.discard(batch_id)
+
+    async def _settle_now(self, sub: Submission) -> int:
+        batch_id = sub.batch_id
         status, body = await self._get(f"/v1/messages/batches/{quote(batch_id, safe='')}")
         if status != 200:
             log.warning("message batch %s: the upstream answered %d; not settled", batch_id, status)
@@ -259,8 +268,6 @@ class BatchSettler:
             log.warning("message batch %s: results answered %d; not settled", batch_id, status)
             return 0
         tally.finish()
-        if batch_id in self._settled:  # another task got there first
-            return 0
         self._settled.add(batch_id)
         self._known.pop(batch_id, None)
         record = RequestRecord(

@@ -590,7 +590,7 @@ class Relay:
         rewritten = rewrite_results_urls(out, base)
         if rewritten is not None:
             out, found = rewritten
-            if len(found) == 1:
+            if not (record.endpoint == BATCHES and record.method == "GET"):  # not a page
                 self._note_batch(record, found[0], batch)
         headers = [
             (n, v)

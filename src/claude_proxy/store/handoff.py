@@ -51,6 +51,7 @@ log = logging.getLogger("claude_proxy.store")
 _SHIP_SECONDS = 0.05  # how long a record may wait before it is sent
 _SHIP_BATCH = 256  # ... or how many, whichever comes first
 _RESTART_SECONDS = 1.0
+_SOCKET_BUFFER_BYTES = 4 << 20
 
 
 def writer_config(st: Settings) -> WriterConfig:
@@ -152,6 +153,9 @@ class ProcessSink:
 
     async def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
+        # Room for the records the writer process lets gather between its reads (as much
+        # as net.core.wmem_max allows): they are written here as each response ends.
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "claude_proxy.store.writer_process", str(theirs.fileno())],
