@@ -576,8 +576,9 @@ class Relay:
         try:
             while chunk := await resp.read():
                 kept += chunk
-        except BodyError as exc:
-            return await self._fail(send, record, _error_type(exc), f"Upstream error: {exc}", 502)
+        except BodyError as exc:  # nothing was sent yet: an error the SDK retries
+            status, msg = 504 if exc.timeout else 502, f"Upstream error: {exc}"
+            return await self._fail(send, record, _error_type(exc), msg, status)
         finally:
             resp.release()
         record.status_code = 200
