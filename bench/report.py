@@ -287,4 +287,23 @@ def markdown(r: dict[str, Any]) -> str:
     for c in r["checks"]:
         res = "n/a" if c["pass"] is None else ("pass" if c["pass"] else "**FAIL**")
         out.append(f"| {c['measure']} | {_fmt(c['value'], c['unit'])} | {c['target']} | {res} |")
+    out += _baseline_rows(r["nonstream"])
     return "\n".join(out) + "\n"
+
+
+def _baseline_rows(ns: dict[str, Any]) -> list[str]:
+    """With `--baseline`: CPU per request of this build against the other, same run."""
+    if "proxy_baseline" not in ns:
+        return []
+    out = [
+        "",
+        "| CPU per request (worker + writer process) | --baseline | this build | change |",
+        "|---|---|---|---|",
+    ]
+    for c in ("c1", "c5", "c50"):
+        base = _get(ns, "proxy_baseline", c, "server_cpu_us_per_req")
+        this = _get(ns, "proxy", c, "server_cpu_us_per_req")
+        change = _ratio(this, base)
+        change_s = "-" if change is None else f"{(change - 1) * 100:+.1f} %"
+        out.append(f"| c={c[1:]} | {_fmt(base, 'µs')} | {_fmt(this, 'µs')} | {change_s} |")
+    return out
