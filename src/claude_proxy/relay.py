@@ -44,19 +44,16 @@ from claude_proxy.limits import Limiter, Refusal
 from claude_proxy.paths import (
     BATCHES,
     JSON_ENDPOINTS,
-    allowed_methods,
+    METHODS,
     canonical_target,
     endpoint_label,
     target_problem,
 )
 from claude_proxy.pricing import PriceTable
 from claude_proxy.records import (
-    MAX_BETA_CHARS,
     MAX_METADATA_USER_ID_CHARS,
     MAX_MODEL_CHARS,
-    MAX_SESSION_ID_CHARS,
     MAX_SHORT_TEXT_CHARS,
-    MAX_USER_AGENT_CHARS,
     RecordSink,
     RequestRecord,
     bounded,
@@ -182,15 +179,16 @@ class Relay:
         span: object,
     ) -> None:
         hdrs = split_request_headers(scope["headers"])
-        record.user_agent = bounded(hdrs.user_agent, MAX_USER_AGENT_CHARS)
-        record.anthropic_beta = bounded(hdrs.anthropic_beta, MAX_BETA_CHARS)
-        record.claude_code_session_id = bounded(hdrs.claude_code_session_id, MAX_SESSION_ID_CHARS)
+        # Header values are bounded by the 64 KiB head; the writer caps them for the row.
+        record.user_agent = hdrs.user_agent
+        record.anthropic_beta = hdrs.anthropic_beta
+        record.claude_code_session_id = hdrs.claude_code_session_id
 
         problem = target_problem(scope["raw_path"], scope["path"])
         if problem is not None:
             record.refusal = "bad_target"
             return await self._refuse(send, record, "invalid_request_error", problem)
-        methods = allowed_methods(record.endpoint)
+        methods = METHODS.get(record.endpoint)
         if methods is not None and record.method not in methods:
             allow = ", ".join(sorted(methods))
             msg = f"{record.method} is not allowed on {record.endpoint}; use {allow}."
@@ -223,82 +221,71 @@ class Relay:
                 return await self._refuse_for(send, record, self._bodies_full)
             if length is None and body is not None:
                 held = len(body)
-            await self._proceed(scope, receive, send, record, hdrs, key, body, span)
+            # With the body read: the checks that need it, then the upstream request.
+            if body is None:
+                return await self._refuse(send, record, "request_too_large", self._too_large_msg())
+            models: list[str] = []  # whole, not as bounded for the record
+            batch = None
+            if record.method == "POST" and record.endpoint in _READ_ENDPOINTS:
+                parsed = _parse_json_object(body)
+                if parsed is None:
+                    return await self._refuse(
+                        send, record, "invalid_request_error", "The request body is not valid JSON."
+                    )
+                if record.endpoint == BATCHES:
+                    requests = parsed.get("requests")
+                    batch = estimate_batch(
+                        requests if isinstance(requests, list) else [], self.prices
+                    )
+                    models = batch.models
+                    record.model = bounded(models[0], MAX_MODEL_CHARS) if models else None
+                elif model := _note_request(record, parsed):
+                    models = [model]
+
+            refusal = self.limiter.check_models(key, models) if key.models is not None else None
+            if refusal is not None:
+                return await self._refuse_for(send, record, refusal)
+            if batch is not None:
+                # A batch is billed when it runs: its whole estimate is reserved now.
+                usd, now = float(batch.cost_usd), time.time()
+                refusal = self.limiter.check_reservation(key, usd, now)
+                if refusal is not None:
+                    return await self._refuse_for(send, record, refusal)
+                self.limiter.reserve(key, usd, batch.tokens, now)
+
+            if self.body_cap:
+                record.request_body = _clip(body, self.body_cap)
+
+            # From here on a client disconnect must stop upstream work: watch for it.
+            task = asyncio.current_task(self._loop)
+            assert task is not None
+            state = _Watch(task)
+            watcher = None
+            on_disconnect = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+            if on_disconnect is not None:
+                on_disconnect(state.client_gone)  # our server calls back: no task parked
+            else:  # any other ASGI server: a receive() that returns when the client leaves
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(state.client_gone)
+            try:
+                await self._forward(scope, send, record, hdrs, body, span, batch)
+            except asyncio.CancelledError:
+                if not state.gone:
+                    raise
+                task.uncancel()
+                record.client_disconnected = True
+                record.error_type = record.error_type or "client_disconnected"
+                log.info("client disconnected request_id=%s", record.id)
+            finally:
+                state.finished = True
+                if watcher is not None and not watcher.done():
+                    watcher.cancel()
+                if batch is not None and record.cost_usd is None:
+                    # Not accepted upstream: the reservation is given back.
+                    self.limiter.reserve(key, -float(batch.cost_usd), 0, time.time())
         finally:
             self.body_budget.release(held)
             self.limiter.finish(key, record, time.time())
-
-    async def _proceed(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        record: RequestRecord,
-        hdrs: ClientHeaders,
-        key: KeyInfo,
-        body: Buffer | None,
-        span: object,
-    ) -> None:
-        """With the body read: the checks that need it, then the upstream request."""
-        if body is None:
-            return await self._refuse(send, record, "request_too_large", self._too_large_msg())
-        models: list[str] = []  # whole, not as bounded for the record
-        batch = None
-        if record.method == "POST" and record.endpoint in _READ_ENDPOINTS:
-            parsed = _parse_json_object(body)
-            if parsed is None:
-                return await self._refuse(
-                    send, record, "invalid_request_error", "The request body is not valid JSON."
-                )
-            if record.endpoint == BATCHES:
-                requests = parsed.get("requests")
-                batch = estimate_batch(requests if isinstance(requests, list) else [], self.prices)
-                models = batch.models
-                record.model = bounded(models[0], MAX_MODEL_CHARS) if models else None
-            elif model := _note_request(record, parsed):
-                models = [model]
-
-        refusal = self.limiter.check_models(key, models)
-        if refusal is not None:
-            return await self._refuse_for(send, record, refusal)
-        if batch is not None:
-            # A batch is billed when it runs: its whole estimate is reserved now.
-            usd, now = float(batch.cost_usd), time.time()
-            refusal = self.limiter.check_reservation(key, usd, now)
-            if refusal is not None:
-                return await self._refuse_for(send, record, refusal)
-            self.limiter.reserve(key, usd, batch.tokens, now)
-
-        if self.body_cap:
-            record.request_body = _clip(body, self.body_cap)
-
-        # From here on a client disconnect must stop upstream work: watch for it.
-        task = asyncio.current_task(self._loop)
-        assert task is not None
-        state = _Watch(task)
-        watcher = None
-        on_disconnect = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-        if on_disconnect is not None:
-            on_disconnect(state.client_gone)  # our server calls back: no task parked
-        else:  # any other ASGI server: a receive() that returns when the client leaves
-            watcher = asyncio.ensure_future(receive())
-            watcher.add_done_callback(state.client_gone)
-        try:
-            await self._forward(scope, send, record, hdrs, body, span, batch)
-        except asyncio.CancelledError:
-            if not state.gone:
-                raise
-            task.uncancel()
-            record.client_disconnected = True
-            record.error_type = record.error_type or "client_disconnected"
-            log.info("client disconnected request_id=%s", record.id)
-        finally:
-            state.finished = True
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
-            if batch is not None and record.cost_usd is None:
-                # Not accepted upstream: the reservation is given back.
-                self.limiter.reserve(key, -float(batch.cost_usd), 0, time.time())
 
     async def _authenticate(
         self, hdrs: ClientHeaders, record: RequestRecord, send: Send
@@ -444,7 +431,7 @@ class Relay:
         batch: BatchEstimate | None = None,
     ) -> None:
         rid = record.id
-        target = canonical_target(scope["raw_path"])
+        target = canonical_target(scope["raw_path"], scope["path"])
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         batch_object = record.endpoint in _BATCH_OBJECT_ENDPOINTS
@@ -717,7 +704,7 @@ def _clip(data: bytes | bytearray, cap: int) -> str:
 def _finish_observation(record: RequestRecord, obs: ResponseObserver, is_sse: bool) -> None:
     if not is_sse:
         obs.finish_json()
-    record.model = bounded(obs.model, MAX_MODEL_CHARS) or record.model
+    record.model = obs.model or record.model  # the upstream's; the writer caps it
     record.message_id = obs.message_id
     record.stop_reason = obs.stop_reason
     record.usage = obs.usage
