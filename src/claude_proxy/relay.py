@@ -391,7 +391,7 @@ class Relay:
         if not msg.get("more_body", False):  # most bodies arrive in one message: no copy
             if len(chunk) > self.max_body:
                 return None
-            if chunked and chunk and not await self._reserve(len(chunk)):
+            if chunked and chunk and not await self.body_budget.reserve(len(chunk)):
                 raise _BodiesFull()
             return chunk
         # One buffer grown in place: joining parts at the end would hold the body twice.
@@ -402,7 +402,7 @@ class Relay:
                     if chunked:
                         self.body_budget.release(len(buf))
                     return None
-                if chunked and chunk and not await self._reserve(len(chunk)):
+                if chunked and chunk and not await self.body_budget.reserve(len(chunk)):
                     raise _BodiesFull()
                 buf += chunk
                 if not msg.get("more_body", False):
@@ -415,10 +415,6 @@ class Relay:
             if chunked:
                 self.body_budget.release(len(buf))
             raise
-
-    async def _reserve(self, n: int) -> bool:
-        budget = self.body_budget
-        return budget.try_reserve(n) or await budget.reserve(n)
 
     async def _forward(
         self,
@@ -445,22 +441,20 @@ class Relay:
             return await self._fail(
                 send, record, resp.error_type, resp.message, resp.status, list(resp.headers)
             )
+        upstream_rid = resp.header(b"request-id")
+        record.upstream_request_id = upstream_rid.decode("latin-1") if upstream_rid else None
         if batch_object and resp.status == 200:
             return await self._forward_batch_object(scope, send, record, resp, batch)
 
         status = resp.status
         record.status_code = status
-        upstream_rid = resp.header(b"request-id")
-        record.upstream_request_id = upstream_rid.decode("latin-1") if upstream_rid else None
         is_sse = (resp.header(b"content-type") or b"").startswith(b"text/event-stream")
         encoding = resp.header(b"content-encoding")
         observer = ResponseObserver(encoding.decode("latin-1") if encoding else None)
         # Plain JSON is observed for messages and for every error body.
         observe_json = not is_sse and (record.endpoint in JSON_ENDPOINTS or status >= 400)
         kept = bytearray() if self.body_cap else None
-        out_headers = filter_response_headers(resp.headers, rid.encode())
-        if self.drain.draining:
-            out_headers.append((b"connection", b"close"))  # reconnect to another replica
+        out_headers = self._response_headers(resp, record)
         telemetry = self.telemetry
         if is_sse:
             telemetry.stream_started()
@@ -570,8 +564,6 @@ class Relay:
             resp.release()
         record.status_code = 200
         record.ttft_ms = (time.time() - record.created_at) * 1000.0
-        upstream_rid = resp.header(b"request-id")
-        record.upstream_request_id = upstream_rid.decode("latin-1") if upstream_rid else None
         host = next((v for n, v in scope["headers"] if n == b"host"), None)
         base = public_base(self.public_url, scope["scheme"], host)
         out = bytes(kept)
@@ -582,15 +574,23 @@ class Relay:
                 self._note_batch(record, found[0], batch)
         headers = [
             (n, v)
-            for n, v in filter_response_headers(resp.headers, record.id.encode())
+            for n, v in self._response_headers(resp, record)
             if n not in (b"content-length", b"content-encoding")
         ]
         headers.append((b"content-length", b"%d" % len(out)))
-        if self.drain.draining:
-            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         self._settle(record)
         await send({"type": "http.response.body", "body": out, "more_body": False})
+
+    def _response_headers(
+        self, resp: UpstreamResponse, record: RequestRecord
+    ) -> list[tuple[bytes, bytes]]:
+        """The upstream's headers for the client: hop-by-hop ones out, our request id in,
+        and `connection: close` while draining (reconnect to another replica)."""
+        headers = filter_response_headers(resp.headers, record.id.encode())
+        if self.drain.draining:
+            headers.append((b"connection", b"close"))
+        return headers
 
     def _note_batch(
         self, record: RequestRecord, obj: dict[str, Any], batch: BatchEstimate | None
