@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from claude_proxy.admin import build_admin_app
 from claude_proxy.admin.api import LogEntry
-from claude_proxy.auth import KeyCache
+from claude_proxy.gateway.keys import KeyCache
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.engine import make_engine
 from claude_proxy.store.migrate import upgrade

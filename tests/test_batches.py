@@ -7,9 +7,14 @@ from decimal import Decimal
 
 import orjson
 
-from claude_proxy.batches import ResultsTally, estimate, public_base, rewrite_results_urls
-from claude_proxy.pricing import PriceTable
-from claude_proxy.sse import Usage
+from claude_proxy.formats.anthropic.batches import (
+    ResultsTally,
+    estimate,
+    public_base,
+    rewrite_results_urls,
+)
+from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.formats.anthropic.pricing import PriceTable
 
 PRICES = PriceTable.load(None)
 HAIKU = "claude-haiku-4-5"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from claude_proxy.cli import main
+from claude_proxy.cli.main import main
 
 
 @pytest.mark.parametrize(

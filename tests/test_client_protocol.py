@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from claude_proxy.client_protocol import (
+from claude_proxy.http.protocol import (
     ANSWERED_KEY,
     DISCONNECT_EXTENSION,
     RECORD_SINK_STATE_KEY,
@@ -22,7 +22,7 @@ from claude_proxy.client_protocol import (
     ClientProtocol,
     _Exchange,
 )
-from claude_proxy.records import RequestRecord, new_request_id
+from claude_proxy.store.records import RequestRecord, new_request_id
 from tests.conftest import cyclic_garbage, within_loop_turns
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]

@@ -23,8 +23,8 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from claude_proxy.emf import EmfReporter, emf_line
-from claude_proxy.telemetry import LiveCounts
+from claude_proxy.telemetry.emf import EmfReporter, emf_line
+from claude_proxy.telemetry.reporter import LiveCounts
 
 NAMESPACE = "ClaudeProxy"
 SERVICE = "claude-proxy-service"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from claude_proxy.headers import filter_response_headers, split_request_headers
+from claude_proxy.formats.anthropic.headers import filter_response_headers, split_request_headers
 
 
 def test_request_headers_forwarded_except_hop_by_hop_and_credentials() -> None:

@@ -10,9 +10,9 @@ from decimal import Decimal
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from claude_proxy.metrics import ProxyMetrics
-from claude_proxy.records import RequestRecord
-from claude_proxy.tally import DURATION_BUCKETS, TTFT_BUCKETS, RecordTally
+from claude_proxy.store.records import RequestRecord
+from claude_proxy.telemetry.metrics import ProxyMetrics
+from claude_proxy.telemetry.tally import DURATION_BUCKETS, TTFT_BUCKETS, RecordTally
 from tests.store.conftest import make_record
 
 KNOWN = {"claude-sonnet-4-5", "claude-haiku-4-5"}

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from claude_proxy.pricing import ModelPrice, PriceTable
-from claude_proxy.sse import Usage
+from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.formats.anthropic.pricing import ModelPrice, PriceTable
 
 UNVERIFIED = {"claude-fable-5-2", "claude-mythos-5-2"}
 NO_PRICE_IN_REFERENCE = {"claude-mythos-preview"}  # no price in §5, end-of-life 2026-06-30

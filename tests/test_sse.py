@@ -6,7 +6,7 @@ import gzip
 
 import orjson
 
-from claude_proxy.sse import ResponseObserver
+from claude_proxy.formats.anthropic.observer import ResponseObserver
 
 START = {
     "type": "message_start",

@@ -30,13 +30,13 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-import claude_proxy.tracing
+import claude_proxy.telemetry.tracing
 from claude_proxy import __version__
 from claude_proxy.app import ProxyApp
-from claude_proxy.config import Settings
-from claude_proxy.records import RequestRecord, new_request_id
-from claude_proxy.sse import Usage
-from claude_proxy.tracing import OtelTracing, build_tracing
+from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.settings import Settings
+from claude_proxy.store.records import RequestRecord, new_request_id
+from claude_proxy.telemetry.tracing import OtelTracing, build_tracing
 from tests.conftest import PROXY_KEY, UPSTREAM_KEY, Emulator
 
 MODEL = "claude-sonnet-4-6"
@@ -490,10 +490,10 @@ def test_build_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_nothing_from_opentelemetry_is_loaded_when_off() -> None:
     code = (
         "import sys\n"
-        "import claude_proxy.server, claude_proxy.app, claude_proxy.relay\n"
+        "import claude_proxy.http.runner, claude_proxy.app, claude_proxy.formats.anthropic.relay\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
         "assert not loaded, loaded\n"
-        "assert 'claude_proxy.tracing' not in sys.modules\n"
+        "assert 'claude_proxy.telemetry.tracing' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -535,7 +535,7 @@ async def traced(
         return built[-1]
 
     # Until create_app takes a `tracing=` argument: what app.py calls when tracing is on.
-    monkeypatch.setattr(claude_proxy.tracing, "build_tracing", fake_build)
+    monkeypatch.setattr(claude_proxy.telemetry.tracing, "build_tracing", fake_build)
     app = ProxyApp(Settings())
     await app.startup()
     try:

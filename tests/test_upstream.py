@@ -12,8 +12,8 @@ import orjson
 import pytest
 import uvloop
 
-from claude_proxy.config import Settings
-from claude_proxy.upstream import (
+from claude_proxy.settings import Settings
+from claude_proxy.upstream.pool import (
     BodyError,
     ConnectError,
     UpstreamPool,

@@ -20,39 +20,39 @@ import orjson
 from sqlalchemy import Engine
 
 from claude_proxy import __version__
-from claude_proxy.auth import BadKeyThrottle, KeyCache
-from claude_proxy.batches import BatchSettler
-from claude_proxy.body_budget import BodyBudget
-from claude_proxy.breaker import BreakerConfig, CircuitBreaker
-from claude_proxy.client_protocol import RECORD_SINK_STATE_KEY, TELEMETRY_STATE_KEY
-from claude_proxy.collector import settle_startup_heap
-from claude_proxy.config import Settings
-from claude_proxy.dispatch import Dispatcher
-from claude_proxy.drain import Drain
-from claude_proxy.errors import send_error
-from claude_proxy.limits import Limiter
-from claude_proxy.metrics import CIRCUIT_STATES, CONTENT_TYPE, ProxyMetrics
-from claude_proxy.observability import FIELDS
-from claude_proxy.pricing import PriceTable
-from claude_proxy.records import (
+from claude_proxy.formats.anthropic.batches import BatchSettler
+from claude_proxy.formats.anthropic.errors import send_error
+from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.formats.anthropic.relay import Relay
+from claude_proxy.gateway.body_budget import BodyBudget
+from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache
+from claude_proxy.gateway.limits import Limiter
+from claude_proxy.http.asgi import ASGIApp, Receive, Scope, Send
+from claude_proxy.http.collector import settle_startup_heap
+from claude_proxy.http.drain import Drain
+from claude_proxy.http.protocol import RECORD_SINK_STATE_KEY, TELEMETRY_STATE_KEY
+from claude_proxy.settings import Settings
+from claude_proxy.store.engine import make_engine, redacted_url
+from claude_proxy.store.handoff import ProcessSink, writer_config
+from claude_proxy.store.migrate import MigrationError, ensure_schema
+from claude_proxy.store.records import (
     MAX_SHORT_TEXT_CHARS,
     RecordSink,
     RequestRecord,
     bounded,
     new_request_id,
 )
-from claude_proxy.relay import Relay
-from claude_proxy.retry import RetryConfig, RetryPolicy
-from claude_proxy.store.engine import make_engine, redacted_url
-from claude_proxy.store.handoff import ProcessSink, writer_config
-from claude_proxy.store.migrate import MigrationError, ensure_schema
 from claude_proxy.store.writer_process import build_writer
-from claude_proxy.telemetry import Telemetry
-from claude_proxy.types import ASGIApp, Receive, Scope, Send
-from claude_proxy.upstream import UpstreamPool
+from claude_proxy.telemetry.logs import FIELDS
+from claude_proxy.telemetry.metrics import CIRCUIT_STATES, CONTENT_TYPE, ProxyMetrics
+from claude_proxy.telemetry.reporter import Telemetry
+from claude_proxy.upstream.breaker import BreakerConfig, CircuitBreaker
+from claude_proxy.upstream.dispatch import Dispatcher
+from claude_proxy.upstream.pool import UpstreamPool
+from claude_proxy.upstream.retry import RetryConfig, RetryPolicy
 
 if TYPE_CHECKING:
-    from claude_proxy.tracing import Tracing
+    from claude_proxy.telemetry.tracing import Tracing
 
 log = logging.getLogger("claude_proxy.app")
 
@@ -280,7 +280,7 @@ class ProxyApp:
             process_sink.on_report = metrics.apply_report
         tracing = self._tracing
         if tracing is None and st.tracing:
-            from claude_proxy.tracing import build_tracing  # only then: OpenTelemetry
+            from claude_proxy.telemetry.tracing import build_tracing  # only then: OpenTelemetry
 
             tracing = build_tracing(st)
         telemetry = Telemetry(metrics, tracing)
@@ -307,7 +307,7 @@ class ProxyApp:
             asyncio.get_running_loop().create_task(settler.run()),
         ]
         if st.emf_enabled:
-            from claude_proxy.emf import EmfReporter
+            from claude_proxy.telemetry.emf import EmfReporter
 
             emf = EmfReporter(
                 telemetry.live, st.emf_namespace, st.service_name, st.emf_interval_seconds

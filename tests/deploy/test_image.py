@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_proxy.config import Settings
+from claude_proxy.settings import Settings
 from tests.conftest import UPSTREAM_KEY, Emulator, Process, register_secret
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ extracted and checked against the thing it names:
 - each span is classified, and each class has its own check:
 
   - command (`claude-proxy keys rotate ID`, `aws ecs wait services-stable ...`): the CLI's
-    own parser (`claude_proxy.cli.build_parser()`) accepts it; the AWS CLI's service models
+    own parser (`claude_proxy.cli.main.build_parser()`) accepts it; the AWS CLI's service models
     (botocore) know the operation or waiter and every option; terraform's `-var`,
     `-target` and `output` name variables, modules and outputs of the production root;
   - setting (`CLAUDE_PROXY_DRAIN_SECONDS`, `DATABASE_URL`): a `Settings` field or a variable
@@ -217,7 +217,7 @@ def docs() -> dict[str, Doc]:
 @cache
 def settings_env() -> dict[str, Any]:
     """Environment variable -> Settings field info."""
-    from claude_proxy.config import Settings
+    from claude_proxy.settings import Settings
 
     prefix = Settings.model_config.get("env_prefix", "")
     out: dict[str, Any] = {}
@@ -340,7 +340,7 @@ def metrics() -> dict[str, set[str]]:
     """Metric name -> label names, from the metric objects metrics.py registers."""
     from prometheus_client import Counter, Gauge, Histogram
 
-    import claude_proxy.metrics as m
+    import claude_proxy.telemetry.metrics as m
 
     found: dict[str, set[str]] = {}
     for holder in (m.ProxyMetrics(),):
@@ -377,7 +377,7 @@ def route_ok(path: str, method: str | None = None) -> str | None:
     if path in app_paths() or path.rstrip("/") in app_paths():
         return None
     if path.startswith("/v1/"):
-        from claude_proxy.tally import KNOWN_ROUTES
+        from claude_proxy.telemetry.tally import KNOWN_ROUTES
 
         if normal.replace("{}", "{id}") in KNOWN_ROUTES:
             return None
@@ -418,7 +418,7 @@ def dockerfile_env() -> dict[str, str]:
 
 @cache
 def price_models() -> set[str]:
-    return set(json.loads((SRC / "prices.json").read_text())["models"])
+    return set(json.loads((SRC / "formats" / "anthropic" / "prices.json").read_text())["models"])
 
 
 # ===================================================================== the Terraform
@@ -705,7 +705,9 @@ def check_metric(text: str) -> str | None:
     for label, value in re.findall(r"(\w+)=\"([^\"]*)\"", labels or ""):
         if label not in known[name]:
             return f"{text}: {name} has no label {label!r}"
-        if not re.search(rf"\b{re.escape(value)}\b", (SRC / "metrics.py").read_text()):
+        if not re.search(
+            rf"\b{re.escape(value)}\b", (SRC / "telemetry" / "metrics.py").read_text()
+        ):
             return f"{text}: metrics.py never sets {label}={value!r}"
     return None
 
@@ -912,7 +914,7 @@ def check_command(words: list[str], prefix_only: bool = False) -> list[str]:
 
 
 def check_claude_proxy(args: list[str], prefix_only: bool = False) -> list[str]:
-    from claude_proxy.cli import build_parser
+    from claude_proxy.cli.main import build_parser
 
     args = [ARG_PLACEHOLDERS.get(a, a) for a in args]
     args = [a.split("|")[0] if "|" in a and not a.startswith("-") else a for a in args]
@@ -1034,7 +1036,7 @@ CLI_RELATIVE = re.compile(r"(keys|logs|db|usage) [a-z]+")
 
 def _is_log_line(text: str) -> bool:
     """`claude-proxy 0.1.0 started` is a log line, not a command: no such subcommand."""
-    from claude_proxy.cli import build_parser
+    from claude_proxy.cli.main import build_parser
 
     words = text.split()
     if words[0] != "claude-proxy" or len(words) < 2 or words[1].startswith("-"):

@@ -11,8 +11,8 @@ import anthropic
 import pytest
 from sqlalchemy import func, select
 
-from claude_proxy.pricing import PriceTable
-from claude_proxy.sse import Usage
+from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.store.schema import key_spend, request_logs
 from tests.conftest import Emulator
 from tests.e2e.test_access_control import Cluster, cluster, request_id, sdk, wait_until

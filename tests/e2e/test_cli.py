@@ -80,7 +80,7 @@ def test_bad_database_url_is_a_clear_error() -> None:
 
 
 def test_database_urls_are_accepted_as_written() -> None:
-    from claude_proxy.config import Settings
+    from claude_proxy.settings import Settings
 
     for url in (
         "sqlite:///tmp/x.db",

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from claude_proxy.records import RequestRecord
-from claude_proxy.sse import Usage
+from claude_proxy.formats.anthropic.observer import Usage
 from claude_proxy.store.engine import database_target, make_engine
 from claude_proxy.store.migrate import upgrade
+from claude_proxy.store.records import RequestRecord
 from claude_proxy.store.schema import request_logs
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_db import WriterDatabase

@@ -30,15 +30,15 @@ import pytest
 from psycopg import errors as pg_errors
 from sqlalchemy import select, text
 
-from claude_proxy.records import (
+from claude_proxy.store.engine import database_target, make_engine
+from claude_proxy.store.migrate import upgrade
+from claude_proxy.store.records import (
     MAX_MODEL_CHARS,
     MAX_SHORT_TEXT_CHARS,
     RequestRecord,
     bounded,
     log_access,
 )
-from claude_proxy.store.engine import database_target, make_engine
-from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.rows import dump_row, record_to_row
 from claude_proxy.store.schema import request_logs
 from claude_proxy.store.writer import LogWriter
@@ -579,8 +579,8 @@ def test_failures_without_a_sqlstate() -> None:
 def test_access_and_pricing_lines_are_capped(caplog: pytest.LogCaptureFixture) -> None:
     """An uncapped record (as it may reach the writer process) makes a bounded access line,
     and an unpriced 3,200-character model a bounded warning."""
-    from claude_proxy.observability import FIELDS
-    from claude_proxy.pricing import PriceTable
+    from claude_proxy.formats.anthropic.pricing import PriceTable
+    from claude_proxy.telemetry.logs import FIELDS
 
     caplog.set_level(logging.INFO)
     rec: RequestRecord = make_record(

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from claude_proxy.pricing import PriceTable
+from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.store.engine import database_target
 from claude_proxy.store.handoff import ProcessSink
 from claude_proxy.store.writer import LogWriter

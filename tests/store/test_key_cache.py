@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from claude_proxy.auth import BadKeyThrottle, KeyCache, KeyStoreUnavailable, key_digest
+from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache, KeyStoreUnavailable, key_digest
 from claude_proxy.store.keys import KeySpec, create_key, revoke_key, rotate_key, update_key
 from tests.store.conftest import Backend
 

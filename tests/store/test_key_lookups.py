@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event
 
-from claude_proxy.auth import KeyCache, KeyStoreUnavailable
+from claude_proxy.gateway.keys import KeyCache, KeyStoreUnavailable
 from claude_proxy.store.keys import KeySpec, create_key
 from tests.store.conftest import Backend
 

@@ -11,12 +11,12 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from claude_proxy.auth import KeyInfo
-from claude_proxy.limits import Limiter
-from claude_proxy.pricing import PriceTable
-from claude_proxy.records import RequestRecord
-from claude_proxy.sse import Usage
+from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.gateway.keys import KeyInfo
+from claude_proxy.gateway.limits import Limiter
 from claude_proxy.store.columns import current_period
+from claude_proxy.store.records import RequestRecord
 from claude_proxy.store.schema import key_spend, proxy_instances, rate_usage
 from tests.store.conftest import Backend, wait_until
 

@@ -256,10 +256,10 @@ _STARTUP_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
 
-    import claude_proxy.server  # everything `serve` imports
+    import claude_proxy.http.runner  # everything `serve` imports
     from claude_proxy.app import ProxyApp
-    from claude_proxy.config import Settings
-    from claude_proxy.observability import setup_logging
+    from claude_proxy.settings import Settings
+    from claude_proxy.telemetry.logs import setup_logging
     from claude_proxy.store.migrate import database_revision
 
     async def main():

@@ -8,15 +8,15 @@ from decimal import Decimal
 
 import pytest
 
-from claude_proxy.records import (
+from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.columns import ROW_COLUMNS, TOKEN_COLUMNS
+from claude_proxy.store.records import (
     MAX_ERROR_MESSAGE_CHARS,
     RequestRecord,
     bounded,
     decode_record,
     encode_record,
 )
-from claude_proxy.sse import Usage
-from claude_proxy.store.columns import ROW_COLUMNS, TOKEN_COLUMNS
 from claude_proxy.store.rows import (
     REDUCED_DROPPED,
     REDUCED_KEPT,

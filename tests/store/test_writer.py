@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from claude_proxy.records import RequestRecord
+from claude_proxy.store.records import RequestRecord
 from claude_proxy.store.rows import dump_row, record_to_row
 from claude_proxy.store.writer import LogWriter
 from tests.store.conftest import WAIT, Backend, make_record, spill_lines, wait_until

@@ -43,10 +43,10 @@ from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException
 
 from claude_proxy import __version__
-from claude_proxy.auth import KeyCache
-from claude_proxy.errors import STATUS_FOR_TYPE, error_body, send_error
-from claude_proxy.records import bounded, new_request_id
-from claude_proxy.reports import parse_duration
+from claude_proxy.cli.logs import parse_duration
+from claude_proxy.formats.anthropic.errors import STATUS_FOR_TYPE, error_body, send_error
+from claude_proxy.gateway.keys import KeyCache
+from claude_proxy.http.asgi import Message, Receive, Scope, Send
 from claude_proxy.store.columns import current_period, money_text
 from claude_proxy.store.keys import (
     BUDGET_MAX,
@@ -63,7 +63,7 @@ from claude_proxy.store.keys import (
     with_spend,
 )
 from claude_proxy.store.queries import recent_logs, usage_summary
-from claude_proxy.types import Message, Receive, Scope, Send
+from claude_proxy.store.records import bounded, new_request_id
 
 log = logging.getLogger("claude_proxy.admin")
 

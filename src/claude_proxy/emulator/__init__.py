@@ -21,9 +21,9 @@ import ssl
 import threading
 from collections.abc import Callable
 
-from claude_proxy.collector import settle_startup_heap
 from claude_proxy.emulator.api import EmulatorApp
 from claude_proxy.emulator.server import HttpProtocol
+from claude_proxy.http.collector import settle_startup_heap
 
 __all__ = ["Emulator", "EmulatorApp", "run", "start", "start_in_thread"]
 

@@ -39,12 +39,12 @@ from typing import Any
 
 import orjson
 
-from claude_proxy.config import Settings
-from claude_proxy.metrics import process_gone
-from claude_proxy.records import RequestRecord, decode_record, encode_record
+from claude_proxy.settings import Settings
 from claude_proxy.store.engine import database_target
+from claude_proxy.store.records import RequestRecord, decode_record, encode_record
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_process import WriterConfig
+from claude_proxy.telemetry.metrics import process_gone
 
 log = logging.getLogger("claude_proxy.store")
 

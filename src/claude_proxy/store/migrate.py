@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError
 
-from claude_proxy.observability import setup_logging
 from claude_proxy.store.engine import make_engine, redacted_url
+from claude_proxy.telemetry.logs import setup_logging
 
 if TYPE_CHECKING:
     from alembic.config import Config

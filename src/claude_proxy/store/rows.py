@@ -22,7 +22,9 @@ from typing import Any
 
 import orjson
 
-from claude_proxy.records import (
+from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.columns import COST_PLACES, ROW_COLUMNS, TOKEN_COLUMNS
+from claude_proxy.store.records import (
     MAX_BETA_CHARS,
     MAX_ENDPOINT_CHARS,
     MAX_ERROR_MESSAGE_CHARS,
@@ -34,8 +36,6 @@ from claude_proxy.records import (
     RequestRecord,
     bounded,
 )
-from claude_proxy.sse import Usage
-from claude_proxy.store.columns import COST_PLACES, ROW_COLUMNS, TOKEN_COLUMNS
 
 Row = dict[str, Any]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from claude_proxy.records import MAX_SHORT_TEXT_CHARS, bounded
+from claude_proxy.store.records import MAX_SHORT_TEXT_CHARS, bounded
 from claude_proxy.store.rows import Row, load_row
 
 log = logging.getLogger("claude_proxy.store")

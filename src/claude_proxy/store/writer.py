@@ -36,9 +36,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from claude_proxy.observability import FIELDS
-from claude_proxy.records import MAX_SHORT_TEXT_CHARS, RequestRecord, bounded
 from claude_proxy.store.inserts import BatchInserter
+from claude_proxy.store.records import MAX_SHORT_TEXT_CHARS, RequestRecord, bounded
 from claude_proxy.store.rows import Row, dump_row, record_to_row, reduced_row
 from claude_proxy.store.spill import (
     ClaimedFile,
@@ -48,6 +47,7 @@ from claude_proxy.store.spill import (
     spill_files,
 )
 from claude_proxy.store.writer_db import WriterDatabase, why
+from claude_proxy.telemetry.logs import FIELDS
 
 log = logging.getLogger("claude_proxy.store")
 

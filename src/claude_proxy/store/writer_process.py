@@ -38,12 +38,12 @@ from decimal import Decimal
 
 import orjson
 
-from claude_proxy.observability import setup_logging
-from claude_proxy.pricing import PriceTable
-from claude_proxy.records import RequestRecord, decode_record, log_access
+from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.store.records import RequestRecord, decode_record, log_access
 from claude_proxy.store.writer import DurableFn, LogWriter
 from claude_proxy.store.writer_db import DatabaseTarget, WriterDatabase
-from claude_proxy.tally import RecordTally
+from claude_proxy.telemetry.logs import setup_logging
+from claude_proxy.telemetry.tally import RecordTally
 
 log = logging.getLogger("claude_proxy.store")
 

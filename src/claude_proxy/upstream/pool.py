@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from claude_proxy.config import Settings
+from claude_proxy.settings import Settings
 
 # A request body: bytes, or the bytearray a body read in parts was gathered into.
 Buffer = bytes | bytearray

@@ -18,8 +18,8 @@ from typing import Any, Protocol, overload
 
 import orjson
 
-from claude_proxy.observability import FIELDS
-from claude_proxy.sse import Usage
+from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.telemetry.logs import FIELDS
 
 log = logging.getLogger("claude_proxy.access")
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from claude_proxy.records import RequestRecord
+from claude_proxy.store.records import RequestRecord
 
 # LLM latencies: a cached short answer takes 0.3 s, a long stream minutes.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)

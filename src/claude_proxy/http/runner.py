@@ -26,11 +26,11 @@ from typing import Any
 import uvicorn
 
 from claude_proxy.app import create_app
-from claude_proxy.client_protocol import ClientProtocol
-from claude_proxy.config import Settings
-from claude_proxy.drain import Drain
-from claude_proxy.metrics import process_gone
-from claude_proxy.observability import setup_logging
+from claude_proxy.http.drain import Drain
+from claude_proxy.http.protocol import ClientProtocol
+from claude_proxy.settings import Settings
+from claude_proxy.telemetry.logs import setup_logging
+from claude_proxy.telemetry.metrics import process_gone
 
 log = logging.getLogger("claude_proxy.server")
 

@@ -40,12 +40,12 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from claude_proxy.auth import KeyInfo
-from claude_proxy.pricing import PriceTable
-from claude_proxy.records import MAX_MODEL_CHARS, RequestRecord, bounded
+from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.gateway.keys import KeyInfo
 from claude_proxy.store.columns import current_period
+from claude_proxy.store.records import MAX_MODEL_CHARS, RequestRecord, bounded
 from claude_proxy.store.schema import DatabaseNow, key_spend, proxy_instances, rate_usage
-from claude_proxy.window import SlidingCounts
+from claude_proxy.upstream.window import SlidingCounts
 
 log = logging.getLogger("claude_proxy.limits")
 

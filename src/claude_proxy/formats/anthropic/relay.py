@@ -21,27 +21,14 @@ from typing import Any, NoReturn
 
 import orjson
 
-from claude_proxy.auth import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
-from claude_proxy.batches import (
+from claude_proxy.formats.anthropic.batches import (
     BatchEstimate,
     BatchSettler,
     public_base,
     rewrite_results_urls,
 )
-from claude_proxy.batches import estimate as estimate_batch
-from claude_proxy.body_budget import BodyBudget
-from claude_proxy.client_protocol import (
-    ANSWERED_KEY,
-    DISCONNECT_EXTENSION,
-    REQUEST_ID_SCOPE_KEY,
-    WRITE_BODY_EXTENSION,
-)
-from claude_proxy.dispatch import Dispatcher, Failed
-from claude_proxy.drain import Drain
-from claude_proxy.errors import STATUS_FOR_TYPE, send_error, sse_error_event
-from claude_proxy.headers import ClientHeaders, filter_response_headers, split_request_headers
-from claude_proxy.limits import Limiter, Refusal
-from claude_proxy.paths import (
+from claude_proxy.formats.anthropic.batches import estimate as estimate_batch
+from claude_proxy.formats.anthropic.endpoints import (
     BATCHES,
     JSON_ENDPOINTS,
     METHODS,
@@ -49,8 +36,27 @@ from claude_proxy.paths import (
     endpoint_label,
     target_problem,
 )
-from claude_proxy.pricing import PriceTable
-from claude_proxy.records import (
+from claude_proxy.formats.anthropic.errors import STATUS_FOR_TYPE, send_error, sse_error_event
+from claude_proxy.formats.anthropic.headers import (
+    ClientHeaders,
+    filter_response_headers,
+    split_request_headers,
+)
+from claude_proxy.formats.anthropic.observer import ResponseObserver
+from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.gateway.body_budget import BodyBudget
+from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
+from claude_proxy.gateway.limits import Limiter, Refusal
+from claude_proxy.http.asgi import Message, Receive, Scope, Send
+from claude_proxy.http.drain import Drain
+from claude_proxy.http.protocol import (
+    ANSWERED_KEY,
+    DISCONNECT_EXTENSION,
+    REQUEST_ID_SCOPE_KEY,
+    WRITE_BODY_EXTENSION,
+)
+from claude_proxy.store.batches import Submission
+from claude_proxy.store.records import (
     MAX_METADATA_USER_ID_CHARS,
     MAX_MODEL_CHARS,
     MAX_SHORT_TEXT_CHARS,
@@ -59,11 +65,9 @@ from claude_proxy.records import (
     bounded,
     new_request_id,
 )
-from claude_proxy.sse import ResponseObserver
-from claude_proxy.store.batches import Submission
-from claude_proxy.telemetry import Telemetry
-from claude_proxy.types import Message, Receive, Scope, Send
-from claude_proxy.upstream import BodyError, Buffer, UpstreamResponse
+from claude_proxy.telemetry.reporter import Telemetry
+from claude_proxy.upstream.dispatch import Dispatcher, Failed
+from claude_proxy.upstream.pool import BodyError, Buffer, UpstreamResponse
 
 log = logging.getLogger("claude_proxy.relay")
 

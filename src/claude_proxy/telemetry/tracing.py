@@ -51,8 +51,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from claude_proxy import __version__
-from claude_proxy.config import Settings
-from claude_proxy.records import RequestRecord
+from claude_proxy.settings import Settings
+from claude_proxy.store.records import RequestRecord
 
 try:
     from opentelemetry.context import Context

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from claude_proxy.config import Settings
+from claude_proxy.settings import Settings
 from claude_proxy.store.engine import make_engine, redacted_url
 from claude_proxy.store.migrate import current_revision, upgrade
 from claude_proxy.store.queries import LogFollower, recent_logs, usage_summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 
-from claude_proxy.types import Send
+from claude_proxy.http.asgi import Send
 
 # HTTP status for each Anthropic error type the proxy emits itself.
 STATUS_FOR_TYPE: dict[str, int] = {

@@ -45,8 +45,8 @@ from typing import Any, cast
 
 import httptools
 
-from claude_proxy.errors import error_body, error_headers
-from claude_proxy.records import (
+from claude_proxy.formats.anthropic.errors import error_body, error_headers
+from claude_proxy.store.records import (
     MAX_ERROR_MESSAGE_CHARS,
     MAX_SHORT_TEXT_CHARS,
     MAX_USER_AGENT_CHARS,

@@ -22,7 +22,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from claude_proxy.reports import parse_duration_arg
+from claude_proxy.cli.logs import parse_duration_arg
 from claude_proxy.store.columns import COST_PLACES, current_period, money_text
 from claude_proxy.store.keys import (
     BUDGET_MAX,
@@ -238,7 +238,7 @@ def _list_cells(row: KeyRow) -> tuple[str, ...]:
 def _engine() -> Engine:
     from pydantic import ValidationError
 
-    from claude_proxy.config import Settings
+    from claude_proxy.settings import Settings
     from claude_proxy.store.engine import make_engine
     from claude_proxy.store.migrate import upgrade
 

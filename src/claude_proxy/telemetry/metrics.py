@@ -32,8 +32,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from claude_proxy.observability import MULTIPROC_ENV
-from claude_proxy.tally import BUCKETS, COST, DURATION, REQUESTS, ROWS, TOKENS, TTFT
+from claude_proxy.telemetry.logs import MULTIPROC_ENV
+from claude_proxy.telemetry.tally import BUCKETS, COST, DURATION, REQUESTS, ROWS, TOKENS, TTFT
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}

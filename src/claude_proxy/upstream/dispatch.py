@@ -11,11 +11,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from claude_proxy.breaker import CircuitBreaker, is_failure_status
-from claude_proxy.records import RequestRecord
-from claude_proxy.retry import RetryPolicy
-from claude_proxy.telemetry import Telemetry
-from claude_proxy.upstream import Buffer, ConnectError, UpstreamPool, UpstreamResponse
+from claude_proxy.store.records import RequestRecord
+from claude_proxy.telemetry.reporter import Telemetry
+from claude_proxy.upstream.breaker import CircuitBreaker, is_failure_status
+from claude_proxy.upstream.pool import Buffer, ConnectError, UpstreamPool, UpstreamResponse
+from claude_proxy.upstream.retry import RetryPolicy
 
 log = logging.getLogger("claude_proxy.upstream")
 

@@ -44,9 +44,9 @@ from typing import Any
 
 import orjson
 
-from claude_proxy.telemetry import LiveCounts
+from claude_proxy.telemetry.reporter import LiveCounts
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("claude_proxy.emf")
 
 DIMENSION = "ServiceName"
 # EMF metric name -> LiveCounts field.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from claude_proxy import __version__
-from claude_proxy.observability import setup_logging
+from claude_proxy.telemetry.logs import setup_logging
 
 DEMO_UPSTREAM_KEY = "sk-ant-demo-emulator-upstream"
 
@@ -85,7 +85,7 @@ def _database_has_keys(database_url: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from claude_proxy.config import Settings
+    from claude_proxy.settings import Settings
 
     setup_logging()
     stop_demo: Callable[[], None] | None = None
@@ -116,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "the admin API, or unset ANTHROPIC_API_KEY for demo mode."
         )
 
-    from claude_proxy.observability import prepare_metrics_directory
+    from claude_proxy.telemetry.logs import prepare_metrics_directory
 
     # Before anything imports prometheus_client, in this process or the workers.
     metrics_dir = prepare_metrics_directory(settings.metrics_dir)
@@ -128,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if settings.demo:
         print(_demo_banner(url, keys[0]), flush=True)
 
-    from claude_proxy.server import serve
+    from claude_proxy.http.runner import serve
 
     try:
         code = serve(sock, args.workers)
@@ -172,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--tls-key", default=None, help="... and this PEM private key")
     emu.set_defaults(func=cmd_emulator)
 
-    from claude_proxy import keys_cli, reports
+    from claude_proxy.cli import keys, logs
 
-    reports.add_commands(sub)
-    keys_cli.add_commands(sub)
+    logs.add_commands(sub)
+    keys.add_commands(sub)
     return parser
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from claude_proxy.metrics import ProxyMetrics
-    from claude_proxy.tracing import Tracing
+    from claude_proxy.telemetry.metrics import ProxyMetrics
+    from claude_proxy.telemetry.tracing import Tracing
 
 
 @dataclass
