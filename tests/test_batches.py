@@ -13,7 +13,7 @@ from claude_proxy.formats.anthropic.batches import (
     public_base,
     rewrite_results_urls,
 )
-from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.records import Usage
 from claude_proxy.formats.anthropic.pricing import PriceTable
 
 PRICES = PriceTable.load(None)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.records import Usage
 from claude_proxy.formats.anthropic.pricing import ModelPrice, PriceTable
 
 UNVERIFIED = {"claude-fable-5-2", "claude-mythos-5-2"}

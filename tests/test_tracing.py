@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import claude_proxy.telemetry.tracing
 from claude_proxy import __version__
 from claude_proxy.app import ProxyApp
-from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.records import Usage
 from claude_proxy.settings import Settings
 from claude_proxy.store.records import RequestRecord, new_request_id
 from claude_proxy.telemetry.tracing import OtelTracing, build_tracing

@@ -11,7 +11,7 @@ import anthropic
 import pytest
 from sqlalchemy import func, select
 
-from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.records import Usage
 from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.store.schema import key_spend, request_logs
 from tests.conftest import Emulator

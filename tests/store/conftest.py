@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.records import Usage
 from claude_proxy.store.engine import database_target, make_engine
 from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.records import RequestRecord

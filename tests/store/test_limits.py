@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.records import Usage
 from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.gateway.keys import KeyInfo
 from claude_proxy.gateway.limits import Limiter

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.records import Usage
 from claude_proxy.store.queries import LogFollower, percentile, recent_logs, usage_summary
 from claude_proxy.store.rows import record_to_row
 from claude_proxy.store.schema import request_logs

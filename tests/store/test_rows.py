@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from claude_proxy.formats.anthropic.observer import Usage
+from claude_proxy.store.records import Usage
 from claude_proxy.store.columns import ROW_COLUMNS, TOKEN_COLUMNS
 from claude_proxy.store.records import (
     MAX_ERROR_MESSAGE_CHARS,

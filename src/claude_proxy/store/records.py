@@ -18,7 +18,6 @@ from typing import Any, Protocol, overload
 
 import orjson
 
-from claude_proxy.formats.anthropic.observer import Usage
 from claude_proxy.telemetry.logs import FIELDS
 
 log = logging.getLogger("claude_proxy.access")
@@ -63,6 +62,39 @@ def new_request_id() -> str:
     child: an id names a request and grants nothing, and os.urandom here was a getrandom()
     system call per request (about 2 µs in the worker's profile)."""
     return f"cpr_{int(time.time() * 1000):012x}{random.getrandbits(80):020x}"
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_creation_5m_input_tokens: int | None = None
+    cache_creation_1h_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+    def merge(self, usage: dict[str, Any]) -> None:
+        """Overwrite with every non-null cumulative field present in an API usage object."""
+        v = usage.get("input_tokens")
+        if v is not None:
+            self.input_tokens = v
+        v = usage.get("output_tokens")
+        if v is not None:
+            self.output_tokens = v
+        v = usage.get("cache_creation_input_tokens")
+        if v is not None:
+            self.cache_creation_input_tokens = v
+        v = usage.get("cache_read_input_tokens")
+        if v is not None:
+            self.cache_read_input_tokens = v
+        cc = usage.get("cache_creation")
+        if isinstance(cc, dict):
+            v = cc.get("ephemeral_5m_input_tokens")
+            if v is not None:
+                self.cache_creation_5m_input_tokens = v
+            v = cc.get("ephemeral_1h_input_tokens")
+            if v is not None:
+                self.cache_creation_1h_input_tokens = v
 
 
 @dataclass(slots=True)

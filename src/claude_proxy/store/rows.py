@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 
-from claude_proxy.formats.anthropic.observer import Usage
 from claude_proxy.store.columns import COST_PLACES, ROW_COLUMNS, TOKEN_COLUMNS
 from claude_proxy.store.records import (
     MAX_BETA_CHARS,
@@ -34,6 +33,7 @@ from claude_proxy.store.records import (
     MAX_SHORT_TEXT_CHARS,
     MAX_USER_AGENT_CHARS,
     RequestRecord,
+    Usage,
     bounded,
 )
 

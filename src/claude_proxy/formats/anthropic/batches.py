@@ -32,11 +32,10 @@ from urllib.parse import quote
 import orjson
 from sqlalchemy import Engine
 
-from claude_proxy.formats.anthropic.observer import Usage
 from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.store.batches import SETTLEMENT_PREFIX, Submission, unsettled_batches
 from claude_proxy.store.columns import TOKEN_COLUMNS
-from claude_proxy.store.records import MAX_MODEL_CHARS, RecordSink, RequestRecord, bounded
+from claude_proxy.store.records import MAX_MODEL_CHARS, RecordSink, RequestRecord, Usage, bounded
 from claude_proxy.upstream.pool import UpstreamPool
 
 log = logging.getLogger("claude_proxy.batches")

@@ -12,11 +12,20 @@ from __future__ import annotations
 
 from urllib.parse import quote, unquote
 
+# The API's OpenAI-compatible endpoint: OpenAI's shapes (formats/openai), the same key.
+CHAT_COMPLETIONS = "/v1/chat/completions"
 # Endpoints whose JSON body the proxy reads (model, stream), and the batches endpoint.
-JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+JSON_ENDPOINTS = frozenset({"/v1/messages", "/v1/messages/count_tokens", CHAT_COMPLETIONS})
 BATCHES = "/v1/messages/batches"
 _KNOWN_PATHS = frozenset(
-    {"/v1/messages", "/v1/messages/count_tokens", "/v1/models", BATCHES, "/v1/files"}
+    {
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/models",
+        BATCHES,
+        "/v1/files",
+        CHAT_COMPLETIONS,
+    }
 )
 # The methods each governed endpoint takes; other methods get a 405.
 METHODS: dict[str, frozenset[str]] = {
@@ -28,6 +37,7 @@ METHODS: dict[str, frozenset[str]] = {
     "/v1/messages/batches/{id}/results": frozenset({"GET"}),
     "/v1/models": frozenset({"GET"}),
     "/v1/models/{id}": frozenset({"GET"}),
+    CHAT_COMPLETIONS: frozenset({"POST"}),
 }
 # Kept as they are when a segment is spelled again (RFC 3986 pchar, less '%' and ';').
 _SAFE = ":@!$&'()*+,=-._~"

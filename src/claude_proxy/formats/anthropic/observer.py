@@ -14,44 +14,11 @@ cumulative totals and overwrites whatever fields it has (non-null).
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-
-@dataclass(slots=True)
-class Usage:
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_creation_5m_input_tokens: int | None = None
-    cache_creation_1h_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-
-    def merge(self, usage: dict[str, Any]) -> None:
-        """Overwrite with every non-null cumulative field present in an API usage object."""
-        v = usage.get("input_tokens")
-        if v is not None:
-            self.input_tokens = v
-        v = usage.get("output_tokens")
-        if v is not None:
-            self.output_tokens = v
-        v = usage.get("cache_creation_input_tokens")
-        if v is not None:
-            self.cache_creation_input_tokens = v
-        v = usage.get("cache_read_input_tokens")
-        if v is not None:
-            self.cache_read_input_tokens = v
-        cc = usage.get("cache_creation")
-        if isinstance(cc, dict):
-            v = cc.get("ephemeral_5m_input_tokens")
-            if v is not None:
-                self.cache_creation_5m_input_tokens = v
-            v = cc.get("ephemeral_1h_input_tokens")
-            if v is not None:
-                self.cache_creation_1h_input_tokens = v
-
+from claude_proxy.store.records import Usage
 
 _PARSED_EVENTS = (b"message_start", b"message_delta", b"error")
 # Byte strings whose presence means a chunk may hold an event worth parsing.

@@ -23,8 +23,7 @@ from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcont
 from pathlib import Path
 from typing import Any
 
-from claude_proxy.formats.anthropic.observer import Usage
-from claude_proxy.store.records import MAX_MODEL_CHARS, bounded
+from claude_proxy.store.records import MAX_MODEL_CHARS, Usage, bounded
 
 __all__ = ["ModelPrice", "PriceTable", "PromptTier", "Rates"]
 

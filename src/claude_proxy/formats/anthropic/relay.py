@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import orjson
@@ -42,11 +42,12 @@ from claude_proxy.formats.anthropic.headers import (
     filter_response_headers,
     split_request_headers,
 )
-from claude_proxy.formats.anthropic.observer import ResponseObserver
 from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.formats.anthropic.wire import ANTHROPIC
 from claude_proxy.gateway.body_budget import BodyBudget
 from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
 from claude_proxy.gateway.limits import Limiter, Refusal
+from claude_proxy.gateway.wire_format import ResponseObserver, WireFormat
 from claude_proxy.http.asgi import Message, Receive, Scope, Send
 from claude_proxy.http.drain import Drain
 from claude_proxy.http.protocol import (
@@ -57,7 +58,6 @@ from claude_proxy.http.protocol import (
 )
 from claude_proxy.store.batches import Submission
 from claude_proxy.store.records import (
-    MAX_METADATA_USER_ID_CHARS,
     MAX_MODEL_CHARS,
     MAX_SHORT_TEXT_CHARS,
     RecordSink,
@@ -109,6 +109,7 @@ class Relay:
         prices: PriceTable | None = None,
         settler: BatchSettler | None = None,
         public_url: str | None = None,
+        formats: Mapping[str, WireFormat] | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.keys = keys
@@ -134,6 +135,8 @@ class Relay:
         self.prices = prices or PriceTable.load(None)
         self.settler = settler
         self.public_url = public_url
+        # Endpoints served in another wire format than Anthropic's (the OpenAI-compatible one).
+        self._formats = dict(formats or {})
         # Built in the app's lifespan, on the loop that serves it. current_task(loop) skips
         # get_running_loop(), which on Python 3.11 is a getpid() system call per request.
         self._loop = asyncio.get_running_loop()
@@ -243,7 +246,7 @@ class Relay:
                     )
                     models = batch.models
                     record.model = bounded(models[0], MAX_MODEL_CHARS) if models else None
-                elif model := _note_request(record, parsed):
+                elif model := self._format(record).note_request(record, parsed):
                     models = [model]
 
             refusal = self.limiter.check_models(key, models) if key.models is not None else None
@@ -454,7 +457,7 @@ class Relay:
         record.status_code = status
         is_sse = (resp.header(b"content-type") or b"").startswith(b"text/event-stream")
         encoding = resp.header(b"content-encoding")
-        observer = ResponseObserver(encoding.decode("latin-1") if encoding else None)
+        observer = self._format(record).observer(encoding.decode("latin-1") if encoding else None)
         # Plain JSON is observed for messages and for every error body.
         observe_json = not is_sse and (record.endpoint in JSON_ENDPOINTS or status >= 400)
         kept = bytearray() if self.body_cap else None
@@ -640,6 +643,10 @@ class Relay:
         self._settle(record)
         await send_error(send, error_type, msg, record.id, status=status, extra_headers=headers)
 
+    def _format(self, record: RequestRecord) -> WireFormat:
+        """The wire format of this request's endpoint: Anthropic's unless wiring said."""
+        return self._formats.get(record.endpoint, ANTHROPIC)
+
     def _settle(self, record: RequestRecord) -> None:
         """Hand the record over, once, before the client can see its response end: the
         sink puts it into the writer process's socket at once, where a worker killed the
@@ -680,20 +687,6 @@ def _parse_json_object(body: Buffer) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def _note_request(record: RequestRecord, req: dict[str, Any]) -> str | None:
-    """Note what the record keeps of a request body; returns its model, whole."""
-    model = req.get("model")
-    if not isinstance(model, str):
-        model = None
-    else:
-        record.model = bounded(model, MAX_MODEL_CHARS)
-    record.stream = req.get("stream") is True
-    meta = req.get("metadata")
-    if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
-        record.metadata_user_id = bounded(meta["user_id"], MAX_METADATA_USER_ID_CHARS)
-    return model
 
 
 def _error_type(exc: BodyError) -> str:
