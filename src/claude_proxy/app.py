@@ -21,9 +21,11 @@ from sqlalchemy import Engine
 
 from claude_proxy import __version__
 from claude_proxy.formats.anthropic.batches import BatchSettler
+from claude_proxy.formats.anthropic.endpoints import CHAT_COMPLETIONS
 from claude_proxy.formats.anthropic.errors import send_error
 from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.formats.anthropic.relay import Relay
+from claude_proxy.formats.openai.wire import OPENAI_CHAT
 from claude_proxy.gateway.body_budget import BodyBudget
 from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache
 from claude_proxy.gateway.limits import Limiter
@@ -301,6 +303,7 @@ class ProxyApp:
             prices,
             settler,
             st.public_url,
+            {CHAT_COMPLETIONS: OPENAI_CHAT},
         )
         background: list[asyncio.Task[None]] = [
             asyncio.get_running_loop().create_task(telemetry.publish_every(1.0)),
