@@ -61,6 +61,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 test: $(STAMP) $(LEGACY_STAMP) $(CLAUDE_CODE_STAMP) $(CHECKOV_STAMP) system-deps lint
 	CLAUDE_PROXY_LEGACY_PYTHON=$(LEGACY_VENV)/bin/python \

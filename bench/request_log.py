@@ -1,4 +1,4 @@
-"""Request log on versus off, against PostgreSQL, in one run (issue: request log pipeline §8).
+"""Request log on versus off, against PostgreSQL, in one run.
 
 Two proxies share one emulator: one records every request in a fresh PostgreSQL
 database, the other has CLAUDE_PROXY_LOG_REQUESTS=false. wrk alternates between

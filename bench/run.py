@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py          (or `make bench`; --quick for a smoke run)
 
-What it measures, and why (see shared/reference/performance.md):
+What it measures, and why (see docs/benchmarks.md):
 - non-streaming POST /v1/messages with wrk at c=1, 5 and 50: latency added by the proxy, req/s,
   and the proxy's CPU time per request (the measure that does not depend on the emulator);
 - 1,000 concurrent streams of 200 events with a per-event delay: added time to first byte and

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,13 +25,17 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.helpers import SECRETS
+from tests.helpers import register_secret as register_secret  # imported from here too
+
 READY_TIMEOUT = 20.0
 UPSTREAM_KEY = "sk-ant-api03-upstream-secret-0123456789"
 PROXY_KEY = "sk-proxy-test-client-key-abcdef"
 
-# Every secret the suite uses, and every server it started: at the end of the session no
-# server's output may contain any of them (see `no_secret_in_any_server_output`).
-SECRETS: set[str] = {UPSTREAM_KEY, PROXY_KEY, "sk-wrong"}
+# Every secret the suite uses (more are registered as tests make them), and every server it
+# started: at the end of the session no server's output may contain any of them (see
+# `no_secret_in_any_server_output`).
+SECRETS.update({UPSTREAM_KEY, PROXY_KEY, "sk-wrong"})
 SERVERS: list[Process] = []
 
 
@@ -63,12 +68,6 @@ async def within_loop_turns(what: str, done: Callable[[], bool], turns: int = 10
     raise AssertionError(f"still waiting for {what} after {turns} loop turns")
 
 
-def register_secret(secret: str) -> str:
-    """Note a key the tests made or sent, so the end-of-session scan looks for it."""
-    SECRETS.add(secret)
-    return secret
-
-
 @dataclass
 class Process:
     """A child process whose merged output is captured line by line."""
@@ -92,8 +91,12 @@ class Process:
     def wait_for(
         self, pattern: str, timeout: float = READY_TIMEOUT, count: int = 1
     ) -> re.Match[str]:
-        """Block until the `count`-th line matching `pattern` is printed; fail with the output."""
+        """Block until the `count`-th line matching `pattern` is printed; fail with the output.
+
+        The deadline is overall: a process printing other lines (an access line per request,
+        haproxy's per request) does not extend it."""
         rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
         seen = 0
         found = 0
         with self._cond:
@@ -107,9 +110,11 @@ class Process:
                 seen = len(self.lines)
                 if self.proc.poll() is not None and seen == len(self.lines):
                     raise AssertionError(f"process exited; output:\n{self.output()}")
-                if not self._cond.wait(timeout):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
                     raise AssertionError(
-                        f"timed out waiting for {pattern!r}; output:\n{self.output()}"
+                        f"timed out after {timeout:g}s waiting for {pattern!r}; "
+                        f"output:\n{self.output()}"
                     )
 
     def output(self) -> str:

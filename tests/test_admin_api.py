@@ -623,7 +623,7 @@ async def test_internal_errors_are_anthropic_shaped_and_logged_without_parameter
 ) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'unmigrated.db'}")  # no tables
     try:
-        app = build_admin_app(engine, KeyCache([], engine), ADMIN)
+        app = build_admin_app(engine, KeyCache(static_keys=[], engine=engine), ADMIN)
         async with client_for(app) as c:
             with caplog.at_level(logging.ERROR, logger="claude_proxy.admin"):
                 r = await c.get(f"{BASE}/keys")

@@ -13,8 +13,8 @@ from claude_proxy.formats.anthropic.batches import (
     public_base,
     rewrite_results_urls,
 )
-from claude_proxy.store.records import Usage
 from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.store.records import Usage
 
 PRICES = PriceTable.load(None)
 HAIKU = "claude-haiku-4-5"

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from claude_proxy.upstream.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
+from claude_proxy.gateway.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""The server's HTTP/1.1 protocol (client_protocol.ClientProtocol), over a real socket pair,
+"""The server's HTTP/1.1 protocol (http/protocol.py's ClientProtocol), over a real socket pair,
 with small ASGI apps: framing, keep-alive, pipelining, bodies, errors, and the disconnect
 extension. The relay's own behaviour through it is covered end to end in tests/e2e."""
 
@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
+from claude_proxy.formats.anthropic.errors import error_answer
 from claude_proxy.http.protocol import (
     ANSWERED_KEY,
     DISCONNECT_EXTENSION,
@@ -102,7 +103,8 @@ async def serve() -> AsyncIterator[Serve]:
             timeout_keep_alive=keep_alive,
             log_config=None,  # type: ignore[arg-type]
         )
-        proto = ClientProtocol(config, ServerState(), state or {}, loop)
+        protocol = ClientProtocol.configured(error_answer=error_answer)
+        proto = protocol(config, ServerState(), state or {}, loop)
         ours, theirs = socket.socketpair()
         transport, _ = await loop.connect_accepted_socket(lambda: proto, ours)
         rec = Recording(proto.transport)  # type: ignore[arg-type]

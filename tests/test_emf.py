@@ -383,7 +383,9 @@ async def test_each_line_counts_its_own_interval_from_start_on() -> None:
             bump(live, requests=5, upstream_5xx=2),
         ],
     )
-    reporter = EmfReporter(live, NAMESPACE, SERVICE, 0.01, write=lines)
+    reporter = EmfReporter(
+        live=live, namespace=NAMESPACE, service=SERVICE, interval=0.01, write=lines
+    )
     await run_until_done(reporter, lines)
     got = [tuple(d[k] for k in GAUGES + COUNTERS) for d in lines.docs()[:4]]
     assert got == [
@@ -399,7 +401,9 @@ async def test_a_failed_line_is_logged_and_its_counts_go_into_the_next(
 ) -> None:
     live = LiveCounts(requests=7, proxy_errors=2)
     lines = Lines(until=1, fail=2)
-    reporter = EmfReporter(live, NAMESPACE, SERVICE, 0.01, write=lines)
+    reporter = EmfReporter(
+        live=live, namespace=NAMESPACE, service=SERVICE, interval=0.01, write=lines
+    )
     with caplog.at_level(logging.ERROR, logger="claude_proxy.emf"):
         await run_until_done(reporter, lines)
     assert [r.getMessage() for r in caplog.records].count("EMF line not written") == 2
@@ -421,7 +425,12 @@ async def test_a_line_that_cannot_be_built_is_logged_and_the_reporter_goes_on(
 
     lines = Lines(until=1)
     reporter = EmfReporter(
-        LiveCounts(requests=1), NAMESPACE, SERVICE, 0.01, write=lines, clock=clock
+        live=LiveCounts(requests=1),
+        namespace=NAMESPACE,
+        service=SERVICE,
+        interval=0.01,
+        write=lines,
+        clock=clock,
     )
     with caplog.at_level(logging.ERROR, logger="claude_proxy.emf"):
         await run_until_done(reporter, lines)
@@ -442,7 +451,9 @@ async def cancel_soon(reporter: EmfReporter, before_cancel: Callable[[], None]) 
 async def test_cancelled_it_writes_the_last_partial_interval_then_stops() -> None:
     live = LiveCounts(active_streams=1)
     lines = Lines(until=1)
-    reporter = EmfReporter(live, NAMESPACE, SERVICE, 3600, write=lines)
+    reporter = EmfReporter(
+        live=live, namespace=NAMESPACE, service=SERVICE, interval=3600, write=lines
+    )
     await cancel_soon(reporter, bump(live, requests=2, upstream_5xx=1))
     [doc] = lines.docs()
     assert (doc["ActiveStreams"], doc["RequestCount"], doc["Upstream5xx"]) == (1, 2, 1)
@@ -451,14 +462,18 @@ async def test_cancelled_it_writes_the_last_partial_interval_then_stops() -> Non
 async def test_cancelled_with_no_counter_moved_it_writes_nothing() -> None:
     live = LiveCounts()
     lines = Lines(until=1)
-    reporter = EmfReporter(live, NAMESPACE, SERVICE, 3600, write=lines)
+    reporter = EmfReporter(
+        live=live, namespace=NAMESPACE, service=SERVICE, interval=3600, write=lines
+    )
     await cancel_soon(reporter, bump(live, active_streams=1, active_connections=1))
     assert lines.lines == []
 
 
 async def test_the_interval_sets_the_pace() -> None:
     lines = Lines(until=3)
-    reporter = EmfReporter(LiveCounts(), NAMESPACE, SERVICE, 0.05, write=lines)
+    reporter = EmfReporter(
+        live=LiveCounts(), namespace=NAMESPACE, service=SERVICE, interval=0.05, write=lines
+    )
     started = time.monotonic()
     await run_until_done(reporter, lines)
     assert time.monotonic() - started >= 0.15 - 0.01
@@ -480,7 +495,9 @@ def test_one_line_is_one_write_to_stdout(monkeypatch: pytest.MonkeyPatch) -> Non
 
     out = Stdout()
     monkeypatch.setattr("sys.stdout", out)
-    reporter = EmfReporter(LiveCounts(requests=3), NAMESPACE, SERVICE, 60)
+    reporter = EmfReporter(
+        live=LiveCounts(requests=3), namespace=NAMESPACE, service=SERVICE, interval=60
+    )
     assert reporter.emit()
     assert len(out.writes) == 1 and out.flushes == 1
     assert check_line(out.writes[0])["RequestCount"] == 3
@@ -489,4 +506,4 @@ def test_one_line_is_one_write_to_stdout(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.parametrize("interval", [0, -1, math.nan])
 def test_the_interval_must_be_positive(interval: float) -> None:
     with pytest.raises(ValueError, match="interval"):
-        EmfReporter(LiveCounts(), NAMESPACE, SERVICE, interval)
+        EmfReporter(live=LiveCounts(), namespace=NAMESPACE, service=SERVICE, interval=interval)

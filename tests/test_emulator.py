@@ -18,6 +18,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+import openai
 import orjson
 import pytest
 
@@ -938,3 +939,198 @@ def test_cli_emulator_prints_ready_line() -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+# --------------------------------------------------------------------------- chat completions
+
+
+@pytest.fixture
+def oai(emu: Emu) -> Iterator[openai.OpenAI]:
+    """OpenAI's SDK, pointed at the emulator as at the API (`base_url=.../v1`)."""
+    with openai.OpenAI(base_url=f"{emu.url}/v1", api_key=KEY, max_retries=0) as c:
+        yield c
+
+
+CHAT: list[Any] = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hello there"},
+    {"role": "developer", "content": "Answer in English."},
+]
+
+
+def test_chat_completion_costs_what_messages_charge(
+    emu: Emu, oai: openai.OpenAI, client: anthropic.Anthropic
+) -> None:
+    """Same content, tokens and output as `/v1/messages` for the prompt it stands for (system
+    and developer messages hoisted and joined with a newline); no anthropic-version needed."""
+    raw = oai.chat.completions.with_raw_response.create(model=MODEL, messages=CHAT, user="u-1")
+    done = raw.parse()
+    msg = client.messages.create(
+        model=MODEL, max_tokens=256, system="Be brief.\nAnswer in English.", messages=HELLO
+    )
+    assert done.object == "chat.completion" and done.model == MODEL
+    assert done.id.startswith("msg_011C") and len(done.id) == 28
+    assert len(done.choices) == 1 and done.choices[0].index == 0
+    choice = done.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.role == "assistant"
+    assert choice.message.content == text_for(DEFAULT_EVENTS, DEFAULT_TEXT_BYTES)
+    assert choice.message.tool_calls is None
+    u = done.usage
+    assert u is not None and u.prompt_tokens_details is None  # documented as always empty
+    assert (u.prompt_tokens, u.completion_tokens) == (
+        msg.usage.input_tokens,
+        msg.usage.output_tokens,
+    )
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert raw.headers["request-id"].startswith("req_011C")
+    assert raw.headers["content-type"] == "application/json"
+    sent = [r for r in emu.requests() if r["request_id"] == raw.headers["request-id"]]
+    assert sent and not any(n == "anthropic-version" for n, _ in sent[0]["headers"])
+
+
+def test_chat_stream_with_and_without_usage(oai: openai.OpenAI, http: httpx2.Client) -> None:
+    whole = oai.chat.completions.create(model=MODEL, messages=CHAT)
+    assert whole.usage is not None
+    for include_usage in (False, True):
+        options: Any = {"include_usage": True} if include_usage else openai.omit
+        chunks = list(
+            oai.chat.completions.create(
+                model=MODEL, messages=CHAT, stream=True, stream_options=options
+            )
+        )
+        assert {c.object for c in chunks} == {"chat.completion.chunk"}
+        assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("msg_")
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == whole.choices[0].message.content
+        with_choices = [c for c in chunks if c.choices]
+        assert [c.choices[0].finish_reason for c in with_choices][-2:] == [None, "stop"]
+        if include_usage:
+            last = chunks[-1]
+            assert last.choices == [] and last.usage == whole.usage
+            assert all(c.usage is None for c in chunks[:-1])
+        else:
+            assert all(c.usage is None for c in chunks)
+    # On the wire: `data:` events, one blank line each, `data: [DONE]` last; with usage
+    # requested every other chunk says "usage":null.
+    body = {
+        "model": MODEL,
+        "messages": CHAT,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = r.content.split(b"\n\n")
+    assert events[-1] == b"" and events[-2] == b"data: [DONE]"
+    assert all(e.startswith(b"data: {") for e in events[:-2])
+    assert all(b'"usage":null' in e for e in events[:-3])
+    assert orjson.loads(events[-3][6:])["choices"] == []
+
+
+def test_chat_tools_and_length(oai: openai.OpenAI) -> None:
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": TOOLS[0]["input_schema"],
+            },
+        }
+    ]
+    done = oai.chat.completions.create(
+        model=MODEL, messages=CHAT, tools=tools, tool_choice="required"
+    )
+    choice = done.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"location": "San Francisco, CA", "unit": "c"}
+    streamed = list(
+        oai.chat.completions.create(
+            model=MODEL, messages=CHAT, tools=tools, tool_choice="required", stream=True
+        )
+    )
+    args = "".join(
+        t.function.arguments or ""
+        for c in streamed
+        for t in (c.choices[0].delta.tool_calls or [] if c.choices else [])
+        if t.function is not None
+    )
+    assert json.loads(args) == json.loads(call.function.arguments)
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    # The tool's result goes back as a tool message: the conversation goes on.
+    follow: Any = [
+        *CHAT,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"},
+    ]
+    again = oai.chat.completions.create(model=MODEL, messages=follow, tools=tools)
+    assert again.choices[0].finish_reason == "stop"
+    assert again.usage is not None and done.usage is not None
+    assert again.usage.prompt_tokens > done.usage.prompt_tokens
+    short = oai.chat.completions.create(model=MODEL, messages=CHAT, max_completion_tokens=3)
+    assert short.choices[0].finish_reason == "length"
+    assert short.usage is not None and short.usage.completion_tokens == 3
+
+
+def test_chat_errors_are_openai_shaped(emu: Emu, oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        oai.chat.completions.create(model="gpt-4o", messages=CHAT)
+    # The same error as /v1/messages gives (404 not_found_error "model: gpt-4o"), in the
+    # shape this endpoint uses.
+    assert missing.value.body == {
+        "code": "not_found_error",
+        "message": "model: gpt-4o",
+        "type": "not_found_error",
+        "param": None,
+    }
+    assert missing.value.type == "not_found_error"
+    with openai.OpenAI(base_url=f"{emu.url}/v1", api_key="sk-wrong", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError) as unauth:
+            bad.chat.completions.create(model=MODEL, messages=CHAT)
+    assert unauth.value.type == "authentication_error"
+    assert unauth.value.message.endswith("invalid x-api-key")
+    for body, words in (
+        ({"model": MODEL}, "messages: Field required"),
+        ({"model": MODEL, "messages": CHAT, "n": 2}, "n: Must be exactly 1"),
+        ({"model": MODEL, "messages": [{"role": "bot", "content": "x"}]}, "messages.0.role"),
+    ):
+        with pytest.raises(openai.BadRequestError) as bad_request:
+            oai.post("/chat/completions", body=body, cast_to=object)
+        assert words in bad_request.value.message
+    r = httpx2.get(f"{emu.url}/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"})
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_chat_faults(emu: Emu, oai: openai.OpenAI) -> None:
+    """The fault specs work here too: statuses, mid-stream errors and cuts, markers."""
+    with pytest.raises(openai.RateLimitError) as limited:
+        oai.chat.completions.create(
+            model=MODEL, messages=CHAT, extra_headers=fault("status=429 retry-after=7")
+        )
+    assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.type == "rate_limit_error"
+    with pytest.raises(openai.InternalServerError) as overloaded:
+        oai.chat.completions.create(model=MODEL, messages=CHAT, extra_headers=fault("status=529"))
+    assert overloaded.value.status_code == 529 and overloaded.value.type == "overloaded_error"
+    stream = oai.chat.completions.create(
+        model=MODEL, messages=CHAT, stream=True, extra_headers=fault("midstream=error after=3")
+    )
+    got = []
+    with pytest.raises(openai.APIError) as midstream:
+        got.extend(stream)
+    assert len(got) == 3 and "Overloaded" in midstream.value.message
+    raw = oai.chat.completions.with_raw_response.create(
+        model=MODEL, messages=CHAT, stream=True, extra_headers=fault("midstream=eof after=4")
+    )
+    cut = list(raw.parse())
+    assert len(cut) == 4 and all(c.choices[0].finish_reason is None for c in cut)
+    assert emu.wait(raw.headers["request-id"], "completed")[0] == 200
+    marked: Any = [{"role": "user", "content": "Hi <<emulator: status=500>>"}]
+    with pytest.raises(openai.InternalServerError):
+        oai.chat.completions.create(model=MODEL, messages=marked)
+    many = oai.chat.completions.create(
+        model=MODEL, messages=CHAT, extra_headers=fault("events=3 text-bytes=5")
+    )
+    assert many.choices[0].message.content == text_for(3, 5)

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from claude_proxy.store.records import Usage
 from claude_proxy.formats.anthropic.pricing import ModelPrice, PriceTable
+from claude_proxy.store.records import Usage
 
 UNVERIFIED = {"claude-fable-5-2", "claude-mythos-5-2"}
-NO_PRICE_IN_REFERENCE = {"claude-mythos-preview"}  # no price in §5, end-of-life 2026-06-30
+NO_PRICE_IN_REFERENCE = {"claude-mythos-preview"}  # no published price; end of life 2026-06-30
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,8 @@ def test_reference_rates(table: PriceTable) -> None:
 
 
 def test_every_entry_follows_the_cache_write_multipliers(table: PriceTable) -> None:
-    """5m writes are 1.25x and 1h writes 2x base input for every model and tier (§5).
+    """5m writes are 1.25x and 1h writes 2x base input, for every model and tier (the API's
+    published ratios).
 
     Claude 3 Haiku is the exception: the pricing page publishes rounded $0.30 (not 0.3125).
     """

@@ -3,7 +3,7 @@ from multiplying an outage."""
 
 from __future__ import annotations
 
-from claude_proxy.upstream.retry import RetryConfig, RetryPolicy
+from claude_proxy.gateway.retry import RetryConfig, RetryPolicy
 
 
 class Clock:

@@ -33,9 +33,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 import claude_proxy.telemetry.tracing
 from claude_proxy import __version__
 from claude_proxy.app import ProxyApp
-from claude_proxy.store.records import Usage
 from claude_proxy.settings import Settings
-from claude_proxy.store.records import RequestRecord, new_request_id
+from claude_proxy.store.records import RequestRecord, Usage, new_request_id
 from claude_proxy.telemetry.tracing import OtelTracing, build_tracing
 from tests.conftest import PROXY_KEY, UPSTREAM_KEY, Emulator
 
@@ -476,7 +475,7 @@ def test_build_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # nothing there
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
     settings = Settings(service_name="proxy-under-test", tracing=True)
-    tracing = build_tracing(settings)
+    tracing = build_tracing(service_name=settings.service_name, upstream_url="http://upstream")
     assert isinstance(tracing, OtelTracing)
     resource = tracing.provider.resource.attributes
     assert resource["service.name"] == "proxy-under-test"
@@ -484,7 +483,7 @@ def test_build_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
     tracing.shutdown()  # no spans: returns at once
 
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    assert build_tracing(settings) is None
+    assert build_tracing(service_name="proxy-under-test", upstream_url="http://upstream") is None
 
 
 def test_nothing_from_opentelemetry_is_loaded_when_off() -> None:
@@ -530,11 +529,11 @@ async def traced(
     exporter = InMemorySpanExporter()
     built: list[OtelTracing] = []
 
-    def fake_build(settings: Settings) -> OtelTracing:
-        built.append(make_tracing(exporter, settings.anthropic_base_url))
+    def fake_build(*, service_name: str, upstream_url: str) -> OtelTracing:
+        built.append(make_tracing(exporter, upstream_url))
         return built[-1]
 
-    # Until create_app takes a `tracing=` argument: what app.py calls when tracing is on.
+    # What wiring.py calls when tracing is on.
     monkeypatch.setattr(claude_proxy.telemetry.tracing, "build_tracing", fake_build)
     app = ProxyApp(Settings())
     await app.startup()

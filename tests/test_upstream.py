@@ -1,4 +1,4 @@
-"""The upstream pool (upstream.py) in process, against the emulator over a real socket.
+"""The upstream pool (upstream/pool.py) in process, against the emulator over a real socket.
 
 Its protocol behaviour (timeouts, resets, retries) is covered end to end in tests/e2e; here,
 what only the process itself can see."""
@@ -20,6 +20,7 @@ from claude_proxy.upstream.pool import (
     UpstreamResponse,
     _Connection,
 )
+from claude_proxy.wiring import upstream_pool
 from tests.conftest import Emulator, cyclic_garbage, within_loop_turns
 
 BODY = orjson.dumps(
@@ -40,7 +41,7 @@ async def test_broken_upstream_exchanges_are_freed_without_the_cyclic_collector(
     """An upstream reset mid-stream, or a connection closed before any answer, must not
     leave the connection, its response and the error's traceback in a reference cycle."""
     settings = Settings(anthropic_api_key=emulator.upstream_key, anthropic_base_url=emulator.url)
-    pool = UpstreamPool(settings, asyncio.get_running_loop())
+    pool = upstream_pool(settings, asyncio.get_running_loop())
 
     def fault(spec: bytes) -> list[tuple[bytes, bytes]]:
         return [*HEADERS, (b"x-emulator-fault", spec)]
@@ -77,7 +78,7 @@ def test_a_refused_connection_is_freed_without_the_cyclic_collector() -> None:
 
     async def refused() -> None:
         url = f"http://127.0.0.1:{port}"
-        pool = UpstreamPool(Settings(anthropic_base_url=url), asyncio.get_running_loop())
+        pool = upstream_pool(Settings(anthropic_base_url=url), asyncio.get_running_loop())
         try:
             for _ in range(3):
                 with pytest.raises(ConnectError):
@@ -96,7 +97,7 @@ async def _pool_and_stream(
     """A pool, and a stream of as many text deltas as `spec` asks for."""
     body = orjson.dumps({**orjson.loads(BODY), "max_tokens": 100_000})
     settings = Settings(anthropic_api_key=emulator.upstream_key, anthropic_base_url=emulator.url)
-    pool = UpstreamPool(settings, asyncio.get_running_loop())
+    pool = upstream_pool(settings, asyncio.get_running_loop())
     headers = [*HEADERS, (b"x-emulator-fault", spec)]
     return pool, await pool.request(b"POST", b"/v1/messages", headers, body)
 

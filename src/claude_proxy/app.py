@@ -12,49 +12,28 @@ import hmac
 import logging
 import os
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import orjson
-from sqlalchemy import Engine
 
 from claude_proxy import __version__
-from claude_proxy.formats.anthropic.batches import BatchSettler
-from claude_proxy.formats.anthropic.endpoints import CHAT_COMPLETIONS
 from claude_proxy.formats.anthropic.errors import send_error
-from claude_proxy.formats.anthropic.pricing import PriceTable
-from claude_proxy.formats.anthropic.relay import Relay
-from claude_proxy.formats.openai.wire import OPENAI_CHAT
-from claude_proxy.gateway.body_budget import BodyBudget
-from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache
-from claude_proxy.gateway.limits import Limiter
-from claude_proxy.http.asgi import ASGIApp, Receive, Scope, Send
+from claude_proxy.gateway.keys import KeyCache
+from claude_proxy.http.asgi import Receive, Scope, Send
 from claude_proxy.http.collector import settle_startup_heap
 from claude_proxy.http.drain import Drain
 from claude_proxy.http.protocol import RECORD_SINK_STATE_KEY, TELEMETRY_STATE_KEY
 from claude_proxy.settings import Settings
-from claude_proxy.store.engine import make_engine, redacted_url
-from claude_proxy.store.handoff import ProcessSink, writer_config
-from claude_proxy.store.migrate import MigrationError, ensure_schema
-from claude_proxy.store.records import (
-    MAX_SHORT_TEXT_CHARS,
-    RecordSink,
-    RequestRecord,
-    bounded,
-    new_request_id,
-)
-from claude_proxy.store.writer_process import build_writer
+from claude_proxy.store.engine import redacted_url
+from claude_proxy.store.records import MAX_SHORT_TEXT_CHARS, bounded, new_request_id
 from claude_proxy.telemetry.logs import FIELDS
-from claude_proxy.telemetry.metrics import CIRCUIT_STATES, CONTENT_TYPE, ProxyMetrics
-from claude_proxy.telemetry.reporter import Telemetry
-from claude_proxy.upstream.breaker import BreakerConfig, CircuitBreaker
-from claude_proxy.upstream.dispatch import Dispatcher
+from claude_proxy.telemetry.metrics import CIRCUIT_STATES, CONTENT_TYPE
 from claude_proxy.upstream.pool import UpstreamPool
-from claude_proxy.upstream.retry import RetryConfig, RetryPolicy
+from claude_proxy.wiring import Components, build_components
 
 if TYPE_CHECKING:
-    from claude_proxy.telemetry.tracing import Tracing
+    from claude_proxy.telemetry.spans import Tracing
 
 log = logging.getLogger("claude_proxy.app")
 
@@ -62,37 +41,19 @@ _HEALTH_BODY = b'{"status":"ok"}'
 _DRAINING_BODY = b'{"status":"draining"}'
 
 
-_MIGRATE_RETRY_SECONDS = 30.0
-
-
-@dataclass
-class Components:
-    upstream: UpstreamPool
-    breaker: CircuitBreaker
-    retry: RetryPolicy
-    relay: Relay
-    engine: Engine
-    keys: KeyCache
-    limiter: Limiter
-    sink: ProcessSink | None
-    migrator: asyncio.Task[None] | None
-    admin: ASGIApp | None
-    drain_task: asyncio.Task[None]
-    telemetry: Telemetry
-    metrics: ProxyMetrics
-    background: list[asyncio.Task[None]]
-
-
 class ProxyApp:
     """ASGI callable; `create_app` is the way to build one."""
 
     def __init__(
-        self, settings: Settings, drain: Drain | None = None, tracing: Tracing | None = None
+        self, settings: Settings, *, drain: Drain | None = None, tracing: Tracing | None = None
     ) -> None:
         self.settings = settings
         self._tracing = tracing  # injected (tests); otherwise built when settings.tracing
-        self.drain = drain or Drain(settings.pre_stop_seconds, settings.drain_seconds)
+        self.drain = drain or Drain(
+            pre_stop=settings.pre_stop_seconds, window=settings.drain_seconds
+        )
         self.components: Components | None = None
+        self._drain_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -219,126 +180,15 @@ class ProxyApp:
 
     async def startup(self) -> None:
         st = self.settings
-        # Loaded here too: a broken PRICES_FILE stops the start, not the writer process.
-        prices = PriceTable.load(st.prices_file)
-        writer_cfg = writer_config(st)
-        fallback = build_writer(writer_cfg, prices, None)  # only spills: it never connects
-        engine = make_engine(
-            st.database_url, pool_size=st.db_pool_size, max_overflow=st.db_max_overflow
-        )
-        migrator = None
-        if st.auto_migrate:
-            migrator = asyncio.get_running_loop().create_task(_migrate_until_done(engine))
-            # Normally done in milliseconds; a database that is down must not stop the
-            # proxy from serving (the writer spills until the table exists).
-            await asyncio.wait({migrator}, timeout=10.0)
-        process_sink: ProcessSink | None = None
-        sink: RecordSink
-        if st.log_requests:
-            process_sink = ProcessSink(writer_cfg, fallback, capacity=st.log_queue_size)
-            await process_sink.start()
-            sink = process_sink
-        else:
-            log.warning("CLAUDE_PROXY_LOG_REQUESTS=false: requests are not recorded")
-            sink = _NoSink()
-        keys = KeyCache(st.client_keys(), engine, refresh_interval=st.key_refresh_seconds)
-        await keys.start()
-        limiter = Limiter(
-            engine,
-            prices,
-            sync_interval=st.limits_sync_seconds,
-            budgets=keys.budgets,
-        )
-        await limiter.start()
-        throttle = BadKeyThrottle(st.bad_key_burst, st.bad_key_per_minute)
-        admin: ASGIApp | None = None
-        if st.admin_token():
-            from claude_proxy.admin import build_admin_app  # only then: FastAPI costs ~7 MB
-
-            admin = build_admin_app(engine, keys, st.admin_token())
-        upstream = UpstreamPool(st, asyncio.get_running_loop())
-        breaker = CircuitBreaker(
-            BreakerConfig(
-                failure_ratio=st.breaker_failure_ratio,
-                min_requests=st.breaker_min_requests,
-                window_seconds=st.breaker_window_seconds,
-                open_seconds=st.breaker_open_seconds,
-                probes=st.breaker_half_open_probes,
-            )
-        )
-        retry = RetryPolicy(
-            RetryConfig(
-                statuses=st.retry_statuses(),
-                connect_errors=st.retry_connect_errors(),
-                max_attempts=st.retry_max_attempts,
-                backoff_initial=st.retry_backoff_initial_seconds,
-                max_backoff=st.retry_backoff_max_seconds,
-                ratio=st.retry_budget_ratio,
-                min_per_second=st.retry_budget_min_per_second,
-            )
-        )
-        metrics = ProxyMetrics()
-        if process_sink is not None:
-            process_sink.on_report = metrics.apply_report
-        tracing = self._tracing
-        if tracing is None and st.tracing:
-            from claude_proxy.telemetry.tracing import build_tracing  # only then: OpenTelemetry
-
-            tracing = build_tracing(st)
-        telemetry = Telemetry(metrics, tracing)
-        dispatcher = Dispatcher(upstream, breaker, retry, telemetry)
-        body_cap = st.log_body_max_bytes if st.log_bodies else 0
-        settler = BatchSettler(engine, upstream, sink, prices, st.batch_poll_seconds)
-        relay = Relay(
-            keys,
-            limiter,
-            throttle,
-            dispatcher,
-            sink,
-            self.drain,
-            telemetry,
-            st.max_body_bytes,
-            BodyBudget(st.max_buffered_body_bytes, st.body_wait_seconds),
-            body_cap,
-            prices,
-            settler,
-            st.public_url,
-            {CHAT_COMPLETIONS: OPENAI_CHAT},
-        )
-        background: list[asyncio.Task[None]] = [
-            asyncio.get_running_loop().create_task(telemetry.publish_every(1.0)),
-            asyncio.get_running_loop().create_task(settler.run()),
-        ]
-        if st.emf_enabled:
-            from claude_proxy.telemetry.emf import EmfReporter
-
-            emf = EmfReporter(
-                telemetry.live, st.emf_namespace, st.service_name, st.emf_interval_seconds
-            )
-            background.append(asyncio.get_running_loop().create_task(emf.run()))
         self.drain.attach(asyncio.get_running_loop())
-        drain_task = asyncio.get_running_loop().create_task(self._drain(upstream))
-        self.components = Components(
-            upstream,
-            breaker,
-            retry,
-            relay,
-            engine,
-            keys,
-            limiter,
-            process_sink,
-            migrator,
-            admin,
-            drain_task,
-            telemetry,
-            metrics,
-            background,
-        )
+        c = await build_components(st, drain=self.drain, tracing=self._tracing)
+        self.components = c
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(c.upstream))
         settle_startup_heap()  # every component is built: what follows is requests
         log.info(
             "claude-proxy %s started",
             __version__,
-            extra={FIELDS: _config_summary(st, keys, admin is not None)},
+            extra={FIELDS: _config_summary(st, c.keys, c.admin is not None)},
         )
         if st.listen_url:
             # Scripts, tests and the benchmark wait for this line: printed whatever the log
@@ -360,13 +210,13 @@ class ProxyApp:
         if c is None:
             return
         self.components = None
-        c.drain_task.cancel()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
         for task in c.background:
             task.cancel()
         if c.telemetry.tracing is not None:
             await asyncio.to_thread(c.telemetry.tracing.shutdown)
-        if c.relay.settler is not None:
-            await c.relay.settler.close()
+        await c.settler.close()
         await c.upstream.close()
         await c.keys.close()
         await c.limiter.close()
@@ -443,36 +293,7 @@ async def _json(send: Send, status: int, body: bytes, *, close: bool = False) ->
     await send({"type": "http.response.body", "body": body})
 
 
-class _NoSink:
-    """Drops records (CLAUDE_PROXY_LOG_REQUESTS=false), for measuring the logging's cost."""
-
-    def submit(self, record: RequestRecord) -> None:
-        return None
-
-
-async def _migrate_until_done(engine: Engine) -> None:
-    """Migrate, retrying while the database is unreachable (the writer spills meanwhile).
-
-    The migration itself runs in a child process (store.migrate.ensure_schema), so this
-    long-lived worker never imports Alembic; a current schema costs one SELECT."""
-    while True:
-        try:
-            await asyncio.to_thread(ensure_schema, engine)
-            log.info("database schema is up to date")
-            return
-        except Exception as exc:
-            # The child's own summary (already free of the password); for the database's
-            # errors raised here, only their type, as before.
-            reason = str(exc) if isinstance(exc, MigrationError) else type(exc).__name__
-            log.error(
-                "database migration failed (%s); retrying in %.0fs",
-                reason,
-                _MIGRATE_RETRY_SECONDS,
-            )
-            await asyncio.sleep(_MIGRATE_RETRY_SECONDS)
-
-
 def create_app(
-    settings: Settings | None = None, drain: Drain | None = None, tracing: Tracing | None = None
+    settings: Settings | None = None, *, drain: Drain | None = None, tracing: Tracing | None = None
 ) -> ProxyApp:
-    return ProxyApp(settings or Settings(), drain, tracing)
+    return ProxyApp(settings or Settings(), drain=drain, tracing=tracing)

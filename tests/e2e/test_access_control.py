@@ -8,7 +8,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,10 +23,11 @@ import pytest
 from sqlalchemy import Engine, MetaData, select
 
 from claude_proxy.store.engine import make_engine
-from claude_proxy.store.keys import KeySpec, create_key, revoke_key
+from claude_proxy.store.keys import revoke_key
 from claude_proxy.store.migrate import upgrade
-from claude_proxy.store.schema import key_spend, rate_usage, request_logs
-from tests.conftest import PROXY_KEY, Emulator, Proxy, register_secret, start_proxy
+from claude_proxy.store.schema import key_spend, rate_usage
+from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
+from tests.helpers import SECRETS, log_row, log_rows, make_key, register_secret, wait_until
 from tests.pg import PgBouncer, create_database, drop_database, free_port, pg_url
 
 pytestmark = pytest.mark.e2e
@@ -35,16 +36,7 @@ HAIKU = "claude-haiku-4-5"
 SONNET = "claude-sonnet-4-6"
 HELLO = [{"role": "user", "content": "Hello there"}]
 ADMIN_KEY = register_secret("admin-" + secrets.token_urlsafe(24))
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> float:
-    """Re-check until it holds (the database pushes nothing); returns the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
+WAIT = 20.0  # for what several proxies share through the database
 
 
 @dataclass
@@ -70,31 +62,14 @@ class Cluster:
         return px
 
     def key(self, name: str = "test", **kw: Any) -> tuple[str, str]:
-        row, secret = create_key(self.engine, KeySpec(name=name, **kw))
-        return row.id, register_secret(secret)
+        return make_key(self.engine, name, **kw)
 
     def rows(self, key_id: str | None = None) -> list[dict[str, Any]]:
-        stmt = select(request_logs).order_by(request_logs.c.created_at)
-        if key_id is not None:
-            stmt = stmt.where(request_logs.c.key_id == key_id)
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(stmt)]
+        where = {} if key_id is None else {"key_id": key_id}
+        return log_rows(self.engine, order_by="created_at", **where)
 
     def row(self, request_id: str) -> dict[str, Any]:
-        found: list[dict[str, Any]] = []
-
-        def landed() -> bool:
-            with self.engine.connect() as conn:
-                found[:] = [
-                    dict(r._mapping)
-                    for r in conn.execute(
-                        select(request_logs).where(request_logs.c.id == request_id)
-                    )
-                ]
-            return bool(found)
-
-        wait_until(f"row {request_id}", landed)
-        return found[0]
+        return log_row(self.engine, request_id, timeout=WAIT)
 
 
 @contextmanager
@@ -125,8 +100,6 @@ def cluster(emulator: Emulator, bouncer: bool = False) -> Iterator[Cluster]:
 
 def assert_no_secret_in_database(engine: Engine) -> None:
     """No key in any column of any table: only hashes, ids and short prefixes are stored."""
-    from tests.conftest import SECRETS
-
     meta = MetaData()
     meta.reflect(engine)
     with engine.connect() as conn:
@@ -307,7 +280,9 @@ def test_revocation_takes_effect_at_once_here_and_within_5s_elsewhere(
                 return True
             return False
 
-        took = wait_until("the other replica to refuse the key", refused_on_b, timeout=10)
+        revoked_at = time.monotonic()
+        wait_until(refused_on_b, timeout=10, what="the other replica to refuse the key")
+        took = time.monotonic() - revoked_at
         print(f"revocation reached the other replica in {took:.2f}s")
         assert took <= 5.0
         admin.close()
@@ -347,9 +322,9 @@ def test_database_down_known_keys_keep_working_new_keys_get_a_retryable_error(
                 ).scalars()
                 return sum(n) == 4
 
-        wait_until("the outage's counts to reach the database", reconciled)
+        wait_until(reconciled, timeout=WAIT, what="the outage's counts to reach the database")
         # Every request of the outage, refusals included, was recorded (via the spill file).
-        wait_until("the spilled rows", lambda: len(c.rows(known_id)) == 5)
+        wait_until(lambda: len(c.rows(known_id)) == 5, timeout=WAIT, what="the spilled rows")
 
 
 def test_repeated_bad_keys_from_one_address_are_slowed_but_good_keys_are_not(

@@ -11,11 +11,12 @@ import anthropic
 import pytest
 from sqlalchemy import func, select
 
-from claude_proxy.store.records import Usage
 from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.store.records import Usage
 from claude_proxy.store.schema import key_spend, request_logs
 from tests.conftest import Emulator
-from tests.e2e.test_access_control import Cluster, cluster, request_id, sdk, wait_until
+from tests.e2e.test_access_control import WAIT, Cluster, cluster, request_id, sdk
+from tests.helpers import log_rows, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -48,9 +49,7 @@ def total_spend(c: Cluster, key_id: str) -> Decimal:
 
 
 def batch_rows(c: Cluster, batch_id: str) -> list[dict[str, Any]]:
-    stmt = select(request_logs).where(request_logs.c.message_id == batch_id)
-    with c.engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(stmt.order_by(request_logs.c.logged_at))]
+    return log_rows(c.engine, order_by="logged_at", message_id=batch_id)
 
 
 def real_cost(results: list[Any]) -> tuple[Decimal, Usage]:
@@ -91,8 +90,9 @@ def test_a_batch_cannot_spend_past_the_budget_and_settles_to_its_real_cost(
         key_id, key = c.key("batches", budget_usd=0.05, budget_period="total")
         client = sdk(px, key)
         batch = client.messages.batches.create(requests=batch_requests(3))
-        wait_until("the submission row", lambda: bool(batch_rows(c, batch.id)))
-        (submission,) = batch_rows(c, batch.id)
+        (submission,) = wait_until(
+            lambda: batch_rows(c, batch.id), timeout=WAIT, what="the submission row"
+        )
         reserved = submission["cost_usd"]
         assert reserved is not None and reserved > 0  # the estimate counts at once
         assert submission["endpoint"] == "/v1/messages/batches" and submission["key_id"] == key_id
@@ -105,7 +105,7 @@ def test_a_batch_cannot_spend_past_the_budget_and_settles_to_its_real_cost(
         assert sorted(r.custom_id for r in results) == ["req-0", "req-1", "req-2"]
         real, tokens = real_cost(results)
 
-        wait_until("the settlement row", lambda: settled(c, batch.id))
+        wait_until(lambda: settled(c, batch.id), timeout=WAIT, what="the settlement row")
         rows = batch_rows(c, batch.id)
         settlement = next(r for r in rows if r["id"] == f"cpr_batch_{batch.id}")
         assert settlement["input_tokens"] == tokens.input_tokens
@@ -114,7 +114,11 @@ def test_a_batch_cannot_spend_past_the_budget_and_settles_to_its_real_cost(
         # The batch's rows add up to its real cost at the batch discount; so does the budget.
         assert sum(r["cost_usd"] for r in rows if r["cost_usd"] is not None) == real
         assert real < reserved  # max_tokens is an upper bound on output
-        wait_until("key_spend to hold the real cost", lambda: total_spend(c, key_id) == real)
+        wait_until(
+            lambda: total_spend(c, key_id) == real,
+            timeout=WAIT,
+            what="key_spend to hold the real cost",
+        )
 
         # What is left of the budget bounds the next submission.
         with pytest.raises(anthropic.RateLimitError):
@@ -128,7 +132,7 @@ def test_a_batch_nobody_reads_is_settled_by_polling(emulator: Emulator) -> None:
         client = sdk(px, key, default_headers={"x-emulator-fault": "batch-ms=1500"})
         batch = client.messages.batches.create(requests=batch_requests(4))
         assert batch.processing_status == "in_progress" and batch.results_url is None
-        wait_until("the settlement row", lambda: settled(c, batch.id), timeout=30)
+        wait_until(lambda: settled(c, batch.id), timeout=30, what="the settlement row")
         # Read afterwards, the results give the real cost the rows must add up to.
         real, tokens = real_cost(list(client.messages.batches.results(batch.id)))
         settlement = next(r for r in batch_rows(c, batch.id) if r["id"].startswith("cpr_batch_"))
@@ -143,9 +147,16 @@ def test_a_batch_nobody_reads_is_settled_by_polling(emulator: Emulator) -> None:
         assert total == real
         # The results read (through the proxy) lands as its own row; settled once all the same.
         wait_until(
-            "the results read's row",
-            lambda: any(r["endpoint"].endswith("/results") and not r["id"].startswith(
-                "cpr_batch_") for r in c.rows(key_id)),
-        )  # fmt: skip
+            lambda: any(
+                r["endpoint"].endswith("/results") and not r["id"].startswith("cpr_batch_")
+                for r in c.rows(key_id)
+            ),
+            timeout=WAIT,
+            what="the results read's row",
+        )
         assert sum(1 for r in batch_rows(c, batch.id) if r["id"].startswith("cpr_batch_")) == 1
-        wait_until("key_spend to hold the real cost", lambda: total_spend(c, key_id) == real)
+        wait_until(
+            lambda: total_spend(c, key_id) == real,
+            timeout=WAIT,
+            what="key_spend to hold the real cost",
+        )

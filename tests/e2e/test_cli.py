@@ -12,17 +12,9 @@ import anthropic
 import httpx2
 import pytest
 
-from claude_proxy.store.engine import make_engine
-from claude_proxy.store.keys import KeySpec, create_key
 from claude_proxy.store.migrate import upgrade
-from tests.conftest import (
-    PROXY_KEY,
-    UPSTREAM_KEY,
-    Emulator,
-    register_secret,
-    spawn,
-    start_proxy,
-)
+from tests.conftest import PROXY_KEY, UPSTREAM_KEY, Emulator, spawn, start_proxy
+from tests.helpers import database, make_key
 
 pytestmark = pytest.mark.e2e
 
@@ -43,13 +35,12 @@ def test_starts_on_database_keys_alone_and_never_with_the_admin_key_as_a_client_
     upstream = {"ANTHROPIC_API_KEY": UPSTREAM_KEY, "ANTHROPIC_BASE_URL": emulator.url}
     p = spawn(["serve", "--port", "0"], {**upstream, "DATABASE_URL": url})
     assert p.proc.wait(20) == 2  # an empty key table is no better than no keys
-    engine = make_engine(url)
-    upgrade(engine)
-    _, secret = create_key(engine, KeySpec(name="only-key"))
-    engine.dispose()
+    with database(url) as engine:
+        upgrade(engine)
+        _, secret = make_key(engine, "only-key")
     px = start_proxy(emulator.url, {"CLAUDE_PROXY_API_KEYS": "", "DATABASE_URL": url}, tmp_path)
     try:
-        client = anthropic.Anthropic(base_url=px.url, api_key=register_secret(secret))
+        client = anthropic.Anthropic(base_url=px.url, api_key=secret)
         reply = client.messages.create(
             model="claude-haiku-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
         )

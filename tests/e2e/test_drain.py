@@ -12,11 +12,9 @@ from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy import select
 
-from claude_proxy.store.engine import make_engine
-from claude_proxy.store.schema import request_logs
 from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
+from tests.helpers import database, log_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -52,12 +50,8 @@ async def one_stream(client: httpx2.AsyncClient, fault: str, result: StreamResul
 
 
 def rows(px: Proxy) -> dict[str, dict[str, Any]]:
-    engine = make_engine(px.env["DATABASE_URL"])
-    try:
-        with engine.connect() as conn:
-            return {r.id: dict(r._mapping) for r in conn.execute(select(request_logs))}
-    finally:
-        engine.dispose()
+    with database(px.env["DATABASE_URL"]) as engine:
+        return {r["id"]: r for r in log_rows(engine)}
 
 
 def drain_proxy(emulator: Emulator, tmp: Path, pre_stop: float, window: float) -> Proxy:

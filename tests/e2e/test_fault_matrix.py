@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +25,11 @@ import anthropic
 import httpx2
 import orjson
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from claude_proxy.store.engine import make_engine
-from claude_proxy.store.schema import request_logs
 from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
+from tests.helpers import log_row
 
 pytestmark = pytest.mark.e2e
 
@@ -57,15 +57,6 @@ MATRIX_ENV = {
 BREAKER_OPEN_SECONDS = 2
 
 
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Re-check a database condition until it holds (there is no push from the database)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @dataclass
 class Target:
     """A proxy under test, and its request log."""
@@ -74,21 +65,8 @@ class Target:
     engine: Engine
     http: httpx2.Client
 
-    def rows(self, request_id: str) -> list[dict[str, Any]]:
-        stmt = select(request_logs).where(request_logs.c.id == request_id)
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(stmt)]
-
     def row(self, request_id: str) -> dict[str, Any]:
-        found: list[dict[str, Any]] = []
-
-        def landed() -> bool:
-            found[:] = self.rows(request_id)
-            return bool(found)
-
-        wait_until(f"row {request_id}", landed)
-        assert len(found) == 1
-        return found[0]
+        return log_row(self.engine, request_id, timeout=10.0)
 
     def ready(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.proxy.url}/ready") as r:

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from tests.conftest import Emulator, Proxy
-from tests.e2e.test_access_control import Cluster, cluster, wait_until
+from tests.e2e.test_access_control import WAIT, Cluster, cluster
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -192,7 +193,11 @@ def test_request_bodies_held_in_memory_are_bounded(emulator: Emulator) -> None:
         with connect(px) as holder:
             holder.sendall(head + b" " * 1000)  # holds 700,000 bytes of the 1,000,000
             # Wait until the proxy has reserved it: /ready reports the bytes held.
-            wait_until("the first body's reservation", lambda: bodies_held(px, key) == big)
+            wait_until(
+                lambda: bodies_held(px, key) == big,
+                timeout=WAIT,
+                what="the first body's reservation",
+            )
             status, headers, body = send_raw(px, "POST", "/v1/messages/count_tokens", key,
                                              b"{" + b" " * 400_000 + b"}")  # fmt: skip
             assert status == 529, body
@@ -206,7 +211,9 @@ def test_request_bodies_held_in_memory_are_bounded(emulator: Emulator) -> None:
             )
             assert send_raw(px, "POST", "/v1/messages/count_tokens", key, small)[0] == 200
         # The holder left: its bytes are given back, and a large body goes through.
-        wait_until("the reservation given back", lambda: bodies_held(px, key) == 0)
+        wait_until(
+            lambda: bodies_held(px, key) == 0, timeout=WAIT, what="the reservation given back"
+        )
         large = orjson.dumps(
             {
                 "model": "claude-haiku-4-5",

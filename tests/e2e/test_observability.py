@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,13 @@ from tests.conftest import (
     spawn,
     start_proxy,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
 HELLO = [{"role": "user", "content": "Hello"}]
 MODEL = "claude-haiku-4-5"
 METRICS_TOKEN = register_secret("metrics-" + "t0ken" * 6)
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -114,7 +106,7 @@ def test_metrics_are_summed_over_workers_and_writer_processes(two_workers: str) 
             for _ in range(4)
         )
 
-    wait_until("every request in /metrics", counted)
+    wait_until(counted, what="every request in /metrics")
     text = scrape(url)
     assert total(text, "claude_proxy_tokens_total", model=MODEL, type="input") == usage_in
     assert total(text, "claude_proxy_tokens_total", model=MODEL, type="output") == usage_out
@@ -125,8 +117,8 @@ def test_metrics_are_summed_over_workers_and_writer_processes(two_workers: str) 
     assert total(text, "claude_proxy_circuit_state") == 0
     assert total(text, "claude_proxy_active_streams") == 0
     wait_until(
-        "the rows written to show",
         lambda: total(scrape(url), "claude_proxy_log_rows_total", outcome="written") == sent,
+        what="the rows written to show",
     )
 
 
@@ -157,10 +149,12 @@ def test_active_streams_and_connections_are_live(two_workers: str) -> None:
                 and total(text, "claude_proxy_active_connections") >= 2
             )
 
-        wait_until("the open stream to show", live, timeout=3.0)
+        wait_until(live, timeout=3.0, what="the open stream to show")
         for _ in lines:
             pass
-    wait_until("the stream to end", lambda: total(scrape(url), "claude_proxy_active_streams") == 0)
+    wait_until(
+        lambda: total(scrape(url), "claude_proxy_active_streams") == 0, what="the stream to end"
+    )
 
 
 def test_ready_reports_version_circuit_database_and_queue(two_workers: str) -> None:
@@ -176,11 +170,7 @@ def test_ready_reports_version_circuit_database_and_queue(two_workers: str) -> N
                 return doc
         return None
 
-    found: list[dict[str, Any]] = []
-    wait_until(
-        "a worker that has written", lambda: bool(found.append(written() or {}) or found[-1])
-    )
-    doc = found[-1]
+    doc = wait_until(written, what="a worker that has written")
     assert doc["status"] == "ok" and doc["draining"] is False
     assert doc["version"]
     assert doc["upstream"]["circuit"]["state"] == "closed"

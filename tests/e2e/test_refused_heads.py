@@ -14,13 +14,12 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from claude_proxy.store.engine import make_engine
-from claude_proxy.store.schema import request_logs
 from tests.conftest import Emulator, Proxy, start_proxy
+from tests.helpers import log_row
 from tests.pg import create_database, drop_database, pg_url
-from tests.store.conftest import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -46,17 +45,7 @@ class Recorded:
         return int(head.split(b" ", 2)[1]), orjson.loads(body)
 
     def row(self, request_id: str) -> dict[str, Any]:
-        found: list[dict[str, Any]] = []
-        stmt = select(request_logs).where(request_logs.c.id == request_id)
-
-        def landed() -> bool:
-            with self.engine.connect() as conn:
-                found[:] = [dict(r._mapping) for r in conn.execute(stmt)]
-            return bool(found)
-
-        wait_until(landed, what=f"the row of {request_id}")
-        assert len(found) == 1
-        return found[0]
+        return log_row(self.engine, request_id)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -20,11 +20,11 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from claude_proxy.store.engine import make_engine
-from claude_proxy.store.schema import request_logs
 from tests.conftest import PROXY_KEY, Emulator, Proxy, spawn, start_proxy
+from tests.helpers import log_ids, log_row, log_rows, run_cli, spill_lines, wait_until
 from tests.pg import PgBouncer, create_database, drop_database, free_port, pg_url
 
 pytestmark = pytest.mark.e2e
@@ -32,15 +32,7 @@ pytestmark = pytest.mark.e2e
 MODEL = "claude-sonnet-4-6"
 HELLO = [{"role": "user", "content": "Hello there"}]
 V = {"anthropic-version": "2023-06-01"}
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Re-check a database condition until it holds (there is no push from the database)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+WAIT = 30.0  # for a row: a proxy under load writes in batches
 
 
 @dataclass
@@ -51,26 +43,13 @@ class LoggedProxy:
     bouncer: PgBouncer | None = None
 
     def rows(self, **where: Any) -> list[dict[str, Any]]:
-        stmt = select(request_logs)
-        for k, v in where.items():
-            stmt = stmt.where(request_logs.c[k] == v)
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(stmt)]
+        return log_rows(self.engine, **where)
 
     def row(self, request_id: str) -> dict[str, Any]:
-        found: list[dict[str, Any]] = []
-
-        def landed() -> bool:
-            found[:] = self.rows(id=request_id)
-            return bool(found)
-
-        wait_until(f"row {request_id}", landed)
-        assert len(found) == 1
-        return found[0]
+        return log_row(self.engine, request_id, timeout=WAIT)
 
     def count(self) -> int:
-        with self.engine.connect() as conn:
-            return len(conn.execute(select(request_logs.c.id)).all())
+        return len(log_ids(self.engine))
 
 
 @contextmanager
@@ -328,7 +307,7 @@ def _outage(lp: LoggedProxy) -> None:
     t.join()
     assert failures == []
     px.process.wait_for(r"spill: ")
-    wait_until("2,000 rows", lambda: lp.count() >= 2000, timeout=90)
+    wait_until(lambda: lp.count() >= 2000, timeout=90, what="2,000 rows")
     ids = [r["id"] for r in lp.rows()]
     assert len(ids) == 2000 and len(set(ids)) == 2000
     print(f"\n2000 requests, 0 failed, {len(ids)} rows after a database outage")
@@ -355,7 +334,7 @@ def test_a_killed_writer_process_loses_no_row(emulator: Emulator) -> None:
         assert failures == [] and killed.is_set()
         px.process.wait_for(r"writer process exited .* restarting")
         px.process.wait_for(r"writer process \d+ started", count=2)
-        wait_until("400 rows", lambda: lp.count() >= 400)
+        wait_until(lambda: lp.count() >= 400, timeout=WAIT, what="400 rows")
         ids = [r["id"] for r in lp.rows()]
         assert len(ids) == 400 and len(set(ids)) == 400
         (second,) = _children(px.process.proc.pid)
@@ -406,14 +385,17 @@ def test_kill_9_of_the_worker_loses_no_row_a_client_saw_complete(emulator: Emula
         px.process.proc.wait()
         # The writer process reads to the end of its socket, writes, and exits.
         wait_until(
-            "the orphaned writer process to exit", lambda: not Path(f"/proc/{writer}").exists()
+            lambda: not Path(f"/proc/{writer}").exists(),
+            timeout=WAIT,
+            what="the orphaned writer process to exit",
         )
         px2 = start_proxy(emulator.url, px.env, lp.tmp)  # same database and spill directory
         try:
             seen = set(completed)
             wait_until(
-                f"rows for all {len(seen)} completed requests",
                 lambda: seen <= {r["id"] for r in lp.rows()},
+                timeout=WAIT,
+                what=f"rows for all {len(seen)} completed requests",
             )
             ids = [r["id"] for r in lp.rows()]
             assert len(ids) == len(set(ids)), "a request has two rows"
@@ -434,19 +416,16 @@ def test_kill_9_with_spilled_records_replays_them_on_restart(emulator: Emulator)
                 for _ in range(20)
             ]
         px.process.wait_for(r"spill: database write failed")
-
-        def spilled() -> int:
-            files = (tmp / "spill").glob("spill-*.jsonl")
-            return sum(len(p.read_bytes().splitlines()) for p in files)
-
-        wait_until("20 spilled records", lambda: spilled() == 20)
+        wait_until(
+            lambda: spill_lines(tmp / "spill") == 20, timeout=WAIT, what="20 spilled records"
+        )
         os.kill(px.process.proc.pid, signal.SIGKILL)
         px.process.proc.wait()
         bouncer.start()
         px2 = start_proxy(emulator.url, px.env, tmp)
         try:
             px2.process.wait_for(r"replay: ")
-            wait_until("replayed rows", lambda: lp.count() == 20)
+            wait_until(lambda: lp.count() == 20, timeout=WAIT, what="replayed rows")
             assert sorted(r["id"] for r in lp.rows()) == sorted(ids)
         finally:
             px2.process.stop()
@@ -467,17 +446,13 @@ def test_cli_usage_and_logs_tail(logged: LoggedProxy) -> None:
     finally:
         follow.stop()
     logged.row(rid)
-    tail = spawn(["logs", "tail", "--limit", "5"], env)
-    assert tail.proc.wait(30) == 0 and rid in tail.output()
-    usage = spawn(["usage", "--by", "model", "--since", "1h"], env)
-    assert usage.proc.wait(30) == 0
-    out = usage.output()
+    assert rid in run_cli("logs", "tail", "--limit", "5", env=env, timeout=30)
+    out = run_cli("usage", "--by", "model", "--since", "1h", env=env, timeout=30)
     haiku = [ln for ln in out.splitlines() if ln.strip().startswith("claude-haiku-4-5 ")]
     assert haiku, out
     assert "lat_p95" in out and "cache_1h" in out
     for by in ("key", "day"):
-        run = spawn(["usage", "--by", by, "--since", "7d"], env)
-        assert run.proc.wait(30) == 0 and "requests" in run.output()
+        assert "requests" in run_cli("usage", "--by", by, "--since", "7d", env=env, timeout=30)
 
 
 def test_bodies_are_captured_only_when_asked_and_capped(emulator: Emulator) -> None:

@@ -31,7 +31,8 @@ from sqlalchemy import Engine, func, select
 
 from claude_proxy.store.engine import make_engine
 from claude_proxy.store.schema import request_logs
-from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
+from tests.conftest import PROXY_KEY, Emulator, Process, Proxy, start_proxy
+from tests.helpers import log_ids, wait_until
 from tests.pg import create_database, drop_database, free_port, pg_url
 
 pytestmark = pytest.mark.e2e
@@ -125,43 +126,18 @@ def haproxy_binary() -> str:
 class HAProxy:
     """A real haproxy in the foreground, its output captured, driven by its admin socket."""
 
-    proc: subprocess.Popen[str]
+    process: Process
     port: int
     admin_socket: Path
-    lines: list[str] = field(default_factory=list)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
 
-    def start_reader(self) -> None:
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                with self._cond:
-                    self.lines.append(line)
-                    self._cond.notify_all()
-            with self._cond:
-                self._cond.notify_all()
-
-        threading.Thread(target=pump, daemon=True).start()
+    @property
+    def lines(self) -> list[str]:
+        return self.process.lines
 
     def wait_for(self, pattern: str, timeout: float = 10.0) -> str:
         """Block until haproxy prints a line matching `pattern`; returns it. The deadline is
         overall: haproxy prints a line per request, and none of them may extend it."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    if rx.search(line):
-                        return line
-                seen = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if self.proc.poll() is not None or remaining <= 0:
-                    state = "exited" if self.proc.poll() is not None else "timed out"
-                    raise AssertionError(
-                        f"haproxy {state} waiting for {pattern!r}:\n{''.join(self.lines)}"
-                    )
-                self._cond.wait(remaining)
+        return self.process.wait_for(pattern, timeout).string
 
     @property
     def url(self) -> str:
@@ -198,13 +174,7 @@ class HAProxy:
         self.wait_for(rf"\[WARNING\].*Server {BACKEND}/{server} is UP")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.process.stop()
 
 
 def start_haproxy(workdir: Path, servers: dict[str, Proxy]) -> HAProxy:
@@ -228,8 +198,8 @@ def start_haproxy(workdir: Path, servers: dict[str, Proxy]) -> HAProxy:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    hx = HAProxy(proc, port, admin)
-    hx.start_reader()
+    hx = HAProxy(Process(proc), port, admin)
+    hx.process.start_reader()
     # The first passed check of each target: the frontend is bound and the targets are in.
     for name in servers:
         hx.wait_for(rf"\[WARNING\].*Health check for server {BACKEND}/{name} succeeded")
@@ -411,19 +381,8 @@ def replace(hx: HAProxy, load: Load, old: Replica, new: Replica) -> None:
     hx.command(f"disable server {BACKEND}/{old.name}")
 
 
-def poll(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Re-check a database condition until it holds or `timeout` passes (no push there)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def logged_ids(engine: Engine) -> Counter[str]:
-    with engine.connect() as conn:
-        return Counter(conn.execute(select(request_logs.c.id)).scalars())
+    return Counter(log_ids(engine))
 
 
 # ---------------------------------------------------------------------- the test
@@ -457,7 +416,12 @@ def test_rolling_deploy_loses_no_request_and_no_row(emulator: Emulator) -> None:
         sent = {o.request_id for o in outcomes if o.request_id}
         failed = [o for o in outcomes if o.error]
 
-        landed = poll(lambda: sent <= logged_ids(engine).keys())
+        try:  # the counts below say what is missing
+            landed = wait_until(
+                lambda: sent <= logged_ids(engine).keys(), what="a row for every request sent"
+            )
+        except AssertionError:
+            landed = False
         # Stopping the new replicas flushes whatever they still hold: now count exactly.
         for new in replicas[2:]:
             new.terminate()

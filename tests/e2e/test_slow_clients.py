@@ -9,16 +9,12 @@ import tempfile
 import time
 import urllib.error
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, select
 
-from claude_proxy.store.engine import make_engine
-from claude_proxy.store.schema import request_logs
 from tests.conftest import PROXY_KEY, Emulator, Proxy, start_proxy
-from tests.store.conftest import wait_until
+from tests.helpers import database, wait_for_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -27,20 +23,6 @@ READERS = 10
 # the way (a few MB) can hold, and 230 MB in all if the proxy buffered it.
 EVENTS, TEXT_BYTES = 20_000, 1000
 FAULT = f"events={EVENTS} text-bytes={TEXT_BYTES}"
-
-
-def rows_where(engine: Engine, column: str, value: str) -> list[dict[str, Any]]:
-    """The rows whose `column` is `value`, once there is one (the database cannot notify)."""
-    stmt = select(request_logs).where(request_logs.c[column] == value)
-    rows: list[dict[str, Any]] = []
-
-    def landed() -> bool:
-        with engine.connect() as conn:
-            rows[:] = [dict(r._mapping) for r in conn.execute(stmt)]
-        return bool(rows)
-
-    wait_until(landed, what=f"a row with {column} = {value}")
-    return rows
 
 
 def rss_mb(pid: int) -> float:
@@ -136,11 +118,8 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
             # The proxy closes the upstream request once it has dropped the client.
             entry = emulator.wait_request(upstream_id, "client_closed", timeout=10)
             assert entry["state"] == "client_closed"
-            engine = make_engine(px.env["DATABASE_URL"])
-            try:
-                row = rows_where(engine, "upstream_request_id", upstream_id)[0]
-            finally:
-                engine.dispose()
+            with database(px.env["DATABASE_URL"]) as engine:
+                row = wait_for_rows(engine, upstream_request_id=upstream_id)[0]
             assert row["client_disconnected"] is True
             assert row["status_code"] == 200 and row["output_tokens"] is not None
             # What the client finds when it comes back: a connection cut short, not a
@@ -178,12 +157,8 @@ def test_a_request_body_that_stops_coming_gets_408_and_one_row(emulator: Emulato
         assert head.startswith(b"HTTP/1.1 408 ")
         err = orjson.loads(body)
         assert err["error"]["type"] == "timeout_error"
-        engine = make_engine(px.env["DATABASE_URL"])
-        try:
-            rows = rows_where(engine, "id", err["request_id"])
-        finally:
-            engine.dispose()
-        row = rows[0]
+        with database(px.env["DATABASE_URL"]) as engine:
+            row = wait_for_rows(engine, id=err["request_id"])[0]
         assert (row["status_code"], row["error_type"]) == (408, "timeout_error")
         assert row["client_disconnected"] is False  # the proxy ended it, not the client
         assert row["upstream_attempts"] == 0  # nothing went upstream
@@ -199,11 +174,8 @@ def test_a_client_gone_before_its_body_is_logged_as_gone_not_as_bad_json(proxy: 
             f"POST /v1/messages HTTP/1.1\r\nhost: t\r\nx-api-key: {PROXY_KEY}\r\n"
             f"user-agent: {agent}\r\ncontent-length: 500\r\n\r\n".encode()
         )
-    engine = make_engine(proxy.env["DATABASE_URL"])
-    try:
-        rows = rows_where(engine, "user_agent", agent)
-    finally:
-        engine.dispose()
+    with database(proxy.env["DATABASE_URL"]) as engine:
+        rows = wait_for_rows(engine, user_agent=agent)
     assert len(rows) == 1
     assert rows[0]["client_disconnected"] is True
     assert rows[0]["status_code"] is None and rows[0]["upstream_attempts"] == 0

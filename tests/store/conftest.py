@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from claude_proxy.store.records import Usage
 from claude_proxy.store.engine import database_target, make_engine
 from claude_proxy.store.migrate import upgrade
-from claude_proxy.store.records import RequestRecord
+from claude_proxy.store.records import RequestRecord, Usage
 from claude_proxy.store.schema import request_logs
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_db import WriterDatabase
+from tests.helpers import log_ids
 from tests.pg import (
     PgBouncer,
     create_database,
@@ -40,21 +40,9 @@ from tests.pg import (
 )
 
 BACKENDS = ["sqlite", "postgres", "pgbouncer"]
-WAIT = 15.0  # upper bound for anything the tests wait for; they return as soon as it holds
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    """Poll `predicate` until it holds; fail after `timeout`. Returns as soon as it holds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(delay)  # poll interval, not a wait for the condition itself
-        delay = min(delay * 2, 0.05)
 
 
 def make_record(i: int, **overrides: Any) -> RequestRecord:
@@ -142,8 +130,7 @@ class Backend:
             return n
 
     def ids(self) -> list[str]:
-        with self.engine().connect() as conn:
-            return list(conn.execute(select(request_logs.c.id)).scalars())
+        return log_ids(self.engine())
 
     def reset(self) -> None:
         with self.engine().begin() as conn:
@@ -251,10 +238,6 @@ def writers() -> Iterator[list[LogWriter]]:
 @pytest.fixture
 def spill_dir(tmp_path: Path) -> Path:
     return tmp_path / "spill"
-
-
-def spill_lines(directory: Path) -> int:
-    return sum(len(p.read_bytes().splitlines()) for p in directory.glob("spill-*.jsonl"))
 
 
 def execute(engine: Engine, sql: str, **params: Any) -> list[Any]:

@@ -15,8 +15,6 @@ import os
 import secrets
 import sqlite3
 import stat
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,16 +35,17 @@ from claude_proxy.store.records import (
     MAX_SHORT_TEXT_CHARS,
     RequestRecord,
     bounded,
-    log_access,
 )
 from claude_proxy.store.rows import dump_row, record_to_row
 from claude_proxy.store.schema import request_logs
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_db import DatabaseTarget, Fault, WriterDatabase
+from claude_proxy.telemetry.access_log import log_access
+from tests.helpers import run_cli, spill_files, wait_until
 from tests.pg import drop_database, pg_admin, pg_url
-from tests.store.conftest import Backend, execute, make_record, wait_until
+from tests.store.conftest import Backend, execute, make_record
 from tests.store.test_spend import spend_of
-from tests.store.test_writer import FAST, spill_files_in, wait_stats
+from tests.store.test_writer import FAST, wait_stats
 
 PRICE = Decimal("0.01250000")
 # The report: a /v1/messages request whose model is 3,200 characters of random hex.
@@ -132,7 +131,7 @@ def test_one_oversized_model_does_not_hold_back_its_batch(
     for r in [bad, *good]:
         assert spend_of(db, r.key_id or "")["total"] == (PRICE, 1)
     w.close_sync(5)
-    assert spill_files_in(spill_dir) == [] and quarantine_files(spill_dir) == []
+    assert spill_files(spill_dir) == [] and quarantine_files(spill_dir) == []
 
 
 @on_postgres
@@ -197,22 +196,11 @@ def test_a_row_refused_even_reduced_is_quarantined_and_listed(
     assert "secret-agent" not in line and "10.0.0.1" not in line
     assert bad.key_id is not None and bad.key_id not in line
     w.close_sync(5)
-    assert spill_files_in(spill_dir) == []
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_PROXY_")}
-    env["CLAUDE_PROXY_SPILL_DIR"] = str(spill_dir)
+    assert spill_files(spill_dir) == []
 
     def cli(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "claude_proxy", "logs", "quarantine", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        env = {"CLAUDE_PROXY_SPILL_DIR": str(spill_dir)}
+        return run_cli("logs", "quarantine", *args, env=env, cwd=tmp_path)
 
     (listed,) = orjson.loads(cli("--json"))
     assert listed["id"] == bad.id and listed["file"] == qfile.name
@@ -290,7 +278,7 @@ def test_a_value_the_database_encoding_cannot_hold_is_stored_reduced(
     assert reduced.model == bad.model and reduced.input_tokens == bad.usage.input_tokens
     assert (Decimal(total.cost_usd), total.requests) == (PRICE * 4, 4)
     w.close_sync(5)
-    assert spill_files_in(spill_dir) == [] and quarantine_files(spill_dir) == []
+    assert spill_files(spill_dir) == [] and quarantine_files(spill_dir) == []
 
 
 @contextmanager
@@ -348,7 +336,7 @@ def test_a_constraint_violation_is_stored_reduced_or_quarantined(
     wait_stats(w2, "quarantine replayed", lambda s: s["replayed_files"] == 1)
     assert set(db.ids()) == {r.id for r in [evil, banned, *good]}
     assert spend_of(db, banned_key)["total"] == (PRICE, 1)
-    assert spill_files_in(spill_dir) == [] and quarantine_files(spill_dir) == []
+    assert spill_files(spill_dir) == [] and quarantine_files(spill_dir) == []
 
 
 @on_sqlite
@@ -456,7 +444,7 @@ def test_an_outage_spills_quarantines_nothing_and_recovers(
     wait_until(lambda: db.count() == 7, what="every row once the database is back")
     assert set(db.ids()) == {r.id for r in [warm, *recs]}
     assert row_of(db, recs[-1].id)["model"] == bounded(HEX_MODEL, MAX_MODEL_CHARS)
-    wait_until(lambda: spill_files_in(spill_dir) == [], what="spill files replayed")
+    wait_until(lambda: spill_files(spill_dir) == [], what="spill files replayed")
     assert quarantine_files(spill_dir) == []
 
 

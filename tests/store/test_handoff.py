@@ -3,19 +3,18 @@ whether the writer process is killed, stalls, or the proxy shuts down."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from claude_proxy.child import WRITER_PROCESS, build_writer
 from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.store.engine import database_target
 from claude_proxy.store.handoff import ProcessSink
 from claude_proxy.store.writer import LogWriter
-from claude_proxy.store.writer_process import WriterConfig, build_writer
-from tests.store.conftest import WAIT, Backend, make_record, spill_lines
+from claude_proxy.store.writer_process import WriterConfig
+from tests.helpers import WAIT, spill_lines, wait_until_async
+from tests.store.conftest import Backend, make_record
 
 
 def config(db: Backend, spill_dir: Path) -> WriterConfig:
@@ -32,17 +31,14 @@ def config(db: Backend, spill_dir: Path) -> WriterConfig:
 
 async def started(db: Backend, spill_dir: Path, capacity: int = 10_000) -> ProcessSink:
     cfg = config(db, spill_dir)
-    sink = ProcessSink(cfg, build_writer(cfg, PriceTable.load(None), None), capacity=capacity)
+    sink = ProcessSink(
+        config=cfg,
+        fallback=build_writer(cfg, PriceTable.load(None), None),
+        capacity=capacity,
+        process=WRITER_PROCESS,
+    )
     await sink.start()
     return sink
-
-
-async def until(what: str, predicate: Callable[[], bool]) -> None:
-    """Re-check a condition (the database and another process cannot notify us)."""
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def writer_pid(sink: ProcessSink) -> int:
@@ -56,8 +52,8 @@ async def test_records_reach_the_database_and_are_confirmed(db: Backend, spill_d
     recs = [make_record(i) for i in range(300)]
     for r in recs:
         sink.submit(r)
-    await until("300 rows", lambda: db.count() == 300)
-    await until("all confirmed", lambda: sink.stats()["unacknowledged"] == 0)
+    await wait_until_async(lambda: db.count() == 300, what="300 rows")
+    await wait_until_async(lambda: sink.stats()["unacknowledged"] == 0, what="all confirmed")
     await sink.close(5)
     assert sorted(db.ids()) == sorted(r.id for r in recs)
     assert spill_lines(spill_dir) == 0
@@ -74,8 +70,8 @@ async def test_a_killed_writer_process_is_replaced_and_nothing_is_lost(
     os.kill(first, signal.SIGKILL)  # with most of those still in flight
     for r in recs[200:]:
         sink.submit(r)
-    await until("a new writer process", lambda: sink.stats()["writer_pid"] != first)
-    await until("400 rows", lambda: db.count() >= 400)
+    await wait_until_async(lambda: sink.stats()["writer_pid"] != first, what="a new writer process")
+    await wait_until_async(lambda: db.count() >= 400, what="400 rows")
     await sink.close(5)
     ids = db.ids()
     assert len(ids) == 400 and set(ids) == {r.id for r in recs}

@@ -20,7 +20,7 @@ def engine(db: Backend) -> Iterator[Engine]:
 
 
 async def test_refresh_sees_changes_made_elsewhere(engine: Engine) -> None:
-    cache = KeyCache(["static-secret"], engine)
+    cache = KeyCache(static_keys=["static-secret"], engine=engine)
     row, secret = create_key(engine, KeySpec(name="a", rpm=5))
     assert cache.cached(secret.encode()) is None  # not loaded yet
     cache.refresh()
@@ -47,7 +47,7 @@ async def test_refresh_sees_changes_made_elsewhere(engine: Engine) -> None:
 
 
 async def test_unknown_keys_are_looked_up_at_a_bounded_rate(engine: Engine) -> None:
-    cache = KeyCache([], engine, miss_lookups_per_second=10)
+    cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=10)
     cache.refresh()
     row, secret = create_key(engine, KeySpec(name="new"))
     info = await cache.lookup(secret.encode())  # created after the refresh: one lookup
@@ -65,7 +65,7 @@ async def test_unknown_keys_are_looked_up_at_a_bounded_rate(engine: Engine) -> N
 # SQLite's "outage" here is a write lock, and key lookups are reads: nothing to test there.
 @pytest.mark.parametrize("backend", ["postgres", "pgbouncer"], indirect=True)
 async def test_unknown_key_with_the_database_down_is_retryable(db: Backend) -> None:
-    cache = KeyCache([], db.engine(connect_timeout=2))
+    cache = KeyCache(static_keys=[], engine=db.engine(connect_timeout=2))
     cache.refresh()
     _, known = create_key(db.engine(), KeySpec(name="known"))
     cache.refresh()
@@ -76,7 +76,7 @@ async def test_unknown_key_with_the_database_down_is_retryable(db: Backend) -> N
 
 
 def test_the_cache_holds_digests_not_keys() -> None:
-    cache = KeyCache(["sk-proxy-static-one"])
+    cache = KeyCache(static_keys=["sk-proxy-static-one"])
     assert cache.cached(b"sk-proxy-static-one") is not None
     assert cache.cached(b"sk-proxy-static-on") is None
     assert set(cache._by_digest) == {key_digest("sk-proxy-static-one")}

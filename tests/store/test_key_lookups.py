@@ -41,7 +41,7 @@ async def test_a_burst_of_first_requests_for_a_new_key_all_succeed_with_one_read
 ) -> None:
     # A small lookup rate, so that the old behaviour (answer "unknown" once the rate is
     # spent) would have refused most of the burst.
-    cache = KeyCache([], engine, miss_lookups_per_second=2)
+    cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=2)
     await cache.start()
     try:
         row, secret = create_key(engine, KeySpec(name="fresh"))  # after the cache loaded
@@ -56,7 +56,7 @@ async def test_a_burst_of_first_requests_for_a_new_key_all_succeed_with_one_read
 
 async def test_new_keys_over_the_lookup_rate_wait_for_their_turn(engine: Engine) -> None:
     rate = 10
-    cache = KeyCache([], engine, miss_lookups_per_second=rate)
+    cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=rate)
     cache.refresh()
     made = [create_key(engine, KeySpec(name=f"k{i}")) for i in range(rate + 3)]
     reads = ReadCounter(engine)
@@ -73,7 +73,7 @@ async def test_new_keys_over_the_lookup_rate_wait_for_their_turn(engine: Engine)
 async def test_unknown_keys_stay_cheap_and_a_full_queue_says_retry_not_unknown(
     engine: Engine,
 ) -> None:
-    cache = KeyCache([], engine, miss_lookups_per_second=1, miss_max_wait=0.5)
+    cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=1, miss_max_wait=0.5)
     cache.refresh()
     reads = ReadCounter(engine)
     guess = b"sk-proxy-guess-0"
@@ -92,7 +92,7 @@ async def test_unknown_keys_stay_cheap_and_a_full_queue_says_retry_not_unknown(
 async def test_a_client_leaving_does_not_cancel_the_lookup_others_wait_for(
     engine: Engine,
 ) -> None:
-    cache = KeyCache([], engine, miss_lookups_per_second=1)
+    cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=1)
     cache.refresh()
     assert await cache.lookup(b"sk-proxy-spend-the-slot") is None
     row, secret = create_key(engine, KeySpec(name="shared"))

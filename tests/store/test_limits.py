@@ -11,14 +11,14 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from claude_proxy.store.records import Usage
 from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.gateway.keys import KeyInfo
 from claude_proxy.gateway.limits import Limiter
 from claude_proxy.store.columns import current_period
-from claude_proxy.store.records import RequestRecord
+from claude_proxy.store.records import RequestRecord, Usage
 from claude_proxy.store.schema import key_spend, proxy_instances, rate_usage
-from tests.store.conftest import Backend, wait_until
+from tests.helpers import wait_until
+from tests.store.conftest import Backend
 
 PRICES = PriceTable.load()
 T0 = 1_800_000_000.0  # a fixed "now" (whole second) for the window arithmetic
@@ -37,7 +37,9 @@ def limiters(db: Backend) -> Iterator[list[Limiter]]:
 
 
 def new_limiter(made: list[Limiter], db: Backend, interval: float = 1.0) -> Limiter:
-    lim = Limiter(db.engine(), PRICES, sync_interval=interval, instance_id=uuid.uuid4().hex)
+    lim = Limiter(
+        engine=db.engine(), prices=PRICES, sync_interval=interval, instance_id=uuid.uuid4().hex
+    )
     made.append(lim)
     return lim
 

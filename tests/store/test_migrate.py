@@ -19,6 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, make_url, text
 
+from claude_proxy.child import MIGRATE_PROCESS
 from claude_proxy.store import migrate
 from claude_proxy.store.migrate import (
     HEAD_REVISION,
@@ -31,7 +32,8 @@ from claude_proxy.store.migrate import (
     upgrade,
 )
 from claude_proxy.store.schema import metadata
-from tests.store.conftest import Backend, pg_admin, wait_until
+from tests.helpers import wait_until
+from tests.store.conftest import Backend, pg_admin
 
 COLUMNS = {
     "id", "created_at", "key_id", "endpoint", "method", "model", "stream", "status_code",
@@ -149,7 +151,7 @@ def test_ensure_schema_migrates_a_fresh_database_in_a_child_then_does_nothing(
     backend: Backend, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = backend.engine(backend.new_database_url())
-    assert ensure_schema(engine) is True
+    assert ensure_schema(engine, MIGRATE_PROCESS) is True
     assert database_revision(engine) == current_revision(engine) == HEAD_REVISION
     # The child logs like the server (to the same stdout), so the line is in its output.
     out = capfd.readouterr().out
@@ -159,7 +161,7 @@ def test_ensure_schema_migrates_a_fresh_database_in_a_child_then_does_nothing(
         raise AssertionError("a current schema must not start a migration process")
 
     monkeypatch.setattr(migrate.subprocess, "run", no_child)
-    assert ensure_schema(engine) is False
+    assert ensure_schema(engine, MIGRATE_PROCESS) is False
     assert "migrated" not in capfd.readouterr().out
 
 
@@ -177,7 +179,7 @@ def test_ensure_schema_failure_says_why_without_the_password(
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     with pytest.raises(MigrationError) as err:
-        ensure_schema(engine)
+        ensure_schema(engine, MIGRATE_PROCESS)
     message = str(err.value)
     assert "exited with code 1" in message
     assert "9999" in message  # Alembic's "Can't locate revision identified by '9999'"
@@ -199,7 +201,7 @@ def test_ensure_schema_from_two_replicas_migrates_once(
 
     def replica() -> None:
         try:
-            ensure_schema(backend.engine(url, sqlite_busy_timeout_ms=5000))
+            ensure_schema(backend.engine(url, sqlite_busy_timeout_ms=5000), MIGRATE_PROCESS)
         except BaseException as exc:
             errors.append(exc)
 
@@ -263,7 +265,7 @@ _STARTUP_SCRIPT = textwrap.dedent(
     from claude_proxy.store.migrate import database_revision
 
     async def main():
-        setup_logging()  # as server.run_worker does
+        setup_logging()  # as wiring.run_worker does
         app = ProxyApp(Settings())
         await app.startup()
         try:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-from claude_proxy.store.records import Usage
 from claude_proxy.store.queries import LogFollower, percentile, recent_logs, usage_summary
+from claude_proxy.store.records import Usage
 from claude_proxy.store.rows import record_to_row
 from claude_proxy.store.schema import request_logs
 from tests.store.conftest import Backend, make_record

@@ -8,11 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from claude_proxy.store.records import Usage
 from claude_proxy.store.columns import ROW_COLUMNS, TOKEN_COLUMNS
 from claude_proxy.store.records import (
     MAX_ERROR_MESSAGE_CHARS,
     RequestRecord,
+    Usage,
     bounded,
     decode_record,
     encode_record,

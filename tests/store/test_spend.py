@@ -13,7 +13,8 @@ from claude_proxy.store.columns import current_period
 from claude_proxy.store.rows import dump_row, record_to_row
 from claude_proxy.store.schema import key_spend
 from claude_proxy.store.writer import LogWriter
-from tests.store.conftest import Backend, make_record, wait_until
+from tests.helpers import wait_until
+from tests.store.conftest import Backend, make_record
 from tests.store.test_writer import FAST
 
 PRICE = Decimal("0.01250000")

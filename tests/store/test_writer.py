@@ -20,7 +20,8 @@ import pytest
 from claude_proxy.store.records import RequestRecord
 from claude_proxy.store.rows import dump_row, record_to_row
 from claude_proxy.store.writer import LogWriter
-from tests.store.conftest import WAIT, Backend, make_record, spill_lines, wait_until
+from tests.helpers import WAIT, spill_files, spill_lines, wait_until
+from tests.store.conftest import Backend, make_record
 
 FAST = {"flush_interval": 0.05, "backoff_initial": 0.05, "backoff_max": 0.2}
 
@@ -44,10 +45,6 @@ def wait_stats(w: LogWriter, what: str, pred: Any) -> dict[str, Any]:
 
 def records(n: int, start: int = 0) -> list[RequestRecord]:
     return [make_record(i) for i in range(start, start + n)]
-
-
-def spill_files_in(d: Path) -> list[Path]:
-    return sorted(d.glob("spill-*.jsonl")) if d.exists() else []
 
 
 def write_spill_file(
@@ -75,7 +72,7 @@ def test_writes_records_in_batches_with_cost(
     assert stats["spilled"] == 0 and stats["failed_batches"] == 0
     assert sorted(db.ids()) == sorted(r.id for r in recs)
     w.close_sync(5)
-    assert spill_files_in(spill_dir) == []
+    assert spill_files(spill_dir) == []
     with db.engine().connect() as conn:
         from sqlalchemy import func, select
 
@@ -119,7 +116,7 @@ def test_full_queue_spills_from_submit_without_waiting(
         assert stats["spilled_queue_full"] == stats["spilled"] == 280
         assert spill_lines(spill_dir) == 280
         # This process holds the lock on its own spill file.
-        (own,) = spill_files_in(spill_dir)
+        (own,) = spill_files(spill_dir)
         fd = os.open(own, os.O_RDONLY)
         try:
             with pytest.raises(BlockingIOError):
@@ -133,7 +130,7 @@ def test_full_queue_spills_from_submit_without_waiting(
         lambda s: s["written"] + s["replayed"] == 300 and s["replayed_files"] >= 1,
     )
     assert sorted(db.ids()) == sorted(r.id for r in recs)
-    wait_until(lambda: spill_files_in(spill_dir) == [], what="spill file deleted after replay")
+    wait_until(lambda: spill_files(spill_dir) == [], what="spill file deleted after replay")
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "spill" in messages and "replay" in messages
 
@@ -186,7 +183,7 @@ async def test_submit_on_the_event_loop_while_the_database_hangs(
     w2.start()
     wait_until(lambda: db.count() == 500, what="500 rows after replay")
     wait_until(lambda: w._thread is not None and not w._thread.is_alive(), what="old thread done")
-    wait_until(lambda: db.count() == 500 and spill_files_in(spill_dir) == [], what="no leftovers")
+    wait_until(lambda: db.count() == 500 and spill_files(spill_dir) == [], what="no leftovers")
     w2.close_sync(5)
     assert sorted(db.ids()) == sorted(r.id for r in recs)
 
@@ -224,7 +221,7 @@ def test_database_outage_spills_then_replays_exactly_once(
     ids = db.ids()
     assert len(ids) == len(set(ids)) == 2000
     assert set(ids) == {r.id for r in recs}
-    wait_until(lambda: spill_files_in(spill_dir) == [], what="spill files deleted")
+    wait_until(lambda: spill_files(spill_dir) == [], what="spill files deleted")
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("spill: database write failed") for m in messages)
     assert any(m.startswith("replay: ") and " records from " in m for m in messages)
@@ -245,7 +242,7 @@ def test_database_down_at_startup_then_back(
         assert left.exists()
     wait_until(lambda: db.count() == 120, what="120 rows once the database is back")
     assert set(db.ids()) == {r.id for r in recs}
-    wait_until(lambda: spill_files_in(spill_dir) == [], what="spill files deleted")
+    wait_until(lambda: spill_files(spill_dir) == [], what="spill files deleted")
 
 
 # --------------------------------------------------------------- replays
@@ -345,7 +342,7 @@ def test_spill_file_of_a_killed_process_is_replayed_but_never_a_live_ones(
             w.start()
             # Scans run, but the file is locked by a live process: it must stay untouched.
             wait_stats(w, "two scans", lambda s: s["replay_scans"] >= 2)
-            assert db.count() == 0 and len(spill_files_in(spill_dir)) == 1
+            assert db.count() == 0 and len(spill_files(spill_dir)) == 1
             proc.kill()  # kill -9: no cleanup, no unlock call; the kernel drops the lock
             proc.wait(10)
             stats = wait_stats(w, "crash file replayed", lambda s: s["replayed_files"] == 1)
@@ -354,7 +351,7 @@ def test_spill_file_of_a_killed_process_is_replayed_but_never_a_live_ones(
                 proc.kill()
     assert stats["torn_lines"] == 1 and stats["replayed"] == 40
     assert set(db.ids()) == set(ids)
-    assert spill_files_in(spill_dir) == []
+    assert spill_files(spill_dir) == []
 
 
 # --------------------------------------------------------------- shutdown
@@ -375,7 +372,7 @@ def test_shutdown_flushes_the_queue_within_the_window(
     stats = w.stats()
     assert stats["written"] == 700 and stats["spilled"] == 0
     assert db.count() == 700
-    assert spill_files_in(spill_dir) == []
+    assert spill_files(spill_dir) == []
     # After close, a late record still is not lost: it goes to the spill file.
     late = make_record(10_000)
     w.submit(late)
@@ -408,7 +405,5 @@ def test_shutdown_while_the_database_hangs_spills_the_rest_in_time(
     # The next start replays: duplicates (the stuck batch may have committed) are harmless.
     w2 = new_writer(writers, db, spill_dir)
     w2.start()
-    wait_until(
-        lambda: db.count() == 60 and spill_files_in(spill_dir) == [], what="60 rows, no spill"
-    )
+    wait_until(lambda: db.count() == 60 and spill_files(spill_dir) == [], what="60 rows, no spill")
     assert set(db.ids()) == {r.id for r in recs}

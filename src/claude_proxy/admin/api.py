@@ -43,8 +43,8 @@ from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException
 
 from claude_proxy import __version__
-from claude_proxy.cli.logs import parse_duration
-from claude_proxy.formats.anthropic.errors import STATUS_FOR_TYPE, error_body, send_error
+from claude_proxy.formats.anthropic.errors import error_body, send_error
+from claude_proxy.gateway.errors import STATUS_FOR_TYPE
 from claude_proxy.gateway.keys import KeyCache
 from claude_proxy.http.asgi import Message, Receive, Scope, Send
 from claude_proxy.store.columns import current_period, money_text
@@ -62,7 +62,7 @@ from claude_proxy.store.keys import (
     update_key,
     with_spend,
 )
-from claude_proxy.store.queries import recent_logs, usage_summary
+from claude_proxy.store.queries import parse_duration, recent_logs, usage_summary
 from claude_proxy.store.records import bounded, new_request_id
 
 log = logging.getLogger("claude_proxy.admin")

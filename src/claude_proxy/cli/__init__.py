@@ -1,0 +1,1 @@
+"""The command line: `claude-proxy serve | emulator | keys | logs | usage | db`."""

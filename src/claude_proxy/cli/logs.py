@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -22,29 +21,8 @@ import orjson
 from claude_proxy.settings import Settings
 from claude_proxy.store.engine import make_engine, redacted_url
 from claude_proxy.store.migrate import current_revision, upgrade
-from claude_proxy.store.queries import LogFollower, recent_logs, usage_summary
+from claude_proxy.store.queries import LogFollower, parse_duration, recent_logs, usage_summary
 from claude_proxy.store.spill import quarantined_rows
-
-_SINCE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-# Durations past this are refused (a date that far away cannot be written anyway).
-_MAX_DURATION = timedelta(days=365 * 100)
-
-
-def parse_duration(text: str) -> timedelta | None:
-    """`7d`, `12h`, `30m`, `45s`, `2w` as a timedelta; None if the text is not one."""
-    m = _SINCE.match(text.strip()[:32])
-    if m is None:
-        return None
-    try:
-        d = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-    except OverflowError:
-        d = _MAX_DURATION * 2
-    if d > _MAX_DURATION:
-        raise ValueError(f"{text[:32]} is longer than 100 years")
-    return d
 
 
 def parse_duration_arg(text: str) -> timedelta | None:

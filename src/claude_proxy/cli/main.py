@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import secrets
 import shutil
 import socket
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from claude_proxy import __version__
 from claude_proxy.telemetry.logs import setup_logging
+
+if TYPE_CHECKING:
+    from claude_proxy.settings import Settings
 
 DEMO_UPSTREAM_KEY = "sk-ant-demo-emulator-upstream"
 
@@ -37,17 +42,19 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _start_demo() -> Callable[[], None]:
+def _start_demo(settings: Settings) -> tuple[Settings, Callable[[], None]]:
     """No upstream key: run the built-in emulator as upstream, with a printed demo key."""
     from claude_proxy.emulator import start_in_thread
 
     url, stop = start_in_thread("127.0.0.1", 0)
-    os.environ["ANTHROPIC_BASE_URL"] = url
-    os.environ["ANTHROPIC_API_KEY"] = DEMO_UPSTREAM_KEY
-    os.environ["CLAUDE_PROXY_DEMO"] = "true"
-    if not os.environ.get("CLAUDE_PROXY_API_KEYS", "").strip():
-        os.environ["CLAUDE_PROXY_API_KEYS"] = "sk-proxy-demo-" + secrets.token_urlsafe(18)
-    return stop
+    demo: dict[str, object] = {
+        "anthropic_base_url": url,
+        "anthropic_api_key": SecretStr(DEMO_UPSTREAM_KEY),
+        "demo": True,
+    }
+    if not settings.client_keys():
+        demo["api_keys"] = SecretStr("sk-proxy-demo-" + secrets.token_urlsafe(18))
+    return settings.model_copy(update=demo), stop
 
 
 def _demo_banner(url: str, key: str) -> str:
@@ -95,13 +102,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _fail(
             "ANTHROPIC_BASE_URL is set but ANTHROPIC_API_KEY is not; set both, or neither for demo mode."
         )
-    if not has_key:
-        stop_demo = _start_demo()
     try:
         settings = Settings()
     except ValidationError as exc:
         _fail(f"invalid configuration:\n{exc}")
         raise  # unreachable; keeps type checkers sure `settings` is bound
+    if not has_key:
+        settings, stop_demo = _start_demo(settings)
     keys = settings.client_keys()
     admin = settings.admin_token()
     if admin and admin in keys:
@@ -124,14 +131,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}"
-    os.environ["CLAUDE_PROXY_LISTEN_URL"] = url
+    settings = settings.model_copy(update={"listen_url": url})
     if settings.demo:
         print(_demo_banner(url, keys[0]), flush=True)
 
     from claude_proxy.http.runner import serve
+    from claude_proxy.wiring import run_worker
 
     try:
-        code = serve(sock, args.workers)
+        # The settings travel to each worker as an object (pickled into the spawned process).
+        code = serve(sock, args.workers, functools.partial(run_worker, settings))
     finally:
         if stop_demo is not None:
             stop_demo()

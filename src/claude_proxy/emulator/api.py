@@ -3,7 +3,8 @@
 Routing is on the path only (query strings such as `?beta=true` are accepted everywhere).
 Order of checks on `/v1/*`, as the real API: credential (`x-api-key` or `Authorization: Bearer`),
 then `anthropic-version`, then the body. Faults from `x-emulator-fault` (or a `<<emulator: ...>>`
-marker in the messages) are applied after validation.
+marker in the messages) are applied after validation. `/v1/chat/completions` (chat.py) is the
+OpenAI-compatible endpoint: the same checks less `anthropic-version`, errors in OpenAI's shape.
 
 The hot path (a plain non-streaming `POST /v1/messages`) answers synchronously from
 `data_received`: no task, one orjson parse, one render, one write. A body seen before with a
@@ -16,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
-from claude_proxy.emulator import catalog
+from claude_proxy.emulator import catalog, chat
 from claude_proxy.emulator.batches import BatchStore
 from claude_proxy.emulator.cache import InputUsage, PromptCache
 from claude_proxy.emulator.faults import (
@@ -174,6 +176,8 @@ class EmulatorApp:
         req.entry = self.journal.add(rid, req.method, path, req.query, req.headers, len(req.body))
         if path == b"/v1/messages":
             return self._messages(req)
+        if path == chat.PATH:
+            return self._chat(req)
         if path.startswith(b"/v1/messages/"):
             rest = path[13:]
             if rest == b"count_tokens":
@@ -199,7 +203,11 @@ class EmulatorApp:
         rid = req.request_id
         common = self.common.success() if status == 429 else self.common.basic()
         head = CT_JSON + request_id_line(rid) + common + extra
-        req.conn.respond(req, status, head, error_body(error_type, message, rid))
+        if req.path == chat.PATH:  # the OpenAI-compatible endpoint answers in OpenAI's shape
+            body = chat.error_body(error_type, message)
+        else:
+            body = error_body(error_type, message, rid)
+        req.conn.respond(req, status, head, body)
 
     def _ok(self, req: Request, body: bytes, status: int = 200) -> None:
         head = CT_JSON + request_id_line(req.request_id) + self.common.success()
@@ -327,7 +335,7 @@ class EmulatorApp:
                 frames = sse_frames(reply)
                 if replayable:
                     return self._replayed(req, self._remember(req.body, reply, frames))
-                return self._stream(req, frames, 0, 0, None)
+                return self._stream(req, frames)
             body = message_json(reply)
             if replayable:
                 self._remember(req.body, reply, body)
@@ -352,7 +360,12 @@ class EmulatorApp:
         midstream = fault.midstream if failing else None
         if stream:
             return self._stream(
-                req, sse_frames(reply), fault.first_byte_ms, fault.event_ms, midstream, fault.after
+                req,
+                sse_frames(reply),
+                first_byte_ms=fault.first_byte_ms,
+                event_ms=fault.event_ms,
+                midstream=midstream,
+                after=fault.after,
             )
         if midstream is None and not fault.first_byte_ms:
             self._ok(req, message_json(reply))
@@ -388,7 +401,7 @@ class EmulatorApp:
         if rest is None:
             self._ok(req, first)
             return None
-        return self._stream(req, (len(rest) + 1, itertools.chain((first,), rest)), 0, 0, None)
+        return self._stream(req, (len(rest) + 1, itertools.chain((first,), rest)))
 
     def _usage(self, model: str, shape: InputShape | None, simple: int | None) -> InputUsage:
         if shape is None:
@@ -402,11 +415,15 @@ class EmulatorApp:
         self,
         req: Request,
         frames: tuple[int, Iterator[bytes]],
-        first_byte_ms: int,
-        event_ms: int,
-        midstream: str | None,
+        *,
+        first_byte_ms: int = 0,
+        event_ms: int = 0,
+        midstream: str | None = None,
         after: int = 3,
+        error: bytes | None = None,
     ) -> None:
+        """Send SSE `frames`; with `midstream`, cut the stream after `after` of them (with
+        `error` as the error event, the Messages one by default)."""
         conn = req.conn
         if first_byte_ms:
             await asyncio.sleep(first_byte_ms / 1000)
@@ -421,7 +438,7 @@ class EmulatorApp:
                 if delay and i:
                     await asyncio.sleep(delay)
                 if i == cut:
-                    await self._cut_stream(req, midstream)
+                    await self._cut_stream(req, midstream, error)
                     return
                 conn.send(frame)
                 if conn.paused:
@@ -440,10 +457,10 @@ class EmulatorApp:
                     await asyncio.sleep(0)
         conn.end_stream(req)
 
-    async def _cut_stream(self, req: Request, mode: str | None) -> None:
+    async def _cut_stream(self, req: Request, mode: str | None, error: bytes | None = None) -> None:
         conn = req.conn
         if mode == "error":
-            conn.send(error_frame(req.request_id))
+            conn.send(error if error is not None else error_frame(req.request_id))
             conn.end_stream(req)
         elif mode == "reset":
             conn.abort(req)
@@ -474,6 +491,67 @@ class EmulatorApp:
             conn.drop(req)
         else:
             await conn.wait_closed()
+
+    # --- /v1/chat/completions (OpenAI's shapes) -------------------------------------------------
+
+    def _chat(self, req: Request) -> Coro | None:
+        """The OpenAI-compatible endpoint (chat.py): auth as `/v1/messages` but without
+        `anthropic-version` (OpenAI's SDK sends none), the same validation, tokens, content
+        and faults, rendered as Chat Completions."""
+        self._auth(req, version=False)
+        if req.method != b"POST":
+            raise ApiError(405, "Method Not Allowed", "invalid_request_error")
+        fault = self._header_fault(req)
+        params = self._json(req, MESSAGES_LIMIT)
+        _, body, include_usage = chat.to_messages(params)
+        tokens = fast_tokens(body)
+        if tokens is None:
+            tokens = measure(body, hashing=False).tokens
+        usage = InputUsage(tokens)  # no prompt caching through this endpoint
+        if fault is None and MARKER in req.body:
+            spec = marker_spec(body)
+            if spec is not None:
+                try:
+                    fault = parse_fault(spec)
+                except FaultSpecError as exc:
+                    raise ApiError(400, str(exc)) from None
+        stream = params.get("stream") is True
+        created = int(time.time())
+        if fault is None:
+            reply = build_reply(body, usage)
+            if stream:
+                return self._stream(req, chat.chunks(reply, created, include_usage))
+            self._ok(req, chat.completion(reply, created))
+            return None
+        failing = self.counters.should_fail(fault)
+        if failing and (fault.close_before_headers or fault.status is not None):
+            if fault.first_byte_ms:
+                return self._faulted(req, fault, True, lambda r: None)
+            if fault.close_before_headers:
+                req.conn.drop(req)
+            else:
+                self._fault_error(req, fault)
+            return None
+        reply = build_reply(
+            body, usage, events=fault.events, text_bytes=fault.text_bytes, force_tool=fault.tool
+        )
+        midstream = fault.midstream if failing else None
+        if stream:
+            frames = chat.chunks(reply, created, include_usage)
+            return self._stream(
+                req,
+                frames,
+                first_byte_ms=fault.first_byte_ms,
+                event_ms=fault.event_ms,
+                midstream=midstream,
+                after=fault.after,
+                error=chat.error_frame(),
+            )
+        rendered = chat.completion(reply, created)
+        if midstream is None and not fault.first_byte_ms:
+            self._ok(req, rendered)
+            return None
+        return self._message_slow(req, rendered, fault.first_byte_ms, midstream)
 
     # --- count_tokens, models, batches ----------------------------------------------------------
 

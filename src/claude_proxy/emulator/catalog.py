@@ -1,7 +1,7 @@
-"""The model catalogue served by `/v1/models`: the ids of §5 of the API reference, newest first.
+"""The model catalogue served by `/v1/models`: the ids the Anthropic API lists, newest first.
 
-Release dates come from the reference where it has them; the rest (and the context sizes) are
-plausible placeholders, kept in release order. Lifecycle follows the reference as of 2026-11:
+Release dates are the API's where it publishes them; the rest (and the context sizes) are
+plausible placeholders, kept in release order. Lifecycle as the API documents it:
 `claude-sonnet-4-5` is deprecated, the models it lists as end-of-life are retired (hidden from
 the default listing, still retrievable, as the real API does).
 """

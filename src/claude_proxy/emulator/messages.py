@@ -8,7 +8,7 @@ carry the same blocks and usage. Content, in order:
 - a tool_use block, when `tool_choice` forces a tool or the fault spec says `tool`.
 `max_tokens` truncates the output (stop_reason "max_tokens") as the real API does.
 
-SSE follows the wire format of the API reference §2 exactly: `event:` + `data:` + blank line, LF
+SSE follows the API's wire format exactly: `event:` + `data:` + blank line, LF
 only, `{"type": "ping"}` (with the space) right after the first content_block_start, real input
 and cache counts in message_start with `output_tokens: 1`, cumulative usage in the single
 message_delta, then message_stop. Each event is framed as one HTTP chunk. The text deltas, which

@@ -1,0 +1,1 @@
+"""The format-neutral request path: keys, limits, body budget, dispatch, one error value."""

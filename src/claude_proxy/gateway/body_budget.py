@@ -20,7 +20,7 @@ from collections import deque
 class BodyBudget:
     """`try_reserve` on the request path; `reserve` to wait when it says no; `release`."""
 
-    def __init__(self, limit: int, wait_seconds: float) -> None:
+    def __init__(self, *, limit: int, wait_seconds: float) -> None:
         self.limit = limit
         self.wait_seconds = wait_seconds
         self.used = 0

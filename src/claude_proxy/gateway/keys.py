@@ -106,9 +106,9 @@ class KeyCache:
 
     def __init__(
         self,
+        *,
         static_keys: list[str],
         engine: Engine | None = None,
-        *,
         refresh_interval: float = 2.0,
         miss_lookups_per_second: float = 20.0,
         miss_max_wait: float = _MISS_MAX_WAIT,
@@ -125,7 +125,7 @@ class KeyCache:
         self._since: datetime | None = None
         self._loaded = False
         self._healthy_at = float("-inf")  # monotonic time of the last good refresh
-        self._misses = _TokenBucket(miss_lookups_per_second, miss_lookups_per_second)
+        self._misses = _TokenBucket(capacity=miss_lookups_per_second, rate=miss_lookups_per_second)
         self._miss_max_wait = miss_max_wait
         self._unknown: OrderedDict[bytes, float] = OrderedDict()
         # One database lookup per digest at a time; every concurrent request awaits it.
@@ -282,7 +282,9 @@ class BadKeyThrottle:
     then once per `1/rate` seconds. Only requests whose key is not already known pass
     through here, so good keys from the same address are never slowed."""
 
-    def __init__(self, burst: float = 20.0, per_minute: float = 20.0, max_clients: int = 10_000):
+    def __init__(
+        self, *, burst: float = 20.0, per_minute: float = 20.0, max_clients: int = 10_000
+    ) -> None:
         self._burst = burst
         self._rate = per_minute / 60.0
         self._max = max_clients
@@ -299,7 +301,9 @@ class BadKeyThrottle:
         key = client or ""
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _TokenBucket(self._burst, self._rate, now)
+            bucket = self._buckets[key] = _TokenBucket(
+                capacity=self._burst, rate=self._rate, now=now
+            )
             while len(self._buckets) > self._max:
                 self._buckets.popitem(last=False)
         self._buckets.move_to_end(key)
@@ -309,7 +313,7 @@ class BadKeyThrottle:
 class _TokenBucket:
     __slots__ = ("capacity", "rate", "tokens", "updated")
 
-    def __init__(self, capacity: float, rate: float, now: float | None = None) -> None:
+    def __init__(self, *, capacity: float, rate: float, now: float | None = None) -> None:
         self.capacity = capacity
         self.rate = rate
         self.tokens = capacity

@@ -37,33 +37,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine
 
-from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.gateway.errors import ProxyError, refusal
 from claude_proxy.gateway.keys import KeyInfo
+from claude_proxy.gateway.window import SlidingCounts
 from claude_proxy.store.columns import current_period
-from claude_proxy.store.records import MAX_MODEL_CHARS, RequestRecord, bounded
-from claude_proxy.store.schema import DatabaseNow, key_spend, proxy_instances, rate_usage
-from claude_proxy.upstream.window import SlidingCounts
+from claude_proxy.store.limits import leave, sync_counts
+from claude_proxy.store.records import MAX_MODEL_CHARS, Pricer, RequestRecord, bounded
 
 log = logging.getLogger("claude_proxy.limits")
 
 WINDOW = 60  # seconds: "per minute"
-_LIVE = timedelta(seconds=5)  # a process not heard from for this long is not counted in N
 _PRUNE_EVERY = 30.0  # seconds between deletions of old rate_usage rows
 _STALE_AFTER = 3  # sync intervals without a good sync: counting is local only
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a request is refused before it goes upstream, and how to say so."""
-
-    reason: str  # model_not_allowed | rpm | tpm | budget (stored in request_logs.refusal)
-    error_type: str
-    status: int
-    message: str
-    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass
@@ -96,9 +83,9 @@ class Limiter:
 
     def __init__(
         self,
-        engine: Engine | None,
-        prices: PriceTable,
         *,
+        engine: Engine | None,
+        prices: Pricer,
         sync_interval: float = 1.0,
         spend_lag: float = 3.0,
         instance_id: str | None = None,
@@ -133,29 +120,28 @@ class Limiter:
 
     # ----------------------------------------------------------- request path
 
-    def check_models(self, key: KeyInfo, models: list[str]) -> Refusal | None:
+    def check_models(self, key: KeyInfo, models: list[str]) -> ProxyError | None:
         """A refusal if the key may not use one of these models (known once the body is read)."""
         for model in models:
             if not key.allows_model(model):
                 allowed = ", ".join(key.models or ())
                 shown = bounded(model, MAX_MODEL_CHARS)
-                return Refusal(
+                return refusal(
                     "model_not_allowed",
                     "permission_error",
-                    403,
                     f"This key may not use model '{shown}'. Allowed models: {allowed}.",
                 )
         return None
 
-    def check(self, key: KeyInfo, now: float) -> Refusal | None:
+    def check(self, key: KeyInfo, now: float) -> ProxyError | None:
         """The first limit (budget, RPM, TPM) this request would break, or None to let it
         through; needs nothing from the body, so it runs before the body is read."""
         if not key.limited:
             return None
         if key.budget_usd is not None:
-            refusal = self._check_budget(key, now)
-            if refusal is not None:
-                return refusal
+            refused = self._check_budget(key, now)
+            if refused is not None:
+                return refused
         if key.rpm is None and key.tpm is None:
             return None
         now_s = int(now)
@@ -192,7 +178,7 @@ class Limiter:
         if key.budget_usd is not None:
             self._budget_keys[key.key_id] = key.budget_period or "total"
 
-    def check_reservation(self, key: KeyInfo, usd: float, now: float) -> Refusal | None:
+    def check_reservation(self, key: KeyInfo, usd: float, now: float) -> ProxyError | None:
         """A refusal if reserving `usd` (a message batch's estimate) would cross the key's
         budget: a batch runs later, so its whole estimate must fit in what is left now."""
         if key.budget_usd is None or usd <= 0:
@@ -208,7 +194,7 @@ class Limiter:
             f"batch prices) and {_usd(left)} of {_usd(key.budget_usd)} is left. Submit fewer "
             "requests, lower max_tokens, or raise the budget."
         )
-        return Refusal("budget", "rate_limit_error", 429, msg, ((b"x-should-retry", b"false"),))
+        return refusal("budget", "rate_limit_error", msg, headers=((b"x-should-retry", b"false"),))
 
     def reserve(self, key: KeyInfo, usd: float, tokens: int, now: float) -> None:
         """Count a reservation (a batch's estimate; negative to give one back) at once, in
@@ -265,7 +251,7 @@ class Limiter:
             self._allowance[key.key_id] = gen_left
         return gen_left[1] > 0
 
-    def _check_budget(self, key: KeyInfo, now: float) -> Refusal | None:
+    def _check_budget(self, key: KeyInfo, now: float) -> ProxyError | None:
         assert key.budget_usd is not None
         period = key.budget_period or "total"
         self._budget_keys[key.key_id] = period
@@ -282,7 +268,7 @@ class Limiter:
             f"Budget exhausted for key '{key.name or key.key_id}': "
             f"{_usd(spent)} of {_usd(key.budget_usd)} spent {span}. {when}"
         )
-        return Refusal("budget", "rate_limit_error", 429, msg, ((b"x-should-retry", b"false"),))
+        return refusal("budget", "rate_limit_error", msg, headers=((b"x-should-retry", b"false"),))
 
     def spent(self, key_id: str, period: str, now: float) -> float:
         """Spend in the current period: the last snapshot plus this process's recent costs."""
@@ -379,91 +365,28 @@ class Limiter:
     def _sync_db(
         self, dirty: list[tuple[str, int, int, int]], budget_keys: dict[str, str], now: float
     ) -> _SyncResult:
-        """Runs in a thread: one write transaction, then the reads."""
+        """Runs in a thread: the shared counts' SQL (store/limits.py)."""
         assert self._engine is not None
-        engine = self._engine
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        now_s = int(now)
-        with engine.begin() as conn:
-            db_now: datetime = conn.execute(select(DatabaseNow())).scalar_one()
-            beat = insert(proxy_instances).values(
-                instance_id=self.instance_id,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                started_at=self._started_at,
-                last_seen=db_now,
-            )
-            conn.execute(
-                beat.on_conflict_do_update(
-                    index_elements=["instance_id"], set_={"last_seen": beat.excluded.last_seen}
-                )
-            )
-            if dirty:
-                rows = [
-                    {"instance_id": self.instance_id, "key_id": k, "bucket": s, "requests": r,
-                     "tokens": t}
-                    for k, s, r, t in sorted(dirty)
-                ]  # fmt: skip
-                up = insert(rate_usage)
-                conn.execute(
-                    up.on_conflict_do_update(
-                        index_elements=["instance_id", "key_id", "bucket"],
-                        set_={"requests": up.excluded.requests, "tokens": up.excluded.tokens},
-                    ),
-                    rows,
-                )
-            if time.monotonic() >= self._next_prune:
-                self._next_prune = time.monotonic() + _PRUNE_EVERY
-                conn.execute(delete(rate_usage).where(rate_usage.c.bucket <= now_s - 2 * WINDOW))
-                conn.execute(
-                    delete(proxy_instances).where(
-                        proxy_instances.c.last_seen < db_now - timedelta(hours=1)
-                    )
-                )
-        with engine.connect() as conn:
-            others: dict[str, _Others] = {}
-            stmt = (
-                select(
-                    rate_usage.c.key_id,
-                    rate_usage.c.bucket,
-                    func.sum(rate_usage.c.requests),
-                    func.sum(rate_usage.c.tokens),
-                )
-                .where(
-                    rate_usage.c.bucket > now_s - WINDOW,
-                    rate_usage.c.instance_id != self.instance_id,
-                )
-                .group_by(rate_usage.c.key_id, rate_usage.c.bucket)
-                .order_by(rate_usage.c.key_id, rate_usage.c.bucket)
-            )
-            for key_id, bucket, req, tok in conn.execute(stmt):
-                others.setdefault(key_id, _Others()).buckets.append(
-                    (int(bucket), int(req), int(tok))
-                )
-            instances = conn.execute(
-                select(func.count())
-                .select_from(proxy_instances)
-                .where(proxy_instances.c.last_seen > db_now - _LIVE)
-            ).scalar_one()
-            spend: dict[tuple[str, str], float] = {}
-            if budget_keys:
-                periods = {current_period(p, _utc(now)) for p in budget_keys.values()}
-                rows_ = conn.execute(
-                    select(key_spend.c.key_id, key_spend.c.period, key_spend.c.cost_usd).where(
-                        key_spend.c.period.in_(sorted(periods)),
-                        key_spend.c.key_id.in_(sorted(budget_keys)),
-                    )
-                )
-                spend = {(k, p): float(c) for k, p, c in rows_}
-        return _SyncResult(others, int(instances), spend)
+        prune = time.monotonic() >= self._next_prune
+        if prune:
+            self._next_prune = time.monotonic() + _PRUNE_EVERY
+        shared = sync_counts(
+            self._engine,
+            instance_id=self.instance_id,
+            started_at=self._started_at,
+            dirty=dirty,
+            budget_keys=budget_keys,
+            now=_utc(now),
+            window=WINDOW,
+            prune=prune,
+        )
+        others = {k: _Others(buckets=b) for k, b in shared.others.items()}
+        return _SyncResult(others, shared.instances, shared.spend)
 
     def _leave(self, dirty: list[tuple[str, int, int, int]]) -> None:
         assert self._engine is not None
         self._sync_db(dirty, {}, time.time())
-        with self._engine.begin() as conn:
-            conn.execute(
-                delete(proxy_instances).where(proxy_instances.c.instance_id == self.instance_id)
-            )
+        leave(self._engine, self.instance_id)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -473,12 +396,12 @@ class Limiter:
         }
 
 
-def _rate_refusal(reason: str, what: str, key: KeyInfo, wait: int) -> Refusal:
+def _rate_refusal(reason: str, what: str, key: KeyInfo, wait: int) -> ProxyError:
     msg = (
         f"Rate limit exceeded for key '{key.name or key.key_id}': {what}. "
         f"Retry after {wait} seconds."
     )
-    return Refusal(reason, "rate_limit_error", 429, msg, ((b"retry-after", str(wait).encode()),))
+    return refusal(reason, "rate_limit_error", msg, headers=((b"retry-after", str(wait).encode()),))
 
 
 def _seconds_until_below(

@@ -47,6 +47,12 @@ class WireFormat(Protocol):
         caller's user id), bounded; returns the model, whole, for the allowlist."""
         ...
 
+    def unmetered(self, body: dict[str, Any]) -> str | None:
+        """Why the response to this request will not report its usage, or None when it
+        will. A key with a token limit or a budget is refused such a request: what it
+        spends could not be counted."""
+        ...
+
     def observer(self, content_encoding: str | None) -> ResponseObserver:
         """A new observer for one response with this Content-Encoding."""
         ...

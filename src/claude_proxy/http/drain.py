@@ -19,7 +19,7 @@ import time
 
 
 class Drain:
-    def __init__(self, pre_stop: float, window: float) -> None:
+    def __init__(self, *, pre_stop: float, window: float) -> None:
         self.pre_stop = pre_stop
         self.window = window
         self.draining = False

@@ -20,7 +20,7 @@ admin API and the tests rely on:
   `receive()` to find out;
 - the `claude_proxy.write_body` ASGI extension writes a body part without a message
   dict or a coroutine, so the relay can write a stream's chunks from the upstream's read
-  callback (upstream.UpstreamResponse.pump) rather than wake its task for each;
+  callback (upstream/pool.py: UpstreamResponse.pump) rather than wake its task for each;
 - open connections are counted into the app's Telemetry (found in the lifespan state);
 - a request head that breaks HTTP/1.1 (unparseable, no HTTP version or one other than 1.0
   and 1.1, an HTTP/1.1 request without a Host header, more than one Host header), one over
@@ -45,7 +45,6 @@ from typing import Any, cast
 
 import httptools
 
-from claude_proxy.formats.anthropic.errors import error_body, error_headers
 from claude_proxy.store.records import (
     MAX_ERROR_MESSAGE_CHARS,
     MAX_SHORT_TEXT_CHARS,
@@ -111,20 +110,39 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINE = {status: _status_line(status) for status in range(100, 600)}
 
 
+# How the errors this protocol answers itself look: (error type, message, request id) →
+# the response's headers (content type and length, request id) and body. The wire format
+# decides (the app's formats/); this protocol only frames them.
+ErrorAnswer = Callable[[str, str, str], tuple[list[tuple[bytes, bytes]], bytes]]
+
+
 class ClientProtocol(asyncio.Protocol):
-    """One client connection. Constructed by uvicorn.Server with its config and state."""
+    """One client connection. Constructed by uvicorn.Server with its config and state;
+    `configured` makes the class to give it."""
 
     head_timeout = HEAD_TIMEOUT_SECONDS
     body_timeout = BODY_TIMEOUT_SECONDS
     send_timeout = SEND_TIMEOUT_SECONDS
+    error_answer: ErrorAnswer
 
     @classmethod
-    def with_timeouts(
-        cls, head: float, body: float, send: float = SEND_TIMEOUT_SECONDS
+    def configured(
+        cls,
+        *,
+        error_answer: ErrorAnswer,
+        head_timeout: float = HEAD_TIMEOUT_SECONDS,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
     ) -> type[ClientProtocol]:
-        """This protocol with other client timeouts (uvicorn.Config takes a class)."""
-        timeouts = {"head_timeout": head, "body_timeout": body, "send_timeout": send}
-        return type(cls.__name__, (cls,), timeouts)
+        """This protocol with these errors and client timeouts (uvicorn.Config takes a
+        class)."""
+        attrs = {
+            "head_timeout": head_timeout,
+            "body_timeout": body_timeout,
+            "send_timeout": send_timeout,
+            "error_answer": staticmethod(error_answer),
+        }
+        return type(cls.__name__, (cls,), attrs)
 
     def __init__(
         self,
@@ -465,11 +483,12 @@ class ClientProtocol(asyncio.Protocol):
         rid = active.scope.get(REQUEST_ID_SCOPE_KEY) if active is not None and answer else None
         rid = rid or new_request_id()
         log.warning("%s request_id=%s", message, rid)
-        body = error_body(error_type, message, rid)
         if self.transport is None or self.transport.is_closing():
             return
         if answer:
-            self.transport.write(_error_response(status, body, rid))
+            self.transport.write(
+                _error_response(status, self.error_answer(error_type, message, rid))
+            )
         if active is not None:  # before the app could write a second response
             active.client_gone((status, error_type, message) if answer else None)
         else:
@@ -753,8 +772,8 @@ class _Exchange:
             if exc is None and not task.cancelled():
                 log.error("the ASGI app returned without starting a response")
             rid = new_request_id()
-            body = error_body("api_error", "Internal proxy error.", rid)
-            transport.write(_error_response(500, body, rid))
+            answer = proto.error_answer("api_error", "Internal proxy error.", rid)
+            transport.write(_error_response(500, answer))
         else:  # a response cut short: closing tells the client it is incomplete
             self._write(b"")
             if exc is None:  # the relay does this on purpose, having logged why
@@ -787,9 +806,10 @@ def _target_path(url: bytes) -> str:
     return bounded(path.decode("latin-1"), MAX_SHORT_TEXT_CHARS) or ""
 
 
-def _error_response(status: int, body: bytes, request_id: str) -> bytes:
+def _error_response(status: int, answer: tuple[list[tuple[bytes, bytes]], bytes]) -> bytes:
     """A whole error response, written straight to the transport (no app to send it)."""
-    headers = [*error_headers(body, request_id), (b"connection", b"close")]
+    headers, body = answer
+    headers = [*headers, (b"connection", b"close")]
     lines = b"".join(b"%b: %b\r\n" % header for header in headers)
     return _STATUS_LINE[status] + lines + b"\r\n" + body
 

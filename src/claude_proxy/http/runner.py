@@ -18,18 +18,16 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
-from claude_proxy.app import create_app
+from claude_proxy.http.asgi import ASGIApp
 from claude_proxy.http.drain import Drain
 from claude_proxy.http.protocol import ClientProtocol
-from claude_proxy.settings import Settings
-from claude_proxy.telemetry.logs import setup_logging
 from claude_proxy.telemetry.metrics import process_gone
 
 log = logging.getLogger("claude_proxy.server")
@@ -69,52 +67,60 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def run_worker(sock: socket.socket) -> None:
-    """One server process: the app, its drain, uvicorn on `sock`."""
-    setup_logging()  # again: a spawned worker starts with a fresh interpreter
-    settings = Settings()
-    drain = Drain(settings.pre_stop_seconds, settings.drain_seconds)
+def run_server(
+    sock: socket.socket,
+    app: ASGIApp,
+    drain: Drain,
+    *,
+    protocol: type[ClientProtocol],
+    keepalive_seconds: int,
+    forwarded_allow_ips: str | None,
+) -> None:
+    """One server process: uvicorn with our protocol on `sock`, stopping by `drain`."""
     config = uvicorn.Config(
-        create_app(settings, drain),
+        app,
         loop="uvloop",
-        http=ClientProtocol.with_timeouts(
-            settings.client_header_timeout_seconds,
-            settings.client_body_timeout_seconds,
-            settings.client_send_timeout_seconds,
-        ),
+        http=protocol,
         lifespan="on",
         access_log=False,
         server_header=False,
         date_header=False,
         log_config=None,
-        timeout_keep_alive=settings.keepalive_seconds,
+        timeout_keep_alive=keepalive_seconds,
         # The app ends what is left at the drain deadline; this is only a backstop.
-        timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+        timeout_graceful_shutdown=int(drain.window) + 5,
         # X-Forwarded-For is trusted only from the load balancer's addresses; off otherwise
         # (uvicorn's default trusts 127.0.0.1 and costs a middleware hop per request).
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
     )
     DrainingServer(config, drain).run(sockets=[sock])
 
 
-def serve(sock: socket.socket, workers: int) -> int:
+# What each worker process runs with the shared socket: picklable (a module-level function,
+# or a partial of one with picklable arguments such as the settings), since workers are
+# spawned, not forked.
+Worker = Callable[[socket.socket], None]
+
+
+def serve(sock: socket.socket, workers: int, worker: Worker) -> int:
     """Serve until drained; returns the exit code."""
     if workers <= 1:
-        run_worker(sock)
+        worker(sock)
         return 0
-    return _Supervisor(sock, workers).run()
+    return _Supervisor(sock, workers, worker).run()
 
 
 class _Supervisor:
-    def __init__(self, sock: socket.socket, workers: int) -> None:
+    def __init__(self, sock: socket.socket, workers: int, worker: Worker) -> None:
         self.sock = sock
+        self.worker = worker
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[Any] = [None] * workers
         self.stopping = False
 
     def _start(self, i: int) -> None:
-        p = self.ctx.Process(target=run_worker, args=(self.sock,), name=f"worker-{i}")
+        p = self.ctx.Process(target=self.worker, args=(self.sock,), name=f"worker-{i}")
         p.start()
         self.procs[i] = p
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 COST_PLACES = Decimal("0.00000001")
 
-# The usage buckets, as the API names them (sse.Usage's fields).
+# The usage buckets, as the API names them (records.Usage's fields).
 TOKEN_COLUMNS: tuple[str, ...] = (
     "input_tokens",
     "output_tokens",

@@ -82,7 +82,13 @@ def make_engine(
     url = normalize_url(database_url)
     if backend(url) == "sqlite":
         prepare_sqlite_file(url.database)
-        return _sqlite_engine(url, pool_size, max_overflow, pool_timeout, sqlite_busy_timeout_ms)
+        return _sqlite_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            busy_timeout_ms=sqlite_busy_timeout_ms,
+        )
     return create_engine(
         url,
         pool_size=pool_size,
@@ -99,7 +105,7 @@ def make_engine(
 
 
 def _sqlite_engine(
-    url: URL, pool_size: int, max_overflow: int, pool_timeout: float, busy_timeout_ms: int
+    url: URL, *, pool_size: int, max_overflow: int, pool_timeout: float, busy_timeout_ms: int
 ) -> Engine:
     engine = create_engine(
         url,

@@ -32,19 +32,15 @@ import contextlib
 import logging
 import socket
 import subprocess
-import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from claude_proxy.settings import Settings
-from claude_proxy.store.engine import database_target
 from claude_proxy.store.records import RequestRecord, decode_record, encode_record
 from claude_proxy.store.writer import LogWriter
 from claude_proxy.store.writer_process import WriterConfig
-from claude_proxy.telemetry.metrics import process_gone
 
 log = logging.getLogger("claude_proxy.store")
 
@@ -54,24 +50,23 @@ _RESTART_SECONDS = 1.0
 _SOCKET_BUFFER_BYTES = 4 << 20
 
 
-def writer_config(st: Settings) -> WriterConfig:
-    """What the writer process needs (it does not import the settings: less memory)."""
-    return WriterConfig(
-        database=database_target(st.database_url),
-        spill_dir=st.spill_dir,
-        prices_file=st.prices_file,
-        statement_timeout=st.db_statement_timeout_seconds,
-        batch_size=st.log_batch_size,
-        flush_interval=st.log_flush_interval_seconds,
-        flush_timeout=st.log_flush_timeout_seconds,
-    )
-
-
 class ProcessSink:
     """The `RecordSink` the app uses: `await start()`, `submit()` often, `await close()`."""
 
-    def __init__(self, config: WriterConfig, fallback: LogWriter, *, capacity: int) -> None:
+    def __init__(
+        self,
+        *,
+        config: WriterConfig,
+        fallback: LogWriter,
+        capacity: int,
+        process: Sequence[str],
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
+        """`process`: the command that runs the writer process, given the socket's file
+        descriptor as its last argument; `on_exit` is told the pid of each one that ends."""
         self._config = config
+        self._process = tuple(process)
+        self._on_exit = on_exit
         self._fallback = fallback
         self._capacity = capacity
         self._loop = asyncio.get_running_loop()
@@ -158,7 +153,7 @@ class ProcessSink:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "claude_proxy.store.writer_process", str(theirs.fileno())],
+                [*self._process, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
             )
         except OSError as exc:
@@ -203,8 +198,8 @@ class ProcessSink:
     def _lost(self) -> None:
         self._transport = None
         self._child_gone.set()
-        if self._proc is not None:
-            process_gone(self._proc.pid)
+        if self._proc is not None and self._on_exit is not None:
+            self._on_exit(self._proc.pid)
         if self._closing:
             return
         code = self._proc.poll() if self._proc else None

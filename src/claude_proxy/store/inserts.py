@@ -3,7 +3,7 @@ rows' cost added to `key_spend` (by UTC day, month and in total) in the same tra
 so spend is always exactly the sum over the log, however often a row is replayed.
 
 PostgreSQL first tries COPY: it costs the server under half of the idempotent INSERT
-per row (docs/benchmarks.md, sixth session), and most batches are new rows. COPY cannot
+per row (docs/benchmarks.md), and most batches are new rows. COPY cannot
 skip a row that is already there, so a batch holding one (resent after a writer crash, or
 replayed after a commit whose reply was lost) fails as a whole on the primary key and is
 then written with the idempotent INSERT instead; nothing is counted twice either way.

@@ -1,7 +1,7 @@
 """The `api_keys` table: create, read, change, revoke and rotate proxy keys.
 
 Used by `claude-proxy keys ...`, the admin API and the proxy's key cache. The
-secret itself is never stored: only its SHA-256 (auth.key_hash) and a short
+secret itself is never stored: only its SHA-256 (key_hash below) and a short
 prefix for people to tell keys apart. Every change stamps `updated_at` with the
 database's clock, which is how other replicas' caches notice it.
 """

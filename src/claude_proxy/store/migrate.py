@@ -8,7 +8,7 @@ The server never imports Alembic itself: Alembic, Mako and the revision scripts
 add about 12 MB to a process and would stay in a worker for its whole life, for
 a step that runs once. `ensure_schema` reads the revision with plain SQL and,
 only if the database is behind, runs `upgrade` in a short-lived child
-(`python -m claude_proxy.store.migrate`). So Alembic is imported only inside
+(`python -m claude_proxy.child migrate`). So Alembic is imported only inside
 the functions that need it, and importing this module costs nothing.
 """
 
@@ -19,7 +19,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,6 @@ from sqlalchemy import Connection, Engine, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from claude_proxy.store.engine import make_engine, redacted_url
-from claude_proxy.telemetry.logs import setup_logging
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -132,9 +131,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         log.info("database migrated from %s to %s (%s)", before, after, redacted_url(engine.url))
 
 
-def ensure_schema(engine: Engine) -> bool:
+def ensure_schema(engine: Engine, process: Sequence[str]) -> bool:
     """What the server runs at startup: if the database is behind HEAD_REVISION, migrate
-    it in a child process (`upgrade`, with its locks), so this process never loads
+    it in a child process (`process`: the command that runs `main`; `upgrade`, with its
+    locks), so this process never loads
     Alembic. True if a migration ran, False if the schema was already current.
     Raises MigrationError if the child failed, or the database's error if it is
     unreachable."""
@@ -145,7 +145,7 @@ def ensure_schema(engine: Engine) -> bool:
     # stdout (where the child logs, like every process of the proxy) is the server's
     # own; stderr is kept to say why it failed.
     proc = subprocess.run(
-        [sys.executable, "-m", "claude_proxy.store.migrate"],
+        list(process),
         env=env,
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -170,8 +170,7 @@ def _summary(exc: BaseException, password: str | None) -> str:
 
 
 def main() -> int:
-    """`python -m claude_proxy.store.migrate`: upgrade the database at $URL_ENV to head."""
-    setup_logging()
+    """The migration process: upgrade the database at $URL_ENV to head (child.py runs it)."""
     url = os.environ.pop(URL_ENV, "")
     if not url:
         print(f"{URL_ENV} is not set", file=sys.stderr)
@@ -194,7 +193,3 @@ def main() -> int:
         print(_summary(exc, str(password) if password else None), file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

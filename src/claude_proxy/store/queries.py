@@ -8,6 +8,7 @@ bucket expression. Times go in and come out as aware UTC datetimes.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -274,3 +275,25 @@ def _add_percentiles(rows: Any, summary: list[dict[str, Any]]) -> None:
         for name in _TIMINGS:
             for pct, frac in _PERCENTILES:
                 row[f"{name}_p{pct}"] = percentile(v[name], frac)
+
+
+_SINCE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+# Durations past this are refused (a date that far away cannot be written anyway).
+_MAX_DURATION = timedelta(days=365 * 100)
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """`7d`, `12h`, `30m`, `45s`, `2w` as a timedelta; None if the text is not one."""
+    m = _SINCE.match(text.strip()[:32])
+    if m is None:
+        return None
+    try:
+        d = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    except OverflowError:
+        d = _MAX_DURATION * 2
+    if d > _MAX_DURATION:
+        raise ValueError(f"{text[:32]} is longer than 100 years")
+    return d

@@ -8,7 +8,6 @@ The sink must not block: the request log pipeline plugs its writer in here.
 from __future__ import annotations
 
 import hashlib
-import logging
 import operator
 import random
 import time
@@ -17,11 +16,6 @@ from decimal import Decimal
 from typing import Any, Protocol, overload
 
 import orjson
-
-from claude_proxy.telemetry.logs import FIELDS
-
-log = logging.getLogger("claude_proxy.access")
-
 
 # Caps on every client-controlled or upstream-echoed text that is stored or logged
 # (docs/request-logs.md). A longer value keeps its head and the SHA-256 prefix of the whole
@@ -122,13 +116,14 @@ class RequestRecord:
     anthropic_beta: str | None = None
     metadata_user_id: str | None = None
     claude_code_session_id: str | None = None
-    # Set when the proxy itself refused the request: why (limits.Refusal.reason).
+    # Set when the proxy itself refused the request: why (gateway/errors.py: ProxyError.reason).
     refusal: str | None = None
     # Only with CLAUDE_PROXY_LOG_BODIES=true, capped; never headers (credentials).
     request_body: str | None = None
     response_body: str | None = None
     # A cost the proxy decided itself, in USD as a decimal string, instead of pricing model
-    # and usage: a message batch's reservation at submission and its settlement (batches.py).
+    # and usage: a message batch's reservation at submission and its settlement
+    # (formats/anthropic/batches.py).
     cost_usd: str | None = None
 
 
@@ -155,43 +150,13 @@ def decode_record(line: bytes) -> RequestRecord:
     return RequestRecord(*values)
 
 
+class Pricer(Protocol):
+    """Prices a request's usage (formats/anthropic/pricing.py's PriceTable is one)."""
+
+    def cost(self, model: str | None, usage: Usage, *, batch: bool = False) -> Decimal | None: ...
+
+
 class RecordSink(Protocol):
     """Takes finished records. `submit` is called on the event loop and must return at once."""
 
     def submit(self, record: RequestRecord) -> None: ...
-
-
-def log_access(record: RequestRecord, cost_usd: Decimal | None) -> None:
-    """One access line per request. Called by the log writer's thread, off the event loop.
-
-    Never the key itself: `key_id` is the key's id (docs/observability.md lists the fields).
-    Texts a client or the upstream chose are capped: one request must not make a line of
-    megabytes.
-    """
-    if not log.isEnabledFor(logging.INFO):
-        return
-    u = record.usage
-    fields = {
-        "request_id": bounded(record.id, MAX_SHORT_TEXT_CHARS),
-        "upstream_request_id": bounded(record.upstream_request_id, MAX_SHORT_TEXT_CHARS),
-        "key_id": bounded(record.key_id, MAX_SHORT_TEXT_CHARS),
-        "method": bounded(record.method, MAX_SHORT_TEXT_CHARS),
-        "endpoint": bounded(record.endpoint, MAX_ENDPOINT_CHARS),
-        "model": bounded(record.model, MAX_MODEL_CHARS),
-        "stream": record.stream,
-        "status": record.status_code,
-        "error_type": bounded(record.error_type, MAX_SHORT_TEXT_CHARS),
-        "refusal": bounded(record.refusal, MAX_SHORT_TEXT_CHARS),
-        "stop_reason": bounded(record.stop_reason, MAX_SHORT_TEXT_CHARS),
-        "latency_ms": None if record.latency_ms is None else round(record.latency_ms, 1),
-        "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 1),
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_creation_5m_input_tokens": u.cache_creation_5m_input_tokens,
-        "cache_creation_1h_input_tokens": u.cache_creation_1h_input_tokens,
-        "cache_read_input_tokens": u.cache_read_input_tokens,
-        "cost_usd": None if cost_usd is None else float(cost_usd),
-        "client_disconnected": record.client_disconnected,
-        "upstream_attempts": record.upstream_attempts,
-    }
-    log.info("request", extra={FIELDS: fields})

@@ -144,7 +144,8 @@ request_logs = Table(
     Column("anthropic_beta", Text),
     Column("metadata_user_id", Text),
     Column("claude_code_session_id", Text),
-    # Why the proxy itself refused the request (limits.Refusal.reason); NULL otherwise.
+    # Why the proxy itself refused the request (gateway/errors.py: ProxyError.reason);
+    # NULL otherwise.
     Column("refusal", Text),
     # Opt-in body capture (CLAUDE_PROXY_LOG_BODIES); NULL by default.
     Column("request_body", Text),
@@ -198,7 +199,8 @@ key_spend = Table(
 )
 
 # Each proxy process's own request and token counts per key and second, for the
-# sliding-minute RPM/TPM limits that hold across replicas (limits.py).
+# sliding-minute RPM/TPM limits that hold across replicas (gateway/limits.py, SQL in
+# store/limits.py).
 rate_usage = Table(
     "rate_usage",
     metadata,
@@ -210,7 +212,7 @@ rate_usage = Table(
     Index("ix_rate_usage_bucket", "bucket"),
 )
 
-# One row per live proxy process: how many share the limits (limits.py).
+# One row per live proxy process: how many share the limits (gateway/limits.py).
 proxy_instances = Table(
     "proxy_instances",
     metadata,

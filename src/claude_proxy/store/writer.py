@@ -47,9 +47,10 @@ from claude_proxy.store.spill import (
     spill_files,
 )
 from claude_proxy.store.writer_db import WriterDatabase, why
-from claude_proxy.telemetry.logs import FIELDS
 
 log = logging.getLogger("claude_proxy.store")
+# Where the JSON log formatter (telemetry/logs.py) looks for a line's structured fields.
+_LOG_FIELDS = "fields"
 
 CostFn = Callable[[RequestRecord], Decimal | None]
 DurableFn = Callable[[int], None]
@@ -202,7 +203,7 @@ class LogWriter:
         kept = self._spill.close()
         if kept is not None:
             log.info("spill: %s kept for replay at next start", kept)
-        log.info("log writer closed", extra={FIELDS: self.stats()})
+        log.info("log writer closed", extra={_LOG_FIELDS: self.stats()})
 
     def _close_at_exit(self) -> None:
         if not self._closed:

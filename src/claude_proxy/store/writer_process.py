@@ -5,7 +5,7 @@ the insert cost ~25 µs of Python per request. In a thread they compete with the
 event loop for the GIL (a third less throughput at saturation, and +3 ms at
 p99 for every client); in a child they run on another core.
 
-Protocol, over a socketpair the proxy passes as fd `argv[1]`:
+Protocol, over a socketpair the proxy passes as a file descriptor:
 - first line: the WriterConfig as JSON; then one JSON array per record
   (records.encode_record), in order;
 - back: ASCII counts, "N\\n", each meaning "N more records are safe" (committed,
@@ -14,7 +14,7 @@ Protocol, over a socketpair the proxy passes as fd `argv[1]`:
   inserts are idempotent, so a resent record is never a second row.
 - also back, every second and once more at the end: "S" + JSON, the LogWriter's stats
   (for /ready) with, under "metrics", the request metrics counted since the last report
-  (tally.RecordTally; the worker adds them to its Prometheus metrics);
+  (telemetry/tally.py; the worker adds them to its Prometheus metrics);
 - EOF from the proxy (it closed, or died): flush within `flush_timeout`,
   spill the rest, exit 0. SIGINT and SIGTERM are ignored: the proxy decides.
 
@@ -29,21 +29,17 @@ import io
 import logging
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from decimal import Decimal
+from typing import Any
 
 import orjson
 
-from claude_proxy.formats.anthropic.pricing import PriceTable
-from claude_proxy.store.records import RequestRecord, decode_record, log_access
+from claude_proxy.store.records import decode_record
 from claude_proxy.store.writer import DurableFn, LogWriter
-from claude_proxy.store.writer_db import DatabaseTarget, WriterDatabase
-from claude_proxy.telemetry.logs import setup_logging
-from claude_proxy.telemetry.tally import RecordTally
+from claude_proxy.store.writer_db import DatabaseTarget
 
 log = logging.getLogger("claude_proxy.store")
 
@@ -67,44 +63,22 @@ class WriterConfig:
         return orjson.dumps(asdict(self), option=orjson.OPT_APPEND_NEWLINE)
 
 
-def build_writer(
-    cfg: WriterConfig,
-    prices: PriceTable,
-    on_durable: DurableFn | None,
-    tally: RecordTally | None = None,
-) -> LogWriter:
-    def cost(record: RequestRecord) -> Decimal | None:
-        if record.cost_usd is not None:  # decided by the proxy (a message batch's ledger)
-            return Decimal(record.cost_usd)
-        return prices.cost(record.model, record.usage, batch=False)
-
-    def on_record(record: RequestRecord, cost_usd: Decimal | None) -> None:
-        log_access(record, cost_usd)
-        if tally is not None:
-            tally.observe(record, cost_usd)
-
-    return LogWriter(
-        WriterDatabase(cfg.database),
-        cfg.spill_dir,
-        cost_fn=cost,
-        on_record=on_record,
-        on_durable=on_durable,
-        # The proxy bounds what is in flight (log_queue_size); here the queue must never
-        # spill on its own, or acknowledgements would run ahead of older records.
-        queue_size=None,
-        batch_size=cfg.batch_size,
-        flush_interval=cfg.flush_interval,
-        statement_timeout=cfg.statement_timeout,
-    )
+# Builds the process's writer once the config has arrived: the writer, and what each
+# report adds to the writer's stats (the request metrics counted since the last one).
+Report = Callable[[dict[str, Any]], dict[str, Any]]
+BuildWriter = Callable[[WriterConfig, DurableFn], tuple[LogWriter, Report]]
 
 
-def main() -> None:
+def run(fd: int, build: BuildWriter) -> None:
+    """The process's life: read the config, then records until EOF; flush, report, exit.
+
+    The entry point (claude_proxy/child.py) supplies how records are costed, logged and
+    counted, so the store imports none of it."""
     # The proxy decides when this process ends (by closing the socket), so a Ctrl-C or
     # a SIGTERM sent to the whole process group cannot cut a flush short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    setup_logging()
-    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock = socket.socket(fileno=fd)
     incoming = sock.makefile("rb")
     fields = orjson.loads(incoming.readline())
     cfg = WriterConfig(**(fields | {"database": DatabaseTarget(**fields["database"])}))
@@ -114,15 +88,12 @@ def main() -> None:
         with ack_lock, contextlib.suppress(OSError):  # the proxy is gone: nobody to tell
             sock.sendall(b"%d\n" % n)
 
-    prices = PriceTable.load(cfg.prices_file)
-    tally = RecordTally(known_model=prices.__contains__)
-    writer = build_writer(cfg, prices, ack, tally)
+    writer, with_metrics = build(cfg, ack)
     writer.start()
     stop = threading.Event()
 
     def send_report() -> None:
-        stats = writer.stats()
-        report = stats | {"metrics": tally.take(stats)}
+        report = with_metrics(writer.stats())
         with ack_lock, contextlib.suppress(OSError):
             sock.sendall(b"S" + orjson.dumps(report) + b"\n")
 
@@ -162,7 +133,3 @@ def _batches(incoming: io.BufferedReader) -> Iterator[list[bytes]]:
         time.sleep(_READ_PAUSE_SECONDS)
     if partial:
         yield [partial]
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,1 @@
+"""Logging, metrics, EMF, tracing and live counts: what the proxy tells its operators."""

@@ -13,7 +13,7 @@ driver ships stdout to a log group; nothing else is needed, no agent, no API cal
 - ActiveStreams, ActiveConnections: gauges, the value at the moment of the line. The
   deployment scales on the average of ActiveStreams; each worker is one sample.
 - RequestCount, Upstream5xx, ProxyErrors: what happened during the interval (the
-  difference of the since-start counters of `telemetry.LiveCounts` between two lines), so
+  difference of the since-start counters of `reporter.LiveCounts` between two lines), so
   CloudWatch's Sum over a period is the total. The first line counts since start; when
   the reporter is cancelled (shutdown, after the server has drained) and a counter moved
   since the last line, one last line carries the final partial interval, so no request
@@ -103,11 +103,11 @@ class EmfReporter:
 
     def __init__(
         self,
+        *,
         live: LiveCounts,
         namespace: str,
         service: str,
         interval: float,
-        *,
         write: Callable[[str], None] = _write_stdout,
         clock: Callable[[], float] = time.time,
     ) -> None:

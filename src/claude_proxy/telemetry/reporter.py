@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from claude_proxy.telemetry.metrics import ProxyMetrics
-    from claude_proxy.telemetry.tracing import Tracing
+    from claude_proxy.telemetry.spans import Tracing
 
 
 @dataclass
@@ -32,7 +32,9 @@ class LiveCounts:
 class Telemetry:
     """The request path's one handle on counts, metrics and traces (each optional)."""
 
-    def __init__(self, metrics: ProxyMetrics | None = None, tracing: Tracing | None = None):
+    def __init__(
+        self, *, metrics: ProxyMetrics | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.live = LiveCounts()
         self.metrics = metrics
         self.tracing = tracing

@@ -1,6 +1,6 @@
 """Optional OpenTelemetry tracing: one span per /v1 request, one per upstream attempt.
 
-Off by default and free when off: app.py imports this module only with
+Off by default and free when off: wiring.py imports this module only with
 CLAUDE_PROXY_TRACING=true, so a proxy without tracing loads nothing from OpenTelemetry,
 and the relay and the dispatcher skip every call on a `None` check.
 
@@ -47,12 +47,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Protocol
+from typing import cast
 from urllib.parse import urlsplit
 
 from claude_proxy import __version__
-from claude_proxy.settings import Settings
 from claude_proxy.store.records import RequestRecord
+from claude_proxy.telemetry.spans import Span as HookSpan
 
 try:
     from opentelemetry.context import Context
@@ -70,20 +70,6 @@ except ImportError as exc:  # pragma: no cover - the [tracing] extra is missing
     ) from exc
 
 log = logging.getLogger("claude_proxy.tracing")
-
-
-class Tracing(Protocol):
-    """What the relay and the dispatcher call; absent (None) when tracing is off."""
-
-    def start_request(self, record: RequestRecord, headers: list[tuple[bytes, bytes]]) -> Any: ...
-
-    def finish_request(self, span: Any, record: RequestRecord) -> None: ...
-
-    def start_attempt(self, parent: Any, attempt: int) -> Any: ...
-
-    def finish_attempt(self, span: Any, status: int | None, error: str | None) -> None: ...
-
-    def shutdown(self) -> None: ...
 
 
 # HTTP methods the conventions know; anything else is "_OTHER" (span names stay few).
@@ -145,7 +131,8 @@ class OtelTracing:
             start_time=int(record.created_at * 1e9),
         )
 
-    def finish_request(self, span: Span, record: RequestRecord) -> None:
+    def finish_request(self, hook_span: HookSpan, record: RequestRecord) -> None:
+        span = cast(Span, hook_span)  # one this object started
         if not span.is_recording():  # not sampled: nothing to describe
             span.end()
             return
@@ -198,7 +185,8 @@ class OtelTracing:
             span.set_status(StatusCode.ERROR, _clip(record.error_message))
         span.end()
 
-    def start_attempt(self, parent: Span | None, attempt: int) -> Span:
+    def start_attempt(self, hook_parent: HookSpan | None, attempt: int) -> Span:
+        parent = cast(Span | None, hook_parent)
         attributes: dict[str, AttributeValue] = {"claude_proxy.attempt": attempt, **self._upstream}
         if isinstance(parent, ReadableSpan) and parent.attributes:
             method = parent.attributes.get(_METHOD)
@@ -209,7 +197,8 @@ class OtelTracing:
             "upstream attempt", context=context, kind=SpanKind.CLIENT, attributes=attributes
         )
 
-    def finish_attempt(self, span: Span, status: int | None, error: str | None) -> None:
+    def finish_attempt(self, hook_span: HookSpan, status: int | None, error: str | None) -> None:
+        span = cast(Span, hook_span)
         if status is not None:
             span.set_attribute(_STATUS, status)
             if status >= 400:
@@ -245,18 +234,16 @@ class OtelTracing:
             )
 
 
-def build_tracing(settings: Settings) -> Tracing | None:
+def build_tracing(*, service_name: str, upstream_url: str) -> OtelTracing | None:
     """Tracing exported over OTLP/HTTP to the collector; None if OTEL_SDK_DISABLED=true."""
     if os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
         log.warning("CLAUDE_PROXY_TRACING=true but OTEL_SDK_DISABLED=true: no traces")
         return None
-    resource = Resource.create(
-        {"service.name": settings.service_name, "service.version": __version__}
-    )
+    resource = Resource.create({"service.name": service_name, "service.version": __version__})
     # The proxy shuts the provider down itself (bounded); no atexit hook of its own.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return OtelTracing(provider, upstream_url=settings.anthropic_base_url)
+    return OtelTracing(provider, upstream_url=upstream_url)
 
 
 def _clip(text: str | None) -> str | None:

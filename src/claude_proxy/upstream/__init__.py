@@ -1,0 +1,1 @@
+"""Talking to the upstream: the HTTP/1.1 client pool and the credential seam."""

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from claude_proxy.settings import Settings
+from claude_proxy.upstream.auth import UpstreamAuth
 
 # A request body: bytes, or the bytearray a body read in parts was gathered into.
 Buffer = bytes | bytearray
@@ -288,7 +288,7 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # The parser's callbacks are bound methods of this connection, and the response
         # points back here: break both cycles so reference counting frees a closed
-        # connection (client_protocol.ClientProtocol does the same).
+        # connection (http/protocol.py's ClientProtocol does the same).
         del self.parser
         self.closed = True
         self.pool.forget(self)
@@ -402,8 +402,19 @@ class _Connection(asyncio.BufferedProtocol):
 class UpstreamPool:
     """Keep-alive connections to one upstream origin; built in the app's lifespan."""
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
-        parts = urlsplit(settings.anthropic_base_url)
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        auth: UpstreamAuth,
+        loop: asyncio.AbstractEventLoop,
+        connect_timeout: float,
+        first_byte_timeout: float,
+        idle_timeout: float,
+        total_timeout: float,
+        recv_buffer: int,
+    ) -> None:
+        parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"ANTHROPIC_BASE_URL must be an http(s) URL, got {parts.scheme!r}")
         self.loop = loop
@@ -415,17 +426,13 @@ class UpstreamPool:
         host_header = self.host if self.port == default_port else f"{self.host}:{self.port}"
         self.host_line = b"host: " + host_header.encode("idna") + b"\r\n"
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
-        self.api_key_line = (
-            b"x-api-key: " + settings.upstream_key().encode() + b"\r\n"
-            if settings.upstream_key()
-            else b""
-        )
-        self.recv_buffer = settings.upstream_recv_buffer_bytes
+        self.auth = auth
+        self.recv_buffer = recv_buffer
         self.read_buffer = memoryview(bytearray(_READ_SIZE))
-        self.connect_timeout = settings.connect_timeout_seconds
-        self.first_byte_timeout = settings.first_byte_timeout_seconds
-        self.idle_timeout = settings.idle_timeout_seconds
-        self.total_timeout = settings.total_timeout_seconds
+        self.connect_timeout = connect_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.idle_timeout = idle_timeout
+        self.total_timeout = total_timeout
         self._tick = max(0.05, min(_WATCHDOG_SECONDS, self.first_byte_timeout / 4,
                                    self.idle_timeout / 4))  # fmt: skip
         self.max_idle = 1024
@@ -450,9 +457,9 @@ class UpstreamPool:
         parts: list[Buffer] = [method, b" ", self.prefix, target, b" HTTP/1.1\r\n", self.host_line]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
-        parts.append(self.api_key_line)
         if body or method in (b"POST", b"PUT", b"PATCH"):
             parts.append(b"content-length: %d\r\n" % len(body))
+        parts.append(self.auth.header_lines(method, target, headers, body))  # last: it may sign
         # A small body goes in the same write as the head; a large one is written as it
         # is, so the process never holds a second copy of it (BodyBudget counts one).
         separate = len(body) > _JOIN_BODY_MAX

@@ -1,0 +1,1 @@
+"""The Anthropic Messages API: the pass-through relay and everything shaped like the API."""

@@ -176,6 +176,7 @@ class BatchSettler:
 
     def __init__(
         self,
+        *,
         engine: Engine,
         upstream: UpstreamPool,
         sink: RecordSink,

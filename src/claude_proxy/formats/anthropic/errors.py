@@ -9,20 +9,8 @@ from __future__ import annotations
 
 import orjson
 
+from claude_proxy.gateway.errors import STATUS_FOR_TYPE
 from claude_proxy.http.asgi import Send
-
-# HTTP status for each Anthropic error type the proxy emits itself.
-STATUS_FOR_TYPE: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
 
 
 def error_body(error_type: str, message: str, request_id: str) -> bytes:
@@ -50,6 +38,14 @@ def error_headers(body: bytes, request_id: str) -> list[tuple[bytes, bytes]]:
         (b"request-id", rid),
         (b"x-claude-proxy-request-id", rid),
     ]
+
+
+def error_answer(
+    error_type: str, message: str, request_id: str
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of an error answered below the app (http/protocol.py)."""
+    body = error_body(error_type, message, request_id)
+    return error_headers(body, request_id), body
 
 
 async def send_error(

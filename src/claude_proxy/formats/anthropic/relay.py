@@ -1,10 +1,12 @@
 """The /v1 relay: forward one request upstream and relay its response.
 
-Flow: headers split → key check (auth.py) → body read (size-capped) → limits
-(limits.py: model allowlist, budget, RPM/TPM) → upstream request with the real
-key → response headers and bytes relayed unchanged as they arrive, while a
-ResponseObserver reads a copy → one RequestRecord handed to the sink, however
-the request ended.
+Flow: target and method checks → key check (gateway/keys.py) → limits that need no
+body (gateway/limits.py: budget, RPM/TPM) → body read (size-capped, gateway/body_budget.py)
+→ the endpoint's wire format notes the model → model allowlist → upstream request
+(gateway/dispatch.py) → response headers and bytes relayed unchanged as they arrive,
+while the format's observer reads a copy → one RequestRecord handed to the sink,
+however the request ended. Every error the proxy answers itself is a ProxyError,
+answered by `_answer`.
 
 A client that goes away cancels the request's task, which closes the upstream
 connection at once; an upstream that dies mid-stream gets an SSE `error` event
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import orjson
@@ -36,7 +39,7 @@ from claude_proxy.formats.anthropic.endpoints import (
     endpoint_label,
     target_problem,
 )
-from claude_proxy.formats.anthropic.errors import STATUS_FOR_TYPE, send_error, sse_error_event
+from claude_proxy.formats.anthropic.errors import send_error, sse_error_event
 from claude_proxy.formats.anthropic.headers import (
     ClientHeaders,
     filter_response_headers,
@@ -45,8 +48,10 @@ from claude_proxy.formats.anthropic.headers import (
 from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.formats.anthropic.wire import ANTHROPIC
 from claude_proxy.gateway.body_budget import BodyBudget
+from claude_proxy.gateway.dispatch import Dispatcher
+from claude_proxy.gateway.errors import ProxyError, refusal
 from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
-from claude_proxy.gateway.limits import Limiter, Refusal
+from claude_proxy.gateway.limits import Limiter
 from claude_proxy.gateway.wire_format import ResponseObserver, WireFormat
 from claude_proxy.http.asgi import Message, Receive, Scope, Send
 from claude_proxy.http.drain import Drain
@@ -66,7 +71,7 @@ from claude_proxy.store.records import (
     new_request_id,
 )
 from claude_proxy.telemetry.reporter import Telemetry
-from claude_proxy.upstream.dispatch import Dispatcher, Failed
+from claude_proxy.telemetry.spans import Span
 from claude_proxy.upstream.pool import BodyError, Buffer, UpstreamResponse
 
 log = logging.getLogger("claude_proxy.relay")
@@ -93,9 +98,24 @@ def _body_cut(disconnect: Message, record: RequestRecord) -> NoReturn:
     raise ClientGone()
 
 
+@dataclass(slots=True)
+class _Request:
+    """One request on its way through the relay: what every step needs, in one place."""
+
+    scope: Scope
+    send: Send
+    record: RequestRecord
+    span: Span | None
+    format: WireFormat
+    batch: BatchEstimate | None = None
+
+
 class Relay:
+    """The /v1 request path; built once by wiring.py and called per request."""
+
     def __init__(
         self,
+        *,
         keys: KeyCache,
         limiter: Limiter,
         throttle: BadKeyThrottle,
@@ -121,13 +141,16 @@ class Relay:
         self.max_body = max_body
         self.body_budget = body_budget
         wait = max(1, round(body_budget.wait_seconds))
-        self._bodies_full = Refusal(
+        self._bodies_full = refusal(
             "body_memory",
             "overloaded_error",
-            529,
             "The proxy holds as many request bodies in memory as it may right now. "
             f"Retry after {wait} seconds.",
-            ((b"retry-after", str(wait).encode()), (b"x-should-retry", b"true")),
+            headers=((b"retry-after", str(wait).encode()), (b"x-should-retry", b"true")),
+        )
+        self._too_large = ProxyError(
+            "request_too_large",
+            f"Request exceeds the maximum allowed number of bytes ({max_body}).",
         )
         # > 0 only with CLAUDE_PROXY_LOG_BODIES=true: bytes of each body kept on the record.
         self.body_cap = body_cap
@@ -154,15 +177,16 @@ class Relay:
         scope[REQUEST_ID_SCOPE_KEY] = record.id
         tracing = self.telemetry.tracing
         span = tracing.start_request(record, scope["headers"]) if tracing is not None else None
+        req = _Request(scope, send, record, span, self._formats.get(record.endpoint, ANTHROPIC))
         try:
-            await self._handle(scope, receive, send, record, span)
+            await self._handle(req, receive)
         except ClientGone:
             # Nothing more can be said to this client; the server closes the connection.
             record.client_disconnected = record.error_type is None
         except Exception:
             log.exception("unexpected error in the relay request_id=%s", record.id)
             if record.status_code is None:  # nothing sent yet: answer in the API's shape
-                await self._fail(send, record, "api_error", "Internal proxy error.", 500)
+                await self._answer(req, ProxyError("api_error", "Internal proxy error."))
             else:
                 raise
         finally:
@@ -174,17 +198,11 @@ class Relay:
                 and record.upstream_attempts == 0
                 and record.error_type != "overloaded_error"
             )
-            if tracing is not None:
+            if tracing is not None and span is not None:
                 tracing.finish_request(span, record)
 
-    async def _handle(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        record: RequestRecord,
-        span: object,
-    ) -> None:
+    async def _handle(self, req: _Request, receive: Receive) -> None:
+        scope, record = req.scope, req.record
         hdrs = split_request_headers(scope["headers"])
         # Header values are bounded by the 64 KiB head; the writer caps them for the row.
         record.user_agent = hdrs.user_agent
@@ -193,71 +211,83 @@ class Relay:
 
         problem = target_problem(scope["raw_path"], scope["path"])
         if problem is not None:
-            record.refusal = "bad_target"
-            return await self._refuse(send, record, "invalid_request_error", problem)
+            return await self._answer(req, refusal("bad_target", "invalid_request_error", problem))
         methods = METHODS.get(record.endpoint)
         if methods is not None and record.method not in methods:
             allow = ", ".join(sorted(methods))
             msg = f"{record.method} is not allowed on {record.endpoint}; use {allow}."
-            record.refusal = "method_not_allowed"
-            return await self._fail(
-                send, record, "invalid_request_error", msg, 405, [(b"allow", allow.encode())]
+            return await self._answer(
+                req,
+                refusal(
+                    "method_not_allowed",
+                    "invalid_request_error",
+                    msg,
+                    status=405,
+                    headers=((b"allow", allow.encode()),),
+                ),
             )
 
-        key = await self._authenticate(hdrs, record, send)
-        if key is None:
-            return
+        key = await self._authenticate(hdrs, record)
+        if isinstance(key, ProxyError):
+            return await self._answer(req, key)
+        record.key_id = key.key_id
 
         length = hdrs.content_length
         if length is not None and length > self.max_body:
-            return await self._refuse(send, record, "request_too_large", self._too_large_msg())
+            return await self._answer(req, self._too_large)
         # Everything that does not need the body is checked before a byte of it is read.
         now = time.time()
-        refusal = self.limiter.check(key, now)
-        if refusal is not None:
-            return await self._refuse_for(send, record, refusal)
+        refused = self.limiter.check(key, now)
+        if refused is not None:
+            return await self._answer(req, refused)
         self.limiter.admit(key, now)
         budget = self.body_budget
         if length and not budget.try_reserve(length) and not await budget.reserve(length):
-            return await self._refuse_for(send, record, self._bodies_full)
+            return await self._answer(req, self._bodies_full)
         held = length or 0
         try:
             try:
                 body = await self._read_body(receive, record, length is None)
             except _BodiesFull:
-                return await self._refuse_for(send, record, self._bodies_full)
+                return await self._answer(req, self._bodies_full)
             if length is None and body is not None:
                 held = len(body)
             # With the body read: the checks that need it, then the upstream request.
             if body is None:
-                return await self._refuse(send, record, "request_too_large", self._too_large_msg())
+                return await self._answer(req, self._too_large)
             models: list[str] = []  # whole, not as bounded for the record
-            batch = None
+            unmetered = None  # why the response would not report its usage
             if record.method == "POST" and record.endpoint in _READ_ENDPOINTS:
                 parsed = _parse_json_object(body)
                 if parsed is None:
-                    return await self._refuse(
-                        send, record, "invalid_request_error", "The request body is not valid JSON."
-                    )
+                    return await self._answer(req, _NOT_JSON)
                 if record.endpoint == BATCHES:
                     requests = parsed.get("requests")
-                    batch = estimate_batch(
+                    req.batch = estimate_batch(
                         requests if isinstance(requests, list) else [], self.prices
                     )
-                    models = batch.models
+                    models = req.batch.models
                     record.model = bounded(models[0], MAX_MODEL_CHARS) if models else None
-                elif model := self._format(record).note_request(record, parsed):
-                    models = [model]
+                else:
+                    model = req.format.note_request(record, parsed)
+                    models = [model] if model else []
+                    if key.tpm is not None or key.budget_usd is not None:
+                        unmetered = req.format.unmetered(parsed)
 
-            refusal = self.limiter.check_models(key, models) if key.models is not None else None
-            if refusal is not None:
-                return await self._refuse_for(send, record, refusal)
+            refused = self.limiter.check_models(key, models) if key.models is not None else None
+            if refused is not None:
+                return await self._answer(req, refused)
+            if unmetered is not None:  # its spend could not be counted against the limits
+                return await self._answer(
+                    req, refusal("unmetered", "invalid_request_error", unmetered)
+                )
+            batch = req.batch
             if batch is not None:
                 # A batch is billed when it runs: its whole estimate is reserved now.
                 usd, now = float(batch.cost_usd), time.time()
-                refusal = self.limiter.check_reservation(key, usd, now)
-                if refusal is not None:
-                    return await self._refuse_for(send, record, refusal)
+                refused = self.limiter.check_reservation(key, usd, now)
+                if refused is not None:
+                    return await self._answer(req, refused)
                 self.limiter.reserve(key, usd, batch.tokens, now)
 
             if self.body_cap:
@@ -275,7 +305,7 @@ class Relay:
                 watcher = asyncio.ensure_future(receive())
                 watcher.add_done_callback(state.client_gone)
             try:
-                await self._forward(scope, send, record, hdrs, body, span, batch)
+                await self._forward(req, hdrs.forward, body)
             except asyncio.CancelledError:
                 if not state.gone:
                     raise
@@ -295,9 +325,9 @@ class Relay:
             self.limiter.finish(key, record, time.time())
 
     async def _authenticate(
-        self, hdrs: ClientHeaders, record: RequestRecord, send: Send
-    ) -> KeyInfo | None:
-        """The caller's key, or None once a refusal has been sent."""
+        self, hdrs: ClientHeaders, record: RequestRecord
+    ) -> KeyInfo | ProxyError:
+        """The caller's key, or why it is refused."""
         creds = [c for c in (hdrs.api_key, hdrs.bearer) if c]
         info = None
         for cred in creds:
@@ -306,23 +336,20 @@ class Relay:
                 break
         else:
             if not creds:
-                await self._deny(send, record, "missing_key", "x-api-key header is required")
-                return None
-            info = await self._lookup(creds, record, send)
-            if info is None:
-                return None
+                return refusal(
+                    "missing_key", "authentication_error", "x-api-key header is required"
+                )
+            found = await self._lookup(creds, record)
+            if isinstance(found, ProxyError):
+                return found
+            info = found
         if info.revoked:
-            await self._deny(send, record, "revoked_key", "This API key has been revoked.")
-            return None
+            return self._denied(record, "revoked_key", "This API key has been revoked.")
         if info.expired(time.time()):
-            await self._deny(send, record, "expired_key", "This API key has expired.")
-            return None
-        record.key_id = info.key_id
+            return self._denied(record, "expired_key", "This API key has expired.")
         return info
 
-    async def _lookup(
-        self, creds: list[bytes], record: RequestRecord, send: Send
-    ) -> KeyInfo | None:
+    async def _lookup(self, creds: list[bytes], record: RequestRecord) -> KeyInfo | ProxyError:
         """Keys the cache does not hold: throttled per client address, then the database."""
         wait = self.throttle.retry_after(record.client_ip, time.monotonic())
         if wait is not None:
@@ -330,15 +357,12 @@ class Relay:
                 "Too many requests with invalid API keys from this address. "
                 f"Retry after {wait} seconds."
             )
-            refusal = Refusal(
+            return refusal(
                 "bad_key_throttled",
                 "rate_limit_error",
-                429,
                 msg,
-                ((b"retry-after", str(wait).encode()),),
+                headers=((b"retry-after", str(wait).encode()),),
             )
-            await self._refuse_for(send, record, refusal)
-            return None
         try:
             for cred in creds:
                 info = await self.keys.lookup(cred)
@@ -346,42 +370,19 @@ class Relay:
                     return info
         except KeyStoreUnavailable as exc:
             # The SDKs retry a 503 with this advice.
-            refusal = Refusal(
+            return refusal(
                 "key_store_unavailable",
                 "api_error",
-                503,
                 f"The proxy cannot verify this API key right now: {exc}. Retry shortly.",
-                ((b"retry-after", b"5"), (b"x-should-retry", b"true")),
+                status=503,
+                headers=((b"retry-after", b"5"), (b"x-should-retry", b"true")),
             )
-            await self._refuse_for(send, record, refusal)
-            return None
-        await self._deny(send, record, "invalid_key", "invalid x-api-key")
-        return None
+        return self._denied(record, "invalid_key", "invalid x-api-key")
 
-    async def _deny(self, send: Send, record: RequestRecord, reason: str, msg: str) -> None:
-        """A 401; every failure also spends the client address's allowance for bad keys."""
-        if reason != "missing_key":
-            self.throttle.failed(record.client_ip, time.monotonic())
-        record.refusal = reason
-        await self._refuse(send, record, "authentication_error", msg)
-
-    async def _refuse_for(self, send: Send, record: RequestRecord, refusal: Refusal) -> None:
-        record.refusal = refusal.reason
-        await self._fail(
-            send,
-            record,
-            refusal.error_type,
-            refusal.message,
-            refusal.status,
-            list(refusal.headers),
-        )
-
-    def _too_large_msg(self) -> str:
-        return f"Request exceeds the maximum allowed number of bytes ({self.max_body})."
-
-    async def _refuse(self, send: Send, record: RequestRecord, error_type: str, msg: str) -> None:
-        """Answer a request the proxy itself rejects; nothing is sent upstream."""
-        await self._fail(send, record, error_type, msg, STATUS_FOR_TYPE[error_type])
+    def _denied(self, record: RequestRecord, reason: str, msg: str) -> ProxyError:
+        """A 401 for a key that was given: it spends the address's allowance for bad keys."""
+        self.throttle.failed(record.client_ip, time.monotonic())
+        return refusal(reason, "authentication_error", msg)
 
     async def _read_body(
         self, receive: Receive, record: RequestRecord, chunked: bool
@@ -424,40 +425,31 @@ class Relay:
             raise
 
     async def _forward(
-        self,
-        scope: Scope,
-        send: Send,
-        record: RequestRecord,
-        hdrs: ClientHeaders,
-        body: Buffer,
-        span: object,
-        batch: BatchEstimate | None = None,
+        self, req: _Request, forward: list[tuple[bytes, bytes]], body: Buffer
     ) -> None:
+        scope, send, record = req.scope, req.send, req.record
         rid = record.id
         target = canonical_target(scope["raw_path"], scope["path"])
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         batch_object = record.endpoint in _BATCH_OBJECT_ENDPOINTS
-        forward = hdrs.forward
         if batch_object:  # read and rewritten here: ask for it uncompressed
             forward = [(n, v) for n, v in forward if n != b"accept-encoding"]
         resp = await self.dispatcher.send(
-            record.method.encode(), target, forward, body, record, span
+            record.method.encode(), target, forward, body, record, req.span
         )
-        if isinstance(resp, Failed):
-            return await self._fail(
-                send, record, resp.error_type, resp.message, resp.status, list(resp.headers)
-            )
+        if isinstance(resp, ProxyError):
+            return await self._answer(req, resp)
         upstream_rid = resp.header(b"request-id")
         record.upstream_request_id = upstream_rid.decode("latin-1") if upstream_rid else None
         if batch_object and resp.status == 200:
-            return await self._forward_batch_object(scope, send, record, resp, batch)
+            return await self._forward_batch_object(req, resp)
 
         status = resp.status
         record.status_code = status
         is_sse = (resp.header(b"content-type") or b"").startswith(b"text/event-stream")
         encoding = resp.header(b"content-encoding")
-        observer = self._format(record).observer(encoding.decode("latin-1") if encoding else None)
+        observer = req.format.observer(encoding.decode("latin-1") if encoding else None)
         # Plain JSON is observed for messages and for every error body.
         observe_json = not is_sse and (record.endpoint in JSON_ENDPOINTS or status >= 400)
         kept = bytearray() if self.body_cap else None
@@ -528,15 +520,13 @@ class Relay:
                     record.error_message = f"Streaming error: {exc}"
                     raise ClientGone() from exc
                 conclude()
-                await self._break_stream(send, record, f"Streaming error: {exc}", _error_type(exc))
-                return
+                return await self._answer(
+                    req, ProxyError(_error_type(exc), f"Streaming error: {exc}"), mid_stream=True
+                )
             if is_sse and status == 200 and not observer.stream_complete and not ended:
                 telemetry.upstream_error("stream_error")
                 conclude()
-                await self._break_stream(
-                    send, record, "Streaming error: upstream closed the stream before message_stop"
-                )
-                return
+                return await self._answer(req, _CUT_STREAM, mid_stream=True)
             if not ended:
                 conclude()
                 self._settle(record)
@@ -549,45 +539,39 @@ class Relay:
             resp.release()
             conclude()  # however the response ended (complete, cut, client gone)
 
-    async def _forward_batch_object(
-        self,
-        scope: Scope,
-        send: Send,
-        record: RequestRecord,
-        resp: UpstreamResponse,
-        batch: BatchEstimate | None,
-    ) -> None:
+    async def _forward_batch_object(self, req: _Request, resp: UpstreamResponse) -> None:
         """A batch object (or a page of them), read whole: its `results_url` is set to the
         proxy's own (the SDK fetches it with the client's key), and a submission the
         upstream accepted keeps its reservation on its row."""
+        record = req.record
         kept = bytearray()
         try:
             while chunk := await resp.read():
                 kept += chunk
         except BodyError as exc:  # nothing was sent yet: an error the SDK retries
             status, msg = 504 if exc.timeout else 502, f"Upstream error: {exc}"
-            return await self._fail(send, record, _error_type(exc), msg, status)
+            return await self._answer(req, ProxyError(_error_type(exc), msg, status))
         finally:
             resp.release()
         record.status_code = 200
         record.ttft_ms = (time.time() - record.created_at) * 1000.0
-        host = next((v for n, v in scope["headers"] if n == b"host"), None)
-        base = public_base(self.public_url, scope["scheme"], host)
+        host = next((v for n, v in req.scope["headers"] if n == b"host"), None)
+        base = public_base(self.public_url, req.scope["scheme"], host)
         out = bytes(kept)
         rewritten = rewrite_results_urls(out, base)
         if rewritten is not None:
             out, found = rewritten
             if not (record.endpoint == BATCHES and record.method == "GET"):  # not a page
-                self._note_batch(record, found[0], batch)
+                self._note_batch(record, found[0], req.batch)
         headers = [
             (n, v)
             for n, v in self._response_headers(resp, record)
             if n not in (b"content-length", b"content-encoding")
         ]
         headers.append((b"content-length", b"%d" % len(out)))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await req.send({"type": "http.response.start", "status": 200, "headers": headers})
         self._settle(record)
-        await send({"type": "http.response.body", "body": out, "more_body": False})
+        await req.send({"type": "http.response.body", "body": out, "more_body": False})
 
     def _response_headers(
         self, resp: UpstreamResponse, record: RequestRecord
@@ -614,38 +598,29 @@ class Relay:
         elif obj.get("processing_status") == "ended" and self.settler is not None:
             self.settler.poke(batch_id)
 
-    async def _break_stream(
-        self, send: Send, record: RequestRecord, message: str, error_type: str = "api_error"
-    ) -> None:
-        """End a broken SSE stream with an `error` event the SDK raises on."""
-        log.error("%s request_id=%s", message, record.id)
-        record.error_type = error_type
-        record.error_message = message
-        self._settle(record)
-        event = sse_error_event(error_type, message, record.id)
-        await send({"type": "http.response.body", "body": event, "more_body": False})
-
-    async def _fail(
-        self,
-        send: Send,
-        record: RequestRecord,
-        error_type: str,
-        msg: str,
-        status: int,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        """Answer with a proxy-made Anthropic-shaped error and note it on the record."""
+    async def _answer(self, req: _Request, err: ProxyError, *, mid_stream: bool = False) -> None:
+        """Answer with an error the proxy makes itself, and note it on the record: an
+        Anthropic-shaped JSON response, or, once a stream has begun, an SSE `error` event
+        that ends it (the SDK raises on it instead of returning a truncated message)."""
+        record = req.record
+        record.refusal = err.reason
+        record.error_type = err.error_type
+        record.error_message = err.message
+        if mid_stream:
+            log.error("%s request_id=%s", err.message, record.id)
+            self._settle(record)
+            event = sse_error_event(err.error_type, err.message, record.id)
+            await req.send({"type": "http.response.body", "body": event, "more_body": False})
+            return
+        headers = list(err.headers)
         if self.drain.draining:
-            headers = [*(headers or ()), (b"connection", b"close")]
+            headers.append((b"connection", b"close"))
+        status = err.status
         record.status_code = status
-        record.error_type = error_type
-        record.error_message = msg
         self._settle(record)
-        await send_error(send, error_type, msg, record.id, status=status, extra_headers=headers)
-
-    def _format(self, record: RequestRecord) -> WireFormat:
-        """The wire format of this request's endpoint: Anthropic's unless wiring said."""
-        return self._formats.get(record.endpoint, ANTHROPIC)
+        await send_error(
+            req.send, err.error_type, err.message, record.id, status=status, extra_headers=headers
+        )
 
     def _settle(self, record: RequestRecord) -> None:
         """Hand the record over, once, before the client can see its response end: the
@@ -654,6 +629,12 @@ class Relay:
         if record.latency_ms is None:
             record.latency_ms = (time.time() - record.created_at) * 1000.0
             self.sink.submit(record)
+
+
+_NOT_JSON = ProxyError("invalid_request_error", "The request body is not valid JSON.")
+_CUT_STREAM = ProxyError(
+    "api_error", "Streaming error: upstream closed the stream before message_stop"
+)
 
 
 # The WRITE_BODY_EXTENSION: write a body part now; a future while the client is full.

@@ -31,6 +31,9 @@ class AnthropicFormat:
             record.metadata_user_id = bounded(meta["user_id"], MAX_METADATA_USER_ID_CHARS)
         return model
 
+    def unmetered(self, body: dict[str, Any]) -> str | None:
+        return None  # every response reports its usage, streamed or not
+
     def observer(self, content_encoding: str | None) -> ResponseObserver:
         return ResponseObserver(content_encoding)
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from claude_proxy.upstream.window import SlidingCounts
+from claude_proxy.gateway.window import SlidingCounts
 
 log = logging.getLogger("claude_proxy.breaker")
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from claude_proxy.upstream.window import SlidingCounts
+from claude_proxy.gateway.window import SlidingCounts
 
 _BUDGET_WINDOW = 10  # seconds
 

@@ -2,37 +2,29 @@
 
 Everything here happens before the first byte reaches the client, which is what
 makes a retry safe. It returns either the response to relay (possibly an upstream
-error, passed through unchanged) or a `Failed`: an answer the proxy makes itself.
+error, passed through unchanged) or a `ProxyError`: an answer the proxy makes itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
+from claude_proxy.gateway.breaker import CircuitBreaker, is_failure_status
+from claude_proxy.gateway.errors import ProxyError
+from claude_proxy.gateway.retry import RetryPolicy
 from claude_proxy.store.records import RequestRecord
 from claude_proxy.telemetry.reporter import Telemetry
-from claude_proxy.upstream.breaker import CircuitBreaker, is_failure_status
+from claude_proxy.telemetry.spans import Span
 from claude_proxy.upstream.pool import Buffer, ConnectError, UpstreamPool, UpstreamResponse
-from claude_proxy.upstream.retry import RetryPolicy
 
 log = logging.getLogger("claude_proxy.upstream")
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """No upstream response to relay: the proxy answers with this error itself."""
-
-    error_type: str
-    status: int
-    message: str
-    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class Dispatcher:
     def __init__(
         self,
+        *,
         pool: UpstreamPool,
         breaker: CircuitBreaker,
         retry: RetryPolicy,
@@ -50,8 +42,8 @@ class Dispatcher:
         headers: list[tuple[bytes, bytes]],
         body: Buffer,
         record: RequestRecord,
-        span: object = None,
-    ) -> UpstreamResponse | Failed:
+        span: Span | None = None,
+    ) -> UpstreamResponse | ProxyError:
         self.retry.note_request()
         telemetry, tracing = self.telemetry, self.telemetry.tracing
         attempt = 0
@@ -64,14 +56,16 @@ class Dispatcher:
                     f"retry in {wait} seconds."
                 )
                 log.warning("circuit open: refused request_id=%s", record.id)
-                return Failed("overloaded_error", 529, msg, ((b"retry-after", b"%d" % wait),))
+                return ProxyError(
+                    "overloaded_error", msg, headers=((b"retry-after", b"%d" % wait),)
+                )
             attempt += 1
             record.upstream_attempts = attempt
             attempt_span = tracing.start_attempt(span, attempt) if tracing is not None else None
             try:
                 resp = await self.pool.request(method, target, headers, body)
             except ConnectError as exc:
-                if tracing is not None:
+                if tracing is not None and attempt_span is not None:
                     tracing.finish_attempt(attempt_span, None, str(exc))
                 self.breaker.record(False)
                 telemetry.upstream_error("timeout" if exc.timeout else "connect_error")
@@ -79,18 +73,18 @@ class Dispatcher:
                 _log_attempt(str(exc), record.id, attempt, delay)
                 if delay is None:
                     if exc.timeout:
-                        return Failed("timeout_error", 504, str(exc))
-                    return Failed("api_error", 502, f"Upstream error: {exc}")
+                        return ProxyError("timeout_error", str(exc))
+                    return ProxyError("api_error", f"Upstream error: {exc}", 502)
                 telemetry.retried()
                 await asyncio.sleep(delay)
                 continue
             except BaseException:
-                if tracing is not None:
+                if tracing is not None and attempt_span is not None:
                     tracing.finish_attempt(attempt_span, None, "cancelled")
                 self.breaker.forget()  # cancelled (client gone): no outcome to count
                 raise
             status = resp.status
-            if tracing is not None:
+            if tracing is not None and attempt_span is not None:
                 tracing.finish_attempt(attempt_span, status, None)
             self.breaker.record(not is_failure_status(status))
             if status >= 500:
