@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.formats.body_copy import MAX_EVENT_BYTES
 from claude_proxy.formats.openai import observer as observer_module
 from claude_proxy.formats.openai.observer import ChatObserver
 from claude_proxy.formats.openai.wire import OPENAI_CHAT
@@ -216,13 +217,13 @@ def test_a_stream_cut_before_done_is_not_complete() -> None:
 
 def test_buffering_is_bounded() -> None:
     obs = ChatObserver()
-    big = b"data: " + b"x" * (observer_module._MAX_EVENT_BYTES + 1)
+    big = b"data: " + b"x" * (MAX_EVENT_BYTES + 1)
     obs.feed_sse(big)
     assert obs.gave_up and obs._buf == b""
     obs.feed_sse(data("[DONE]"))  # observation has stopped; forwarding goes on regardless
     assert not obs.done
     obs = ChatObserver()
-    obs.feed_json(b" " * (observer_module._MAX_EVENT_BYTES + 1))
+    obs.feed_json(b" " * (MAX_EVENT_BYTES + 1))
     assert obs.gave_up and not obs._json
     obs.finish_json()
     assert obs.usage == Usage()

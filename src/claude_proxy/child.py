@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from claude_proxy.formats.anthropic.pricing import PriceTable
-from claude_proxy.store import migrate, writer_process
+from claude_proxy.store import writer_process
 from claude_proxy.store.records import RequestRecord
 from claude_proxy.store.writer import DurableFn, LogWriter
 from claude_proxy.store.writer_db import WriterDatabase
@@ -78,6 +78,9 @@ def main(argv: list[str]) -> int:
         writer_process.run(int(argv[1]), _writer_parts)
         return 0
     if argv == ["migrate"]:
+        # Only here: the writer process must not load SQLAlchemy (store/writer_db.py).
+        from claude_proxy.store import migrate
+
         return migrate.main()
     print("usage: python -m claude_proxy.child writer FD | migrate", file=sys.stderr)
     return 2

@@ -94,9 +94,8 @@ async def test_a_connection_refused_is_retried_then_a_502(
         doc = proxy_error(r.content, r.headers)
         assert doc["error"]["type"] == "api_error"
         assert "cannot connect to the upstream API" in doc["error"]["message"]
-        row = await proxy.row(doc["request_id"])
-        assert (row["status_code"], row["error_type"]) == (502, "api_error")
-        assert row["upstream_attempts"] == 3  # never sent, so safe to retry
+        # Never sent, so safe to retry: 3 attempts in all (CLAUDE_PROXY_RETRY_MAX_ATTEMPTS).
+        assert (await proxy.ready())["upstream"]["retries"]["retried"] == 2
 
 
 async def test_the_breaker_opens_refuses_without_the_upstream_and_closes_after_probes(
@@ -125,8 +124,6 @@ async def test_the_breaker_opens_refuses_without_the_upstream_and_closes_after_p
         assert "circuit breaker is open" in doc["error"]["message"]
         assert refused.headers["retry-after"] == "1"  # whole seconds, at least 1
         assert await proxy.upstream(tag) == []
-        row = await proxy.row(doc["request_id"])
-        assert (row["status_code"], row["upstream_attempts"]) == (529, 0)
 
         # After the open period a request goes through as a probe (each try before that is
         # refused at once, as above); 3 probes that succeed close it.

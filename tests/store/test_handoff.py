@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from claude_proxy.child import WRITER_PROCESS, build_writer
@@ -102,3 +104,17 @@ async def test_a_stalled_writer_process_overflows_to_the_spill_file(
     w.close_sync(2)
     ids = db.ids()
     assert len(ids) == 300 and set(ids) == {r.id for r in recs}
+
+
+def test_the_writer_process_loads_neither_sqlalchemy_nor_prometheus() -> None:
+    """The writer process stays small (docs/architecture.md): a plain DB-API connection,
+    metrics counted as numbers; what its entry point imports must not pull the rest in."""
+    code = (
+        "import sys, claude_proxy.child\n"
+        "heavy = ('sqlalchemy', 'prometheus_client', 'pydantic', 'alembic', 'fastapi')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -54,6 +54,7 @@ from claude_proxy.emulator.wire import (
     ERROR_MESSAGES,
     ApiError,
     CommonHeaders,
+    check_messages_and_stream,
     chunk,
     error_body,
     error_message_for,
@@ -137,16 +138,7 @@ def _validate(params: dict[str, Any], *, max_tokens: bool = True) -> str:
             raise ApiError(400, "max_tokens: Input should be a valid integer")
         if value < 1:
             raise ApiError(400, "max_tokens: Input should be greater than or equal to 1")
-    messages = params.get("messages")
-    if messages is None:
-        raise ApiError(400, "messages: Field required")
-    if not isinstance(messages, list):
-        raise ApiError(400, "messages: Input should be a valid list")
-    if not messages:
-        raise ApiError(400, "messages: at least one message is required")
-    stream = params.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise ApiError(400, "stream: Input should be a valid boolean")
+    check_messages_and_stream(params)
     if not model.startswith("claude-"):
         raise ApiError(404, f"model: {model}")
     return model
@@ -250,6 +242,17 @@ class EmulatorApp:
         except FaultSpecError as exc:
             raise ApiError(400, str(exc)) from None
 
+    def _fail_early(self, req: Request, fault: Fault) -> Coro | None:
+        """A fault that fails the request before any reply: closed, or an error status
+        (after `first_byte_ms` when it asks for a wait)."""
+        if fault.first_byte_ms:
+            return self._faulted(req, fault, True, lambda r: None)
+        if fault.close_before_headers:
+            req.conn.drop(req)
+        else:
+            self._fault_error(req, fault)
+        return None
+
     def _fault_error(self, req: Request, fault: Fault) -> None:
         status = fault.status
         assert status is not None
@@ -343,13 +346,7 @@ class EmulatorApp:
             return None
         failing = self.counters.should_fail(fault)
         if failing and (fault.close_before_headers or fault.status is not None):
-            if fault.first_byte_ms:
-                return self._faulted(req, fault, True, lambda r: None)
-            if fault.close_before_headers:
-                req.conn.drop(req)
-            else:
-                self._fault_error(req, fault)
-            return None
+            return self._fail_early(req, fault)
         reply = build_reply(
             params,
             self._usage(model, shape, simple),
@@ -525,13 +522,7 @@ class EmulatorApp:
             return None
         failing = self.counters.should_fail(fault)
         if failing and (fault.close_before_headers or fault.status is not None):
-            if fault.first_byte_ms:
-                return self._faulted(req, fault, True, lambda r: None)
-            if fault.close_before_headers:
-                req.conn.drop(req)
-            else:
-                self._fault_error(req, fault)
-            return None
+            return self._fail_early(req, fault)
         reply = build_reply(
             body, usage, events=fault.events, text_bytes=fault.text_bytes, force_tool=fault.tool
         )

@@ -27,7 +27,7 @@ import orjson
 
 from claude_proxy.emulator import catalog
 from claude_proxy.emulator.messages import Reply
-from claude_proxy.emulator.wire import ApiError, chunk
+from claude_proxy.emulator.wire import ApiError, check_messages_and_stream, chunk
 
 PATH = b"/v1/chat/completions"
 DEFAULT_MAX_TOKENS = 4096
@@ -177,16 +177,7 @@ def to_messages(params: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
         raise ApiError(400, "model: Field required")
     if not isinstance(model, str):
         raise ApiError(400, "model: Input should be a valid string")
-    messages = params.get("messages")
-    if messages is None:
-        raise ApiError(400, "messages: Field required")
-    if not isinstance(messages, list):
-        raise ApiError(400, "messages: Input should be a valid list")
-    if not messages:
-        raise ApiError(400, "messages: at least one message is required")
-    stream = params.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise ApiError(400, "stream: Input should be a valid boolean")
+    messages = check_messages_and_stream(params)
     n = params.get("n")
     if n is not None and n != 1:
         raise ApiError(400, "n: Must be exactly 1")

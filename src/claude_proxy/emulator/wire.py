@@ -12,6 +12,7 @@ import secrets
 import time
 import uuid
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 
@@ -221,3 +222,19 @@ class CommonHeaders:
 
 def request_id_line(request_id: str) -> bytes:
     return b"request-id: " + request_id.encode() + b"\r\n"
+
+
+def check_messages_and_stream(params: dict[str, Any]) -> list[Any]:
+    """`messages` and `stream` as both the Messages and the Chat Completions endpoints
+    validate them, with the API's wording; returns the messages."""
+    messages = params.get("messages")
+    if messages is None:
+        raise ApiError(400, "messages: Field required")
+    if not isinstance(messages, list):
+        raise ApiError(400, "messages: Input should be a valid list")
+    if not messages:
+        raise ApiError(400, "messages: at least one message is required")
+    stream = params.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, "stream: Input should be a valid boolean")
+    return messages

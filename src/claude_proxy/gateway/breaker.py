@@ -30,7 +30,7 @@ def is_failure_status(status: int) -> bool:
     return status >= 500  # 500, 502, 503, 504, 529 ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BreakerConfig:
     failure_ratio: float = 0.5
     min_requests: int = 20

@@ -26,7 +26,7 @@ from claude_proxy.gateway.window import SlidingCounts
 _BUDGET_WINDOW = 10  # seconds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryConfig:
     statuses: frozenset[int] = frozenset({529})
     connect_errors: bool = True

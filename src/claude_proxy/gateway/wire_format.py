@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from claude_proxy.store.records import RequestRecord, Usage
+from claude_proxy.store.records import MAX_MODEL_CHARS, RequestRecord, Usage, bounded
 
 
 class ResponseObserver(Protocol):
@@ -56,3 +56,15 @@ class WireFormat(Protocol):
     def observer(self, content_encoding: str | None) -> ResponseObserver:
         """A new observer for one response with this Content-Encoding."""
         ...
+
+
+def note_model(record: RequestRecord, body: dict[str, Any]) -> str | None:
+    """What every format notes alike: `model` (bounded on the record, returned whole) and
+    `stream`."""
+    model = body.get("model")
+    if not isinstance(model, str):
+        model = None
+    else:
+        record.model = bounded(model, MAX_MODEL_CHARS)
+    record.stream = body.get("stream") is True
+    return model

@@ -49,7 +49,7 @@ _READ_PAUSE_SECONDS = 0.02
 _READ_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WriterConfig:
     database: DatabaseTarget
     spill_dir: str

@@ -13,31 +13,24 @@ cumulative totals and overwrites whatever fields it has (non-null).
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import orjson
 
+from claude_proxy.formats.body_copy import BodyCopy
 from claude_proxy.store.records import Usage
 
 _PARSED_EVENTS = (b"message_start", b"message_delta", b"error")
 # Byte strings whose presence means a chunk may hold an event worth parsing.
 _MARKERS = (b"message_", b"error")
-# An observer never buffers more than this for one unfinished event (huge server-tool
-# result blocks are skipped, not parsed); past it, observation stops, forwarding does not.
-_MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
-class ResponseObserver:
+class ResponseObserver(BodyCopy):
     """Accumulates what the record needs from a streamed or plain JSON response."""
 
     __slots__ = (
-        "_buf",
-        "_decoder",
-        "_json",
         "error_message",
         "error_type",
-        "gave_up",
         "message_id",
         "message_stop",
         "model",
@@ -46,14 +39,7 @@ class ResponseObserver:
     )
 
     def __init__(self, content_encoding: str | None = None) -> None:
-        self._buf = b""
-        self._json = bytearray()
-        self._decoder: Any = None
-        if content_encoding in ("gzip", "x-gzip"):
-            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif content_encoding == "deflate":
-            self._decoder = zlib.decompressobj()
-        self.gave_up = content_encoding not in (None, "", "identity", "gzip", "x-gzip", "deflate")
+        super().__init__(content_encoding)
         self.model: str | None = None
         self.message_id: str | None = None
         self.stop_reason: str | None = None
@@ -67,31 +53,15 @@ class ResponseObserver:
         """True once the stream ended the way the API ends one: message_stop or an error event."""
         return self.message_stop or self.error_type is not None
 
-    def _plain(self, chunk: bytes) -> bytes:
-        if self._decoder is None:
-            return chunk
-        try:
-            out: bytes = self._decoder.decompress(chunk)
-        except zlib.error:
-            self.gave_up = True
-            return b""
-        return out
-
     # --- SSE -------------------------------------------------------------------------
 
     def feed_sse(self, chunk: bytes) -> None:
         if self.gave_up:
             return
-        data = self._buf + self._plain(chunk) if self._buf else self._plain(chunk)
-        if b"\r" in data:
-            # The API sends LF; tolerate CRLF/CR framing without splitting a CRLF pair.
-            hold = data.endswith(b"\r")
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if hold:
-                data = data[:-1] + b"\r"
+        data = self._sse_text(chunk)
         last = data.rfind(b"\n\n")
         if last < 0:
-            self._buf = data
+            self._hold(data)
         else:
             # Fast path: most events are content deltas and pings, which carry nothing we
             # record. Only the events around a marker are cut out and parsed, in order, so
@@ -105,10 +75,7 @@ class ResponseObserver:
                     at = data.find(marker, data.find(b"\n\n", at, last + 2), last)
             for start in sorted(starts):
                 self._event(data[start : data.find(b"\n\n", start)])
-            self._buf = data[last + 2 :]
-        if len(self._buf) > _MAX_EVENT_BYTES:
-            self.gave_up = True
-            self._buf = b""
+            self._hold(data[last + 2 :])
 
     def _event(self, block: bytes) -> None:
         name = b""
@@ -150,25 +117,9 @@ class ResponseObserver:
 
     # --- plain JSON ------------------------------------------------------------------
 
-    def feed_json(self, chunk: bytes) -> None:
-        """Collect a copy of a JSON body (capped); `finish_json` parses it once at the end."""
-        if self.gave_up:
-            return
-        self._json += self._plain(chunk)
-        if len(self._json) > _MAX_EVENT_BYTES:
-            self.gave_up = True
-            self._json = bytearray()
-
     def finish_json(self) -> None:
-        if self.gave_up or not self._json:
-            return
-        try:
-            obj = orjson.loads(self._json)
-        except orjson.JSONDecodeError:
-            return
-        finally:
-            self._json = bytearray()
-        if not isinstance(obj, dict):
+        obj = self._json_object()
+        if obj is None:
             return
         if obj.get("type") == "message":
             self._message(obj)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from claude_proxy.formats.anthropic.observer import ResponseObserver
+from claude_proxy.gateway.wire_format import note_model
 from claude_proxy.store.records import (
     MAX_METADATA_USER_ID_CHARS,
-    MAX_MODEL_CHARS,
     RequestRecord,
     bounded,
 )
@@ -20,12 +20,7 @@ class AnthropicFormat:
     __slots__ = ()
 
     def note_request(self, record: RequestRecord, body: dict[str, Any]) -> str | None:
-        model = body.get("model")
-        if not isinstance(model, str):
-            model = None
-        else:
-            record.model = bounded(model, MAX_MODEL_CHARS)
-        record.stream = body.get("stream") is True
+        model = note_model(record, body)
         meta = body.get("metadata")
         if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
             record.metadata_user_id = bounded(meta["user_id"], MAX_METADATA_USER_ID_CHARS)

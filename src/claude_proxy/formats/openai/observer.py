@@ -1,9 +1,7 @@
 """Watch a Chat Completions response on the side: model, id, finish reason, usage, errors.
 
-The relay forwards upstream bytes untouched; this observer reads a copy, as the Anthropic
-one does (formats/anthropic/observer.py), with the same care: gzip/deflate bodies are
-inflated, no more than `_MAX_EVENT_BYTES` is ever held for one unfinished event or body,
-and past it observation stops (forwarding does not).
+The relay forwards upstream bytes untouched; this observer reads a copy (formats/body_copy.py:
+inflated, framed, bounded), as the Anthropic one does.
 
 A stream is `data: {chat.completion.chunk}` events, then `data: [DONE]`. Every chunk repeats
 the id and model, and carries `"finish_reason":null` (and `"usage":null` when the client
@@ -29,16 +27,13 @@ writes have no field in this shape, so cache_creation_input_tokens stays None.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import orjson
 
+from claude_proxy.formats.body_copy import BodyCopy
 from claude_proxy.store.records import Usage
 
-# An observer never buffers more than this for one unfinished event or JSON body; past it,
-# observation stops, forwarding does not (the same bound as the Anthropic observer's).
-_MAX_EVENT_BYTES = 4 * 1024 * 1024
 _MAX_ERROR_MESSAGE_CHARS = 1000
 # Keys whose value matters only when it is not null (every chunk carries them as null),
 # with their compact null spelling: when a chunk has as many of those as of the key, none
@@ -51,18 +46,14 @@ _ALWAYS = (b'"error"', b"[DONE]")
 _SPACE = b" \t\r\n"
 
 
-class ChatObserver:
+class ChatObserver(BodyCopy):
     """Accumulates what the record needs from a streamed or plain Chat Completions response."""
 
     __slots__ = (
-        "_buf",
-        "_decoder",
         "_headed",
-        "_json",
         "done",
         "error_message",
         "error_type",
-        "gave_up",
         "message_id",
         "model",
         "stop_reason",
@@ -70,14 +61,7 @@ class ChatObserver:
     )
 
     def __init__(self, content_encoding: str | None = None) -> None:
-        self._buf = b""
-        self._json = bytearray()
-        self._decoder: Any = None
-        if content_encoding in ("gzip", "x-gzip"):
-            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif content_encoding == "deflate":
-            self._decoder = zlib.decompressobj()
-        self.gave_up = content_encoding not in (None, "", "identity", "gzip", "x-gzip", "deflate")
+        super().__init__(content_encoding)
         self._headed = False  # a chunk's id and model have been read
         self.model: str | None = None
         self.message_id: str | None = None
@@ -93,39 +77,20 @@ class ChatObserver:
         error event."""
         return self.done or self.error_type is not None
 
-    def _plain(self, chunk: bytes) -> bytes:
-        if self._decoder is None:
-            return chunk
-        try:
-            out: bytes = self._decoder.decompress(chunk)
-        except zlib.error:
-            self.gave_up = True
-            return b""
-        return out
-
     # --- SSE -------------------------------------------------------------------------
 
     def feed_sse(self, chunk: bytes) -> None:
         if self.gave_up:
             return
-        data = self._buf + self._plain(chunk) if self._buf else self._plain(chunk)
-        if b"\r" in data:
-            # Tolerate CRLF/CR framing without splitting a CRLF pair across chunks.
-            hold = data.endswith(b"\r")
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if hold:
-                data = data[:-1] + b"\r"
+        data = self._sse_text(chunk)
         last = data.rfind(b"\n\n")
         if last < 0:
-            self._buf = data
+            self._hold(data)
         else:
             for start in self._interesting(data, last):
                 end = data.find(b"\n\n", start)
                 self._event(data[start:end])
-            self._buf = data[last + 2 :]
-        if len(self._buf) > _MAX_EVENT_BYTES:
-            self.gave_up = True
-            self._buf = b""
+            self._hold(data[last + 2 :])
 
     def _interesting(self, data: bytes, last: int) -> list[int]:
         """Where the events worth decoding begin, in order, among the complete ones
@@ -183,25 +148,9 @@ class ChatObserver:
 
     # --- plain JSON ------------------------------------------------------------------
 
-    def feed_json(self, chunk: bytes) -> None:
-        """Collect a copy of a JSON body (capped); `finish_json` parses it once at the end."""
-        if self.gave_up:
-            return
-        self._json += self._plain(chunk)
-        if len(self._json) > _MAX_EVENT_BYTES:
-            self.gave_up = True
-            self._json = bytearray()
-
     def finish_json(self) -> None:
-        if self.gave_up or not self._json:
-            return
-        try:
-            obj = orjson.loads(self._json)
-        except orjson.JSONDecodeError:
-            return
-        finally:
-            self._json = bytearray()
-        if not isinstance(obj, dict):
+        obj = self._json_object()
+        if obj is None:
             return
         if _is_error(obj):
             self._error(obj)

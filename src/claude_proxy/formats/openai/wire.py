@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from claude_proxy.formats.openai.observer import ChatObserver
+from claude_proxy.gateway.wire_format import note_model
 from claude_proxy.store.records import (
     MAX_METADATA_USER_ID_CHARS,
-    MAX_MODEL_CHARS,
     RequestRecord,
     bounded,
 )
@@ -24,12 +24,7 @@ class OpenAIChatFormat:
     __slots__ = ()
 
     def note_request(self, record: RequestRecord, body: dict[str, Any]) -> str | None:
-        model = body.get("model")
-        if not isinstance(model, str):
-            model = None
-        else:
-            record.model = bounded(model, MAX_MODEL_CHARS)
-        record.stream = body.get("stream") is True
+        model = note_model(record, body)
         # The caller's end user: OpenAI's `user`, or `safety_identifier`, which OpenAI's
         # SDK now offers in its place (the upstream ignores both; the row keeps them).
         user = body.get("user")

@@ -1,0 +1,81 @@
+"""What every wire format's observer does alike: read the copy of a response body.
+
+The relay forwards upstream bytes untouched; an observer reads a copy. This base inflates
+gzip/deflate bodies, frames SSE text into whole events (tolerating CRLF framing), collects
+a plain JSON body to parse once at its end, and never holds more than `MAX_EVENT_BYTES` of
+one unfinished event or body: past it, observation stops (`gave_up`), forwarding does not.
+What the events mean is each format's (formats/anthropic, formats/openai).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+_ENCODINGS = (None, "", "identity", "gzip", "x-gzip", "deflate")
+
+
+class BodyCopy:
+    __slots__ = ("_buf", "_decoder", "_json", "gave_up")
+
+    def __init__(self, content_encoding: str | None) -> None:
+        self._buf = b""
+        self._json = bytearray()
+        self._decoder: Any = None
+        if content_encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif content_encoding == "deflate":
+            self._decoder = zlib.decompressobj()
+        self.gave_up = content_encoding not in _ENCODINGS
+
+    def _plain(self, chunk: bytes) -> bytes:
+        if self._decoder is None:
+            return chunk
+        try:
+            out: bytes = self._decoder.decompress(chunk)
+        except zlib.error:
+            self.gave_up = True
+            return b""
+        return out
+
+    def _sse_text(self, chunk: bytes) -> bytes:
+        """What is held of the stream plus this chunk, plain, with LF framing."""
+        data = self._buf + self._plain(chunk) if self._buf else self._plain(chunk)
+        if b"\r" in data:
+            # Tolerate CRLF/CR framing without splitting a CRLF pair across chunks.
+            hold = data.endswith(b"\r")
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if hold:
+                data = data[:-1] + b"\r"
+        return data
+
+    def _hold(self, rest: bytes) -> None:
+        """Keep the unfinished event for the next chunk, within the bound."""
+        if len(rest) > MAX_EVENT_BYTES:
+            self.gave_up = True
+            rest = b""
+        self._buf = rest
+
+    def feed_json(self, chunk: bytes) -> None:
+        """Collect a copy of a JSON body (capped); `finish_json` parses it once at the end."""
+        if self.gave_up:
+            return
+        self._json += self._plain(chunk)
+        if len(self._json) > MAX_EVENT_BYTES:
+            self.gave_up = True
+            self._json = bytearray()
+
+    def _json_object(self) -> dict[str, Any] | None:
+        """The collected JSON body, parsed once; None unless it is an object."""
+        if self.gave_up or not self._json:
+            return None
+        try:
+            obj = orjson.loads(self._json)
+        except orjson.JSONDecodeError:
+            return None
+        finally:
+            self._json = bytearray()
+        return obj if isinstance(obj, dict) else None
