@@ -52,6 +52,30 @@ class BodyCopy:
                 data = data[:-1] + b"\r"
         return data
 
+    def feed_sse(self, chunk: bytes) -> None:
+        """Read a chunk of an SSE stream: the whole events worth a look are handed to
+        `_event`, in order; an unfinished one is held for the next chunk."""
+        if self.gave_up:
+            return
+        data = self._sse_text(chunk)
+        last = data.rfind(b"\n\n")
+        if last < 0:
+            self._hold(data)
+            return
+        for start in self._event_starts(data, last):
+            self._event(data[start : data.find(b"\n\n", start)])
+        self._hold(data[last + 2 :])
+
+    def _event_starts(self, data: bytes, last: int) -> list[int]:
+        """Where the events worth decoding begin, in order, among the whole ones
+        (`data[:last]`). Most events carry nothing a row keeps: finding the few that do
+        with `find()` spares decoding the rest."""
+        raise NotImplementedError
+
+    def _event(self, block: bytes) -> None:
+        """One whole event (its lines, without the blank line that ends it)."""
+        raise NotImplementedError
+
     def _hold(self, rest: bytes) -> None:
         """Keep the unfinished event for the next chunk, within the bound."""
         if len(rest) > MAX_EVENT_BYTES:

@@ -55,27 +55,18 @@ class ResponseObserver(BodyCopy):
 
     # --- SSE -------------------------------------------------------------------------
 
-    def feed_sse(self, chunk: bytes) -> None:
-        if self.gave_up:
-            return
-        data = self._sse_text(chunk)
-        last = data.rfind(b"\n\n")
-        if last < 0:
-            self._hold(data)
-        else:
-            # Fast path: most events are content deltas and pings, which carry nothing we
-            # record. Only the events around a marker are cut out and parsed, in order, so
-            # a chunk of many coalesced deltas costs a few find() calls.
-            starts: set[int] = set()  # where each event holding a marker begins
-            for marker in _MARKERS:
-                at = data.find(marker, 0, last)
-                while at >= 0:
-                    before = data.rfind(b"\n\n", 0, at)
-                    starts.add(0 if before < 0 else before + 2)
-                    at = data.find(marker, data.find(b"\n\n", at, last + 2), last)
-            for start in sorted(starts):
-                self._event(data[start : data.find(b"\n\n", start)])
-            self._hold(data[last + 2 :])
+    def _event_starts(self, data: bytes, last: int) -> list[int]:
+        # Most events are content deltas and pings, which carry nothing we record. Only the
+        # events around a marker are cut out and parsed, in order, so a chunk of many
+        # coalesced deltas costs a few find() calls.
+        starts: set[int] = set()  # where each event holding a marker begins
+        for marker in _MARKERS:
+            at = data.find(marker, 0, last)
+            while at >= 0:
+                before = data.rfind(b"\n\n", 0, at)
+                starts.add(0 if before < 0 else before + 2)
+                at = data.find(marker, data.find(b"\n\n", at, last + 2), last)
+        return sorted(starts)
 
     def _event(self, block: bytes) -> None:
         name = b""

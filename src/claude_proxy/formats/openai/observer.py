@@ -79,20 +79,7 @@ class ChatObserver(BodyCopy):
 
     # --- SSE -------------------------------------------------------------------------
 
-    def feed_sse(self, chunk: bytes) -> None:
-        if self.gave_up:
-            return
-        data = self._sse_text(chunk)
-        last = data.rfind(b"\n\n")
-        if last < 0:
-            self._hold(data)
-        else:
-            for start in self._interesting(data, last):
-                end = data.find(b"\n\n", start)
-                self._event(data[start:end])
-            self._hold(data[last + 2 :])
-
-    def _interesting(self, data: bytes, last: int) -> list[int]:
+    def _event_starts(self, data: bytes, last: int) -> list[int]:
         """Where the events worth decoding begin, in order, among the complete ones
         (`data[:last]`): the first one until a chunk's id was read, and those holding a
         non-null finish_reason or usage, an error or [DONE]."""
