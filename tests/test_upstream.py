@@ -168,3 +168,24 @@ async def test_pump_raises_what_its_consumer_raised_in_the_read_callback(
         assert pool._idle == []
     finally:
         await pool.close()
+
+
+async def test_after_the_drain_window_no_new_request_starts(emulator: Emulator) -> None:
+    """A request that was between attempts (a retry's backoff) when the drain window ended
+    must not open a new upstream request afterwards: it fails at once, as ended locally."""
+    settings = Settings(anthropic_api_key=emulator.upstream_key, anthropic_base_url=emulator.url)
+    pool = upstream_pool(settings, asyncio.get_running_loop())
+    try:
+        resp = await pool.request(b"POST", b"/v1/messages", HEADERS, BODY)
+        assert resp.status == 200
+        while await resp.read():
+            pass
+        resp.release()
+        last = emulator.requests()[-1]  # the journal's newest entry: the request above
+        assert pool.abort_all("the drain window is over") == 0
+        with pytest.raises(ConnectError) as ended:
+            await pool.request(b"POST", b"/v1/messages", HEADERS, BODY)
+        assert ended.value.local and "drain window" in str(ended.value)
+        assert emulator.requests()[-1] == last  # nothing more reached the upstream
+    finally:
+        await pool.close()

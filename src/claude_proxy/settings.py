@@ -98,10 +98,13 @@ class Settings(BaseSettings):
 
     # --- graceful drain on SIGTERM (docs/reliability.md) -----------------------------------
     # /health answers 503 at once, and requests are still served for this long, so the
-    # load balancer stops sending new ones before the listener closes.
+    # load balancer stops sending new ones before the listener closes: for a SIGTERM that
+    # comes while the task is still routed to (a Spot interruption). After a deregistration
+    # (a deployment) it only waits; it takes no time from streams, which run meanwhile.
     pre_stop_seconds: float = 10.0
     # Then in-flight requests get this long to finish; what is left gets an SSE error
-    # event. pre-stop + drain + the writer's flush (10 s) = 110 s < ECS stopTimeout 120 s.
+    # event. pre-stop + drain + the writer's flush (10 s) = 110 s < ECS stopTimeout 120 s
+    # (Fargate's maximum; a Spot task is killed about 2 minutes after its SIGTERM).
     drain_seconds: float = 90.0
     # Kernel receive buffer per upstream connection (Linux doubles it); 0 = kernel default.
     # 64 KiB keeps a slow client's backlog in the kernel small and still allows ~6 MB/s per

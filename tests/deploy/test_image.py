@@ -203,8 +203,8 @@ def test_multi_stage_on_pinned_python_slim_copying_only_the_venv() -> None:
     all_stages = stages()
     assert len(all_stages) >= 2, "not a multi-stage build"
     for stage in all_stages:
-        # Pinned by tag (a digest is welcome), never `latest` or untagged.
-        assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*(@sha256:[0-9a-f]{64})?", stage.base)
+        # Pinned by digest: a tag alone can point at other bytes tomorrow.
+        assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*@sha256:[0-9a-f]{64}", stage.base)
     build, final = all_stages[0], all_stages[-1]
     assert final.base == build.base, "the venv must run on the interpreter it was built with"
     installs = " ".join(build.all("RUN"))
@@ -607,3 +607,14 @@ def test_the_image_start_command_serves_health_and_drains_on_sigterm(
     assert any(line.get("message") == "request" for line in lines), "no access log line"
     for secret in (UPSTREAM_KEY, admin_key, client_key):
         assert secret not in out
+
+
+def test_a_new_base_image_arrives_as_a_reviewed_change() -> None:
+    """The digest pin does not rot: Dependabot proposes the new base (and new action
+    SHAs) as pull requests that CI checks."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    watched = {(u["package-ecosystem"], u["directory"]) for u in config["updates"]}
+    assert ("docker", "/" + DOCKERFILE.parent.relative_to(ROOT).as_posix()) in watched
+    assert ("github-actions", "/") in watched

@@ -732,7 +732,9 @@ def check_path(text: str) -> str | None:
         return None
     if list(ROOT.glob(f".github/workflows/{text}")):
         return None
-    return f"{text}: no such file or directory in the repository"
+    if terraform_has(text):  # a name with a slash: alias/claude-proxy, aws/ecr
+        return None
+    return f"{text}: no such file or directory in the repository, nor a name in deploy/terraform"
 
 
 def check_header(text: str) -> str | None:
@@ -1401,15 +1403,20 @@ def test_numbers_with_units_are_known(doc: str) -> None:
     errors = []
     texts = [(d.prose, 1)] + [(f.text, f.line) for f in d.fences if f.kind == "fence:text"]
     for text, offset in texts:
+        # The total of a sum whose terms are known is known too (110 s in 10 s + 90 s +
+        # 10 s = 110 s), once the sum is right.
+        totals = set()
+        for m in re.finditer(r"((?:\d+ s \+ )+\d+ s) = (\d+) s", text):
+            terms = [int(n) for n in re.findall(r"\d+", m.group(1))]
+            if sum(terms) != int(m.group(2)):
+                errors.append(f"{doc}: {m.group(0)}: the sum is {sum(terms)}")
+            elif all(float(t) in known_numbers() for t in terms):
+                totals.add(float(m.group(2)))
         for m in UNIT_NUMBER.finditer(text):
             number = float(m.group(1))
-            if number not in known_numbers():
+            if number not in known_numbers() | totals:
                 line = offset + text.count("\n", 0, m.start())
                 errors.append(f"{doc}:{line}: {m.group(0)}: neither a setting nor in deploy/")
-        for m in re.finditer(r"((?:\d+ s \+ )+\d+ s) = (\d+) s", text):
-            total = sum(int(n) for n in re.findall(r"\d+", m.group(1)))
-            if total != int(m.group(2)):
-                errors.append(f"{doc}: {m.group(0)}: the sum is {total}")
     assert not errors, _report(errors)
 
 
@@ -1443,7 +1450,10 @@ def _attribute_values(attribute: str) -> list[float]:
 
 def test_drain_fits_the_stop_timeout_and_the_load_balancer() -> None:
     """What the runbook's deployment section rests on: pre-stop + drain + log flush (as the
-    container sets them) < stopTimeout, = the deregistration delay; keep-alive > ALB idle."""
+    container sets them) < stopTimeout <= 120 s (Fargate's maximum); the target group's
+    deregistration delay (what a deployment gives a stream before SIGTERM) 600-3600 s and
+    above every idle timeout; the keep-alive above the ALB's idle timeout, the upstream idle
+    timeout below it."""
     env = container_env()
 
     def setting(name: str) -> float:
@@ -1463,9 +1473,23 @@ def test_drain_fits_the_stop_timeout_and_the_load_balancer() -> None:
     stop_timeout = _one(_attribute_values("stopTimeout"), "stopTimeout")
     deregistration = _one(_attribute_values("deregistration_delay"), "deregistration_delay")
     idle = _one(_attribute_values("idle_timeout"), "the ALB's idle_timeout")
+    keepalive = setting("CLAUDE_PROXY_KEEPALIVE_SECONDS")
+    upstream_idle = setting("CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS")
     assert drain < stop_timeout <= 120, (drain, stop_timeout)
-    assert deregistration == drain, (deregistration, drain)
-    assert setting("CLAUDE_PROXY_KEEPALIVE_SECONDS") > idle, idle
+    assert 600 <= deregistration <= 3600, deregistration
+    assert deregistration > max(idle, keepalive, upstream_idle), (deregistration, idle, keepalive)
+    assert upstream_idle < idle < keepalive, (upstream_idle, idle, keepalive)
+    # The whole shutdown budget is the task definition's, not left to the image.
+    set_by_terraform = {
+        key
+        for mod in terraform().values()
+        for holder in _dicts([mod.locals, mod.body])
+        for key in holder
+        if isinstance(key, str) and key.startswith("CLAUDE_PROXY_")
+    }
+    for name in ("CLAUDE_PROXY_PRE_STOP_SECONDS", "CLAUDE_PROXY_DRAIN_SECONDS",
+                 "CLAUDE_PROXY_LOG_FLUSH_TIMEOUT_SECONDS"):  # fmt: skip
+        assert name in set_by_terraform, f"the task definition does not set {name}"
 
 
 def test_the_allowlist_holds_only_what_the_docs_cite() -> None:

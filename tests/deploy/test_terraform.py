@@ -1,16 +1,18 @@
 """deploy/terraform: formatted, valid, and planning what the runbook says.
 
 - `terraform fmt -check -recursive` over deploy/terraform;
-- `terraform init -backend=false` and `terraform validate` of the production root and of
-  every module on its own;
-- `terraform test` in the production root: its tests/*.tftest.hcl plan the root against a
-  mocked AWS provider (no credentials, no network) and assert the names and values the
-  runbook cites (timeouts, health check, stopTimeout, secrets, security group rules,
-  deployment settings, autoscaling, alarms, ECR, NAT gateways);
+- `terraform init -backend=false` and `terraform validate` of every root (the production
+  root, and any other directory of deploy/terraform outside modules/ with a versions.tf,
+  such as bootstrap/) and of every module on its own;
+- `terraform test` in every root that has tests/*.tftest.hcl: the production root's plan
+  it against a mocked AWS provider (no credentials, no network) and assert the names and
+  values the runbook cites (timeouts, health check, stopTimeout, secrets, security group
+  rules, deployment settings, autoscaling, alarms, ECR, NAT gateways, KMS, EFS);
 - (checkov is the gate of tests/deploy/test_checkov.py);
-- without Terraform: the module layout (files, pinned versions, typed and described
-  variables, described outputs, README tables that list exactly the inputs and outputs),
-  terraform.tfvars.example, and the .gitignore.
+- without Terraform: the layout of the production root and the modules (files, pinned
+  versions, typed and described variables, described outputs, README tables that list
+  exactly the inputs and outputs), terraform.tfvars.example, and the .gitignore. Other
+  roots are only formatted, initialised, validated and tested.
 
 Terraform needs the binary (1.11 or later: the tests use `override_during`) and the pinned
 hashicorp/aws provider in a filesystem mirror, since nothing here may reach the registry:
@@ -49,9 +51,30 @@ PRODUCTION = Path("environments/production")
 MODULES = sorted(
     p.relative_to(TF_DIR) for p in (TF_DIR / "modules").iterdir() if (p / "main.tf").is_file()
 )
-CONFIGS = [PRODUCTION, *MODULES]
-TEST_FILES = sorted(p.name for p in (TF_DIR / PRODUCTION / "tests").glob("*.tftest.hcl"))
-EXPECTED_MODULES = {"network", "security", "alb", "ecr", "ecs", "iam", "autoscaling", "alarms"}
+
+
+def _roots() -> list[Path]:
+    """Every root configuration: a directory of deploy/terraform outside modules/ with a
+    versions.tf (environments/production, and any other, such as bootstrap/)."""
+    found = set()
+    for versions in TF_DIR.rglob("versions.tf"):
+        where = versions.parent.relative_to(TF_DIR)
+        if where.parts[:1] != ("modules",) and ".terraform" not in where.parts:
+            found.add(where)
+    return sorted(found)
+
+
+ROOTS = _roots()
+CONFIGS = [*ROOTS, *MODULES]
+LAYOUT_CONFIGS = [PRODUCTION, *MODULES]  # the conventions test_layout holds them to
+# (root, test file) for every root's tests/*.tftest.hcl
+ROOT_TESTS = [
+    (root, p.name) for root in ROOTS for p in sorted((TF_DIR / root).glob("tests/*.tftest.hcl"))
+]
+TEST_FILES = [name for root, name in ROOT_TESTS if root == PRODUCTION]
+EXPECTED_MODULES = {
+    "network", "security", "alb", "ecr", "ecs", "iam", "autoscaling", "alarms", "kms", "efs",
+}  # fmt: skip
 
 DEFAULT_MIRROR = "/opt/tf-plugins"
 MIN_TERRAFORM = (1, 11)
@@ -179,11 +202,15 @@ def _pipeline(tf: Terraform, pool: ThreadPoolExecutor) -> None:
                 runs.append(tf.run(args, where))
         return runs
 
-    root_init = tf.run(init, PRODUCTION)
-    for name in TEST_FILES:  # one `terraform test` per file, in parallel
+    # The roots' inits run here, one after the other (the production root's first): a pool
+    # task that waited on another's init could starve the pool.
+    root_inits = {root: tf.run(init, root) for root in ROOTS}
+    for root, name in ROOT_TESTS:  # one `terraform test` per file, in parallel
         test = ["test", "-no-color", f"-filter=tests/{name}"]
-        tf.results[f"test:{name}"] = pool.submit(chain, PRODUCTION, test, before=(root_init,))
-    tf.results[str(PRODUCTION)] = pool.submit(chain, PRODUCTION, validate, before=(root_init,))
+        before = (root_inits[root],)
+        tf.results[f"test:{root}/{name}"] = pool.submit(chain, root, test, before=before)
+    for root in ROOTS:
+        tf.results[str(root)] = pool.submit(chain, root, validate, before=(root_inits[root],))
     for module in MODULES:
         tf.results[str(module)] = pool.submit(chain, module, init, validate)
 
@@ -249,15 +276,15 @@ def test_init_and_validate(tf: Terraform, config: Path) -> None:
     assert report["valid"] and report["warning_count"] == 0, json.dumps(report, indent=2)
 
 
-@pytest.mark.parametrize("test_file", TEST_FILES)
-def test_terraform_test(tf: Terraform, test_file: str) -> None:
+@pytest.mark.parametrize(("root", "test_file"), ROOT_TESTS, ids=[f"{r}/{n}" for r, n in ROOT_TESTS])
+def test_terraform_test(tf: Terraform, root: Path, test_file: str) -> None:
     """Every run of the file passes, and all of them ran."""
     tf.require()
-    runs = tf.results[f"test:{test_file}"].result()
+    runs = tf.results[f"test:{root}/{test_file}"].result()
     last = runs[-1]
     assert last.returncode == 0, last.describe()
     assert last.args[0] == "test", last.describe()
-    text = (TF_DIR / PRODUCTION / "tests" / test_file).read_text()
+    text = (TF_DIR / root / "tests" / test_file).read_text()
     expected = len(re.findall(r'^run\s+"', text, re.M))
     summary = re.search(r"Success! (\d+) passed, (\d+) failed", last.output)
     assert summary, last.describe()
@@ -270,7 +297,7 @@ def test_terraform_tests_are_all_there() -> None:
         len(re.findall(r'^run\s+"', (TF_DIR / PRODUCTION / "tests" / f).read_text(), re.M))
         for f in TEST_FILES
     )
-    assert runs >= 20, "the tests lost their runs"
+    assert runs >= 30, "the tests lost their runs"
 
 
 # ================================================================ without terraform
@@ -308,7 +335,12 @@ def test_modules_are_the_expected_ones() -> None:
     assert {m.name for m in MODULES} == EXPECTED_MODULES
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_the_production_root_is_found() -> None:
+    assert PRODUCTION in ROOTS, ROOTS
+    assert not [r for r in ROOTS if r.parts[:1] == ("modules",)], ROOTS
+
+
+@pytest.mark.parametrize("config", LAYOUT_CONFIGS, ids=str)
 def test_layout(config: Path) -> None:
     """Each configuration: the files, the version pins, typed and described variables
     (nullable = false wherever the default is not null), described outputs, and a

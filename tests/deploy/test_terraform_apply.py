@@ -13,7 +13,12 @@ operator creates them before the first apply. Then, in a scratch copy of deploy/
 - boto3, against moto, reads back what the runbook cites: the ALB's idle timeout, the
   target group's deregistration delay and health check, the task definition's
   stopTimeout, init process and secrets, the autoscaling target and policy, the alarms
-  and the topic they notify, and the other names;
+  and the topic they notify, the deployment's rollback alarm, the KMS encryption of the
+  log group and the topic, and the other names;
+- a second `terraform apply` with another image (a deploy): the new task definition
+  revision runs, and the previous one is still ACTIVE (the runbook's rollback target);
+- `terraform plan` with `fargate_spot_weight` 0 -> 1 against that state, with the real
+  provider: an in-place update of the service, never a replacement;
 - `terraform destroy -auto-approve` succeeds and leaves an empty state.
 
 Nothing of the root is excluded or targeted. moto 5 lacks a few API actions the AWS
@@ -33,6 +38,7 @@ CLAUDE_PROXY_TF_PROVIDER_MIRROR, by default /opt/tf-plugins); either missing FAI
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -106,9 +112,18 @@ def _fill_moto_gaps(mp: pytest.MonkeyPatch) -> list[str]:
       dropped: kept here).
 
     Tag/UntagResource come along so that an update would work as well.
+
+    And one gap that fails no apply but falsifies a plan: moto drops a service's
+    capacityProviderStrategy (CreateService, UpdateService) and describes it with launchType
+    EC2 and no strategy. The provider then reads an empty strategy back, and plans any change
+    of it (fargate_spot_weight 0 -> 1) as a replacement of the service, which is its rule
+    for an empty previous strategy, not what it does against ECS. Kept and described here
+    as ECS does (no launchType next to a strategy).
     """
     from moto.applicationautoscaling.responses import ApplicationAutoScalingResponse
     from moto.budgets.responses import BudgetsResponse
+    from moto.ecs.models import EC2ContainerServiceBackend
+    from moto.ecs.responses import EC2ContainerServiceResponse
 
     tags: dict[str, dict[str, str]] = {}  # resource ARN -> tags
     added: list[str] = []
@@ -118,11 +133,11 @@ def _fill_moto_gaps(mp: pytest.MonkeyPatch) -> list[str]:
             mp.setattr(cls, name, handler, raising=False)
             added.append(f"{cls.__name__}.{name}")
 
-    def wrap(cls: type, name: str, after: Callable[[Any, str], None]) -> None:
+    def wrap(cls: type, name: str, after: Callable[[Any, Any], None]) -> None:
         original = getattr(cls, name)
 
-        def handler(self: Any) -> str:
-            body: str = original(self)
+        def handler(self: Any) -> Any:
+            body = original(self)
             after(self, body)
             return body
 
@@ -196,6 +211,26 @@ def _fill_moto_gaps(mp: pytest.MonkeyPatch) -> list[str]:
     add(BudgetsResponse, "untag_resource", budgets_untag)
     add(BudgetsResponse, "list_tags_for_resource", budgets_list)
     add(BudgetsResponse, "describe_subscribers_for_notification", budgets_subscribers)
+
+    # ----------------------------------------------------------------------- ecs
+    def keep_strategy(name_param: str) -> Callable[[Any, Any], None]:
+        def after(self: Any, result: Any) -> None:
+            strategy = self._get_param("capacityProviderStrategy")
+            if strategy:
+                cluster = self._get_param("cluster", "default")
+                name = self._get_param(name_param)
+                (service,), _ = self.ecs_backend.describe_services(cluster, [name])
+                service.capacity_provider_strategy = strategy
+                service.launch_type = None
+
+        return after
+
+    create = inspect.signature(EC2ContainerServiceBackend.create_service).parameters
+    if "capacity_provider_strategy" not in create:
+        ecs = EC2ContainerServiceResponse
+        wrap(ecs, "create_service", keep_strategy("serviceName"))
+        wrap(ecs, "update_service", keep_strategy("service"))
+        added.append("EC2ContainerServiceResponse.create_service/update_service")
     return added
 
 
@@ -237,7 +272,21 @@ class Deployment:
     secret_arns: dict[str, str]  # env var name -> ARN
     certificate_arn: str
     outputs: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, Any] = field(default_factory=dict)  # moto.tfvars.json
     destroyed: bool = False
+
+    def write_variables(self, **changes: Any) -> None:
+        self.variables.update(changes)
+        (self.scratch / PRODUCTION / "moto.tfvars.json").write_text(
+            json.dumps(self.variables, indent=2)
+        )
+
+    def apply(self) -> None:
+        self.run("apply", "-auto-approve", "-input=false", "-no-color",
+                 "-var-file=moto.tfvars.json")  # fmt: skip
+        self.outputs = {
+            k: v["value"] for k, v in json.loads(self.run("output", "-json", "-no-color")).items()
+        }
 
     def client(self, service: str) -> Any:
         import boto3
@@ -360,21 +409,17 @@ def deployment(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     root = copy / PRODUCTION
     (root / "moto_override.tf").write_text(_override(moto_url))
-    variables = {
+    dep.write_variables(**{
         "aws_region": REGION,
         "certificate_arn": dep.certificate_arn,
         "container_image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/claude-proxy:smoke-1",
         # The one departure from the defaults: AWS refuses to delete a protected ALB.
         "alb_deletion_protection": False,
         **{SECRET_VARIABLES[name]: arn for name, arn in dep.secret_arns.items()},
-    }
-    (root / "moto.tfvars.json").write_text(json.dumps(variables, indent=2))
+    })  # fmt: skip
 
     dep.run("init", "-input=false", "-no-color")
-    dep.run("apply", "-auto-approve", "-input=false", "-no-color", "-var-file=moto.tfvars.json")
-    dep.outputs = {
-        k: v["value"] for k, v in json.loads(dep.run("output", "-json", "-no-color")).items()
-    }
+    dep.apply()
     yield dep
     if not dep.destroyed:  # test_destroy did not run (-k, or an earlier failure)
         dep.destroy()
@@ -443,7 +488,8 @@ def test_target_group(deployment: Deployment) -> None:
             "Attributes"
         ]
     }
-    assert attributes["deregistration_delay.timeout_seconds"] == "110", attributes
+    # Long streams outlive a deployment: 900 s before ECS sends the old task SIGTERM.
+    assert attributes["deregistration_delay.timeout_seconds"] == "900", attributes
     assert attributes["load_balancing.algorithm.type"] == "least_outstanding_requests"
 
 
@@ -460,6 +506,17 @@ def test_task_definition(deployment: Deployment) -> None:
     assert task["family"] == "claude-proxy"
     (app,) = [c for c in task["containerDefinitions"] if c["name"] == "claude-proxy"]
     assert app["stopTimeout"] == 120
+    shutdown = {
+        e["name"]: int(e["value"])
+        for e in app["environment"]
+        if e["name"]
+        in (
+            "CLAUDE_PROXY_PRE_STOP_SECONDS",
+            "CLAUDE_PROXY_DRAIN_SECONDS",
+            "CLAUDE_PROXY_LOG_FLUSH_TIMEOUT_SECONDS",
+        )
+    }
+    assert len(shutdown) == 3 and sum(shutdown.values()) < app["stopTimeout"], shutdown
     assert app["linuxParameters"]["initProcessEnabled"] is True
     secrets = {s["name"]: s["valueFrom"] for s in app["secrets"]}
     assert secrets == deployment.secret_arns
@@ -490,6 +547,20 @@ def test_execution_role_reads_exactly_the_three_secrets(deployment: Deployment) 
     )
 
 
+def _state_resource(deployment: Deployment, address: str) -> dict[str, Any]:
+    """The attributes of one resource in the state (`terraform show -json`)."""
+    state = json.loads(deployment.run("show", "-json", "-no-color"))
+    modules = [state["values"]["root_module"]]
+    while modules:
+        module = modules.pop()
+        for resource in module.get("resources", []):
+            if resource["address"] == address:
+                values: dict[str, Any] = resource["values"]
+                return values
+        modules.extend(module.get("child_modules", []))
+    raise AssertionError(f"{address} is not in the state")
+
+
 def _list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else value
 
@@ -504,6 +575,11 @@ def test_service(deployment: Deployment) -> None:
     assert service["status"] == "ACTIVE"
     assert service["taskDefinition"] == deployment.outputs["task_definition_arn"]
     assert service["desiredCount"] == DESIRED_COUNT
+    # The proxy's own errors roll a deployment back, not the ALB's target 5xx. moto keeps
+    # no deploymentConfiguration: what the provider sent is read from the state.
+    (alarms,) = _state_resource(deployment, "module.ecs.aws_ecs_service.this")["alarms"]
+    assert alarms["alarm_names"] == ["claude-proxy-proxy-errors"], alarms
+    assert alarms["enable"] is True and alarms["rollback"] is True, alarms
     (tg,) = deployment.client("elbv2").describe_target_groups(Names=["claude-proxy-tg"])[
         "TargetGroups"
     ]
@@ -545,8 +621,10 @@ def test_autoscaling(deployment: Deployment) -> None:
 
 ALARMS = {  # name -> threshold
     "claude-proxy-target-5xx-rate": 1.0,
+    "claude-proxy-proxy-errors": 1.0,
     "claude-proxy-elb-5xx": 10.0,
     "claude-proxy-cpu-high": 85.0,
+    "claude-proxy-memory-high": 85.0,
     "claude-proxy-unhealthy-hosts": 0.0,
 }
 
@@ -576,11 +654,13 @@ def test_alarms(deployment: Deployment) -> None:
     assert sorted(alarms["claude-proxy-unhealthy-hosts"]["Dimensions"], key=str) == sorted(
         [lb, tg], key=str
     )
-    cpu = alarms["claude-proxy-cpu-high"]
-    assert sorted(d["Value"] for d in cpu["Dimensions"]) == [
-        "claude-proxy-cluster",
-        "claude-proxy-service",
-    ]
+    for name, metric in (("cpu-high", "CPUUtilization"), ("memory-high", "MemoryUtilization")):
+        alarm = alarms[f"claude-proxy-{name}"]
+        assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/ECS", metric), alarm
+        assert sorted(d["Value"] for d in alarm["Dimensions"]) == [
+            "claude-proxy-cluster",
+            "claude-proxy-service",
+        ]
     # 1 means 1 %: the series the alarm evaluates is 100 * 5xx / requests.
     queries = {q["Id"]: q for q in alarms["claude-proxy-target-5xx-rate"]["Metrics"]}
     (returned,) = [q for q in queries.values() if q.get("ReturnData")]
@@ -589,6 +669,40 @@ def test_alarms(deployment: Deployment) -> None:
         q["MetricStat"]["Metric"]["MetricName"] for q in queries.values() if "MetricStat" in q
     }
     assert metrics == {"HTTPCode_Target_5XX_Count", "RequestCount"}
+    # The rollback alarm: the proxy's EMF ProxyErrors over its RequestCount, per service.
+    queries = {q["Id"]: q for q in alarms["claude-proxy-proxy-errors"]["Metrics"]}
+    (returned,) = [q for q in queries.values() if q.get("ReturnData")]
+    assert returned["Expression"].replace(" ", "").startswith("100*"), returned
+    stats = [q["MetricStat"]["Metric"] for q in queries.values() if "MetricStat" in q]
+    assert sorted((m["Namespace"], m["MetricName"]) for m in stats) == [
+        ("ClaudeProxy", "ProxyErrors"),
+        ("ClaudeProxy", "RequestCount"),
+    ], stats
+    for metric in stats:
+        assert metric["Dimensions"] == [{"Name": "ServiceName", "Value": "claude-proxy-service"}]
+
+
+def test_encryption_at_rest(deployment: Deployment) -> None:
+    """The log group and the alarm topic are encrypted with the customer-managed key the
+    root creates by default (rotation on); ECR with KMS."""
+    key = deployment.outputs["kms_key_arn"]
+    kms = deployment.client("kms")
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyManager"] == "CUSTOMER"
+    assert kms.get_key_rotation_status(KeyId=key)["KeyRotationEnabled"] is True
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    assert aliases.get("alias/claude-proxy") == key.rsplit("/", 1)[1], aliases
+    (group,) = deployment.client("logs").describe_log_groups(
+        logGroupNamePrefix="/ecs/claude-proxy-service"
+    )["logGroups"]
+    assert group.get("kmsKeyId") == key, group
+    topic = deployment.client("sns").get_topic_attributes(
+        TopicArn=deployment.outputs["sns_topic_arn"]
+    )["Attributes"]
+    assert topic.get("KmsMasterKeyId") == key, topic
+    (repo,) = deployment.client("ecr").describe_repositories(repositoryNames=["claude-proxy"])[
+        "repositories"
+    ]
+    assert repo["encryptionConfiguration"]["encryptionType"] == "KMS", repo
 
 
 def test_other_named_resources(deployment: Deployment) -> None:
@@ -610,6 +724,57 @@ def test_other_named_resources(deployment: Deployment) -> None:
     ids = {g["GroupName"]: g["GroupId"] for g in groups}
     assert ids.get("claude-proxy-alb-sg") == deployment.outputs["alb_security_group_id"], ids
     assert ids.get("claude-proxy-task-sg") == deployment.outputs["task_security_group_id"], ids
+
+
+# ================================================================ change the state
+
+
+def test_a_new_image_keeps_the_previous_revision_active(deployment: Deployment) -> None:
+    """A deploy (another image, applied): the service runs the new revision, and the one
+    before stays ACTIVE (skip_destroy), so the runbook's rollback, pointing the service at
+    the previous revision, works. Without skip_destroy Terraform deregisters it: INACTIVE."""
+    ecs = deployment.client("ecs")
+    first = deployment.outputs["task_definition_arn"]
+    deployment.write_variables(
+        container_image=f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/claude-proxy:smoke-2"
+    )
+    deployment.apply()
+    second = deployment.outputs["task_definition_arn"]
+    assert second != first, "the new image registered no new revision"
+    assert second.rsplit(":", 1)[0] == first.rsplit(":", 1)[0]  # same family
+    (service,) = ecs.describe_services(
+        cluster="claude-proxy-cluster", services=["claude-proxy-service"]
+    )["services"]
+    assert service["taskDefinition"] == second
+    previous = ecs.describe_task_definition(taskDefinition=first)["taskDefinition"]
+    assert previous["status"] == "ACTIVE", f"{first} is {previous['status']} after the deploy"
+    (app,) = [c for c in previous["containerDefinitions"] if c["name"] == "claude-proxy"]
+    assert app["image"].endswith(":smoke-1"), app["image"]
+    active = ecs.list_task_definitions(familyPrefix="claude-proxy", status="ACTIVE")
+    assert {first, second} <= set(active["taskDefinitionArns"]), active
+
+
+def test_turning_fargate_spot_on_updates_the_service_in_place(deployment: Deployment) -> None:
+    """fargate_spot_weight 0 -> 1 adds a FARGATE_SPOT capacity provider strategy. Provider
+    5.100 replaces the service for that (deleting it, and every task at once) unless
+    force_new_deployment is set: planned against the applied state, with the real
+    provider, it must be an update in place, and nothing may be replaced."""
+    deployment.run("plan", "-input=false", "-no-color", "-lock=false", "-out=spot.tfplan",
+                   "-var-file=moto.tfvars.json", "-var=fargate_spot_weight=1")  # fmt: skip
+    plan = json.loads(deployment.run("show", "-json", "-no-color", "spot.tfplan"))
+    changes = {c["address"]: c["change"] for c in plan.get("resource_changes", []) if c["change"]}
+    service = changes["module.ecs.aws_ecs_service.this"]
+    assert service["actions"] == ["update"], (
+        f"turning Fargate Spot on {'+'.join(service['actions'])}s the service; "
+        f"replace_paths: {service.get('replace_paths')}"
+    )
+    strategy = service["after"]["capacity_provider_strategy"]
+    assert sorted((s["capacity_provider"], s["weight"]) for s in strategy) == [
+        ("FARGATE", 1),
+        ("FARGATE_SPOT", 1),
+    ], strategy
+    replaced = sorted(a for a, c in changes.items() if "delete" in c["actions"])
+    assert not replaced, f"the plan deletes or replaces {replaced}"
 
 
 # ====================================================================== destroy

@@ -32,8 +32,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TF_DIR = ROOT / "deploy" / "terraform"
 PRODUCTION = TF_DIR / "environments" / "production"
 
-# var.x, local.x, module.m.output, aws_type.name.argument
-REF = re.compile(r"\$\{([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)+)\}")
+# var.x, local.x, module.m.output (module.m[0].output), aws_type.name.argument
+REF = re.compile(r"\$\{([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*(?:\[0\])?)+)\}")
+# ${COND ? A : B} with COND a reference, or a reference compared with null; A and B are
+# references or null. The only conditionals that pick a value the checks follow.
+OPERAND = r"(?:[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*(?:\[0\])?)+|null)"
+CONDITIONAL = re.compile(
+    rf"\$\{{({OPERAND})(?:\s*(==|!=)\s*null)?\s*\?\s*({OPERAND})\s*:\s*({OPERAND})\}}"
+)
 SECRETS = ("ANTHROPIC_API_KEY", "DATABASE_URL", "CLAUDE_PROXY_ADMIN_KEY")
 
 
@@ -130,13 +136,24 @@ class Tree:
             return expr  # number, bool, null
         if (whole := REF.fullmatch(expr)) is not None:
             return self._reference(where, whole[1], trail)
+        if (choice := CONDITIONAL.fullmatch(expr)) is not None:
+            operand, comparison, if_true, if_false = choice.groups()
+            value = self._operand(where, operand, trail)
+            test = value is not None if comparison == "!=" else value is None
+            chosen = if_true if (test if comparison else value is True) else if_false
+            trail.append(f"{self.config(where).name}: {expr} -> {chosen}")
+            return self._operand(where, chosen, trail)
         if len(expr) >= 2 and expr[0] == expr[-1] == '"':  # a string, maybe a template
             return REF.sub(lambda m: str(self._reference(where, m[1], trail)), expr[1:-1])
         return expr
 
+    def _operand(self, where: str | None, operand: str, trail: list[str]) -> Any:
+        return None if operand == "null" else self._reference(where, operand, trail)
+
     def _reference(self, where: str | None, path: str, trail: list[str]) -> Any:
         config = self.config(where)
         kind, name, *rest = path.split(".")
+        name = name.removesuffix("[0]")  # a module or resource with count
         if kind == "local" and not rest:
             expr = config.locals[name]
             trail.append(f"{config.name}: local.{name} = {expr}")
@@ -211,7 +228,9 @@ def tree() -> Tree:
 # (rtype, the name the runbook cites, [(attribute path, expected value)])
 NAMED: list[tuple[str, str, list[tuple[str, Any]]]] = [
     ("aws_ecs_cluster", "claude-proxy-cluster", []),
-    ("aws_ecs_service", "claude-proxy-service", []),
+    # Provider 5.x replaces the service on a capacity provider strategy change (Fargate
+    # Spot on or off) unless force_new_deployment is set.
+    ("aws_ecs_service", "claude-proxy-service", [("force_new_deployment", True)]),
     ("aws_cloudwatch_log_group", "/ecs/claude-proxy-service", []),
     ("aws_lb", "claude-proxy-alb", [("load_balancer_type", "application"), ("idle_timeout", 300)]),
     (
@@ -223,7 +242,7 @@ NAMED: list[tuple[str, str, list[tuple[str, Any]]]] = [
             ("health_check.interval", 10),
             ("health_check.healthy_threshold", 2),
             ("health_check.unhealthy_threshold", 3),
-            ("deregistration_delay", 110),
+            ("deregistration_delay", 900),
         ],
     ),
     ("aws_security_group", "claude-proxy-alb-sg", []),
@@ -258,8 +277,10 @@ NAMED: list[tuple[str, str, list[tuple[str, Any]]]] = [
 # alarm name -> threshold; every alarm: GreaterThanThreshold, notifying claude-proxy-alarms.
 ALARMS = {
     "claude-proxy-target-5xx-rate": 1,  # percent of the requests
+    "claude-proxy-proxy-errors": 1,  # percent of the requests
     "claude-proxy-elb-5xx": 10,
     "claude-proxy-cpu-high": 85,
+    "claude-proxy-memory-high": 85,
     "claude-proxy-unhealthy-hosts": 0,
 }
 
@@ -325,6 +346,81 @@ def test_target_5xx_rate_is_a_percentage(tree: Tree) -> None:
     assert all(ident in expression for ident in metrics), (expression, metrics)
 
 
+def test_proxy_errors_is_a_percentage_of_the_proxys_own_failures(tree: Tree) -> None:
+    """The deployment's rollback alarm: 100 * ProxyErrors / RequestCount of the proxy's EMF
+    lines (src/claude_proxy/telemetry/emf.py: namespace ClaudeProxy, dimension ServiceName),
+    nothing of the ALB, whose target 5xx count the upstream's 5xx and 529."""
+    from claude_proxy.settings import Settings
+    from claude_proxy.telemetry import emf
+
+    where, address = tree.named(
+        "aws_cloudwatch_metric_alarm", "claude-proxy-proxy-errors", "alarm_name"
+    )
+    queries = tree.attribute(where, address, "metric_query").value
+    returned = [q for q in queries if q.get("return_data") is True]
+    assert len(returned) == 1, f"one metric_query must return data: {queries}"
+    expression = returned[0].get("expression", "")
+    assert re.match(r"^100\s*\*", expression), f"not a percentage: {expression!r}"
+    metrics = {q["id"]: q["metric"][0] for q in queries if q.get("metric")}
+    assert {m["metric_name"] for m in metrics.values()} == {"ProxyErrors", "RequestCount"}
+    assert {"ProxyErrors", "RequestCount"} <= set(emf.COUNTERS), emf.COUNTERS
+    assert all(ident in expression for ident in metrics), (expression, metrics)
+    namespace = Settings.model_fields["emf_namespace"].default
+    for metric in metrics.values():
+        assert metric["namespace"] == namespace, metric
+        assert metric["dimensions"] == {emf.DIMENSION: "claude-proxy-service"}, metric
+        assert metric["stat"] == "Sum", metric
+
+
+def test_only_the_proxy_errors_alarm_rolls_a_deployment_back(tree: Tree) -> None:
+    """An Anthropic outage during a deployment (upstream 5xx, 529) must not roll a good
+    release back: the service's deployment alarms are the proxy-errors alarm only."""
+    where, service = tree.named("aws_ecs_service", "claude-proxy-service")
+    body = tree.config(where).resources[service]
+    (alarms,) = [d["alarms"] for d in body.get("dynamic", []) if "alarms" in d]
+    assert "var.deployment_alarm_names" in alarms["for_each"], alarms
+    (content,) = alarms["content"]
+    assert content["alarm_names"] == "${alarms.value}", content
+    assert content["rollback"] is True and content["enable"] is True, content
+    trail: list[str] = []
+    passed = tree.resolve(where, "${var.deployment_alarm_names}", trail)
+    assert passed == ["claude-proxy-proxy-errors"], (
+        "the service's deployment alarms must be claude-proxy-proxy-errors alone:\n"
+        + "\n".join(trail)
+    )
+
+
+# checkov's encryption checks (CKV_AWS_158 log group, CKV_AWS_26 topic, CKV_AWS_184 file
+# system) pass on an attribute set to a variable whose default is null: checkov does not see
+# through it. What these attributes hold by default must be a customer-managed key.
+ENCRYPTED = [  # (rtype, the name the runbook cites, its name attribute, the key attribute)
+    ("aws_cloudwatch_log_group", "/ecs/claude-proxy-service", "name", "kms_key_id"),
+    ("aws_sns_topic", "claude-proxy-alarms", "name", "kms_master_key_id"),
+    ("aws_efs_file_system", "claude-proxy-spill", "creation_token", "kms_key_id"),
+]
+
+
+@pytest.mark.parametrize(
+    ("rtype", "name", "name_attribute", "key_attribute"), ENCRYPTED, ids=[e[1] for e in ENCRYPTED]
+)
+def test_encrypted_with_the_customer_managed_key_by_default(
+    tree: Tree, rtype: str, name: str, name_attribute: str, key_attribute: str
+) -> None:
+    where, address = tree.named(rtype, name, name_attribute)
+    found = tree.attribute(where, address, key_attribute)
+    assert found.value == "${aws_kms_key.this.arn}", (
+        f"{address}.{key_attribute} is {found.value!r} by default, not the customer-managed "
+        f"key (checkov passes it all the same):\n{found.explain()}"
+    )
+    keys = [
+        (config.name, address, body.get("enable_key_rotation"))
+        for _, config in tree.configs()
+        for address, body in config.resources.items()
+        if address.startswith("aws_kms_key.")
+    ]
+    assert keys == [("modules/kms", "aws_kms_key.this", True)], keys
+
+
 def test_budget_is_on_by_default(tree: Tree) -> None:
     where, address = tree.named("aws_budgets_budget", "claude-proxy-monthly")
     count = tree.config(where).resources[address].get("count")
@@ -334,6 +430,74 @@ def test_budget_is_on_by_default(tree: Tree) -> None:
         trail: list[str] = []
         enabled = tree.resolve(where, f"${{var.{match[1]}}}", trail)
         assert enabled is True, "the budget is off by default:\n" + "\n".join(trail)
+
+
+def test_task_definition_revisions_stay_active(tree: Tree) -> None:
+    """The runbook's rollback points the service at an earlier revision: a new one must not
+    deregister it (skip_destroy)."""
+    where, address = tree.named("aws_ecs_task_definition", "claude-proxy", "family")
+    _check(tree, where, address, "skip_destroy", True)
+
+
+def test_deregistration_delay_outlasts_every_idle_timeout(tree: Tree) -> None:
+    """At least 600 s (at most 3600) by the root's validation, and above the ALB's idle
+    timeout (a precondition of the alb module says so too)."""
+    spec = tree.root.variables["deregistration_delay"]
+    condition = spec["validation"][0]["condition"]
+    assert re.search(r"var\.deregistration_delay >= 600\b", condition), condition
+    assert re.search(r"var\.deregistration_delay <= 3600\b", condition), condition
+    where, tg = tree.named("aws_lb_target_group", "claude-proxy-tg")
+    preconditions = tree.config(where).resources[tg]["lifecycle"][0]["precondition"]
+    assert any(
+        p["condition"] == "${var.deregistration_delay > var.idle_timeout}" for p in preconditions
+    ), preconditions
+    delay = tree.attribute(where, tg, "deregistration_delay").value
+    lb_where, lb = tree.named("aws_lb", "claude-proxy-alb")
+    idle = tree.attribute(lb_where, lb, "idle_timeout").value
+    # The app's own idle timeouts: literals of the container's environment.
+    ecs_where, _ = tree.named("aws_ecs_service", "claude-proxy-service")
+    environment = tree.config(ecs_where).locals["environment"]
+    app = dict(re.findall(r"(CLAUDE_PROXY_\w+)\s*=\s*\"(\d+)\"", environment))
+    keepalive = int(app["CLAUDE_PROXY_KEEPALIVE_SECONDS"])
+    upstream_idle = int(app["CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS"])
+    assert 600 <= delay <= 3600, delay
+    assert delay > max(idle, keepalive, upstream_idle), (delay, idle, keepalive, upstream_idle)
+
+
+def test_spill_efs_is_optional_encrypted_and_reached_from_the_tasks_only(tree: Tree) -> None:
+    spec = tree.root.variables["enable_spill_efs"]
+    assert spec["default"] is False, "the spill file system is off by default"
+    call = tree.root.modules["spill_efs"]
+    assert call["count"] == "${var.enable_spill_efs ? 1 : 0}", call["count"]
+    efs = tree.config("spill_efs")
+    fs = efs.resources["aws_efs_file_system.this"]
+    assert fs["encrypted"] is True, fs
+    task_sg, efs_sg = "${aws_security_group.task.id}", "${aws_security_group.efs.id}"
+    rules = {a: b for a, b in efs.resources.items() if a.startswith("aws_vpc_security_group_")}
+    assert sorted(rules) == [
+        "aws_vpc_security_group_egress_rule.task_to_nfs",
+        "aws_vpc_security_group_ingress_rule.nfs_from_tasks",
+    ], sorted(rules)
+    for address in rules:
+        assert "cidr_ipv4" not in rules[address] and "cidr_ipv6" not in rules[address], address
+        for port in ("from_port", "to_port"):
+            _check(tree, "spill_efs", address, port, 2049)
+    ingress = "aws_vpc_security_group_ingress_rule.nfs_from_tasks"
+    _check(tree, "spill_efs", ingress, "security_group_id", efs_sg)
+    _check(tree, "spill_efs", ingress, "referenced_security_group_id", task_sg)
+    egress = "aws_vpc_security_group_egress_rule.task_to_nfs"
+    _check(tree, "spill_efs", egress, "security_group_id", task_sg)
+    _check(tree, "spill_efs", egress, "referenced_security_group_id", efs_sg)
+    mount = efs.resources["aws_efs_mount_target.this"]
+    assert mount["security_groups"] == [efs_sg], mount
+
+    where, _ = tree.named("aws_ecs_service", "claude-proxy-service")
+    task = tree.config(where).resources["aws_ecs_task_definition.this"]
+    (spill,) = [v for v in task["volume"] if v["name"] == '"spill"']
+    (dynamic,) = spill["dynamic"]
+    (content,) = dynamic["efs_volume_configuration"]["content"]
+    assert content["transit_encryption"] == '"ENABLED"', content
+    assert content["authorization_config"][0]["iam"] == '"ENABLED"', content
 
 
 # ------------------------------------------------------------- the container (text)

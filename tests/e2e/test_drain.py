@@ -1,6 +1,12 @@
 """Graceful drain on SIGTERM: /health turns 503 at once, requests are still served during
 the pre-stop delay, in-flight streams finish, what outlives the window gets an SSE error
-event, every request leaves its row, and the process exits 0."""
+event at the deadline (SIGTERM + pre-stop + window, not before), every request leaves its
+row, and the process exits 0.
+
+These are the stops where SIGTERM comes while the load balancer may still route here (a
+Fargate Spot interruption: ECS starts the deregistration and sends SIGTERM at once, with
+about two minutes before the kill). The stop that deregisters first and SIGTERMs later (a
+deployment, a scale-in) is rehearsed behind a real haproxy by test_rolling_deploy.py."""
 
 from __future__ import annotations
 
@@ -36,6 +42,9 @@ class StreamResult:
         self.text = b""
         self.request_id = ""
         self.status = 0
+        self.connection = ""  # the response's `connection` header
+        self.last_delta_at = 0.0  # monotonic: when the last text delta arrived
+        self.error_at = 0.0  # monotonic: when the SSE `error` event arrived (0: none)
 
 
 async def one_stream(client: httpx2.AsyncClient, fault: str, result: StreamResult) -> None:
@@ -43,8 +52,13 @@ async def one_stream(client: httpx2.AsyncClient, fault: str, result: StreamResul
     async with client.stream("POST", "/v1/messages", json=body(), headers=headers) as r:
         result.status = r.status_code
         result.request_id = r.headers["x-claude-proxy-request-id"]
+        result.connection = r.headers.get("connection", "")
         async for chunk in r.aiter_bytes():
             result.text += chunk
+            if b"event: content_block_delta" in chunk:
+                result.last_delta_at = time.monotonic()
+            if not result.error_at and b"event: error" in result.text:
+                result.error_at = time.monotonic()
             if b"event: message_start" in result.text:
                 result.first_event.set()
 
@@ -115,23 +129,60 @@ async def test_sigterm_with_200_open_streams_finishes_them_all(
     assert "drain started" in out and "drain: listener closed" in out
 
 
-async def test_streams_that_outlive_the_window_get_an_sse_error_event(
+async def test_streams_that_outlive_the_window_get_an_sse_error_event_at_the_deadline(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    px = drain_proxy(emulator, tmp_path, pre_stop=0.2, window=1.0)
-    # 100 events 100 ms apart: ~10 s, far longer than pre-stop + window (1.2 s).
-    client, results, tasks = await open_streams(px, 20, "events=100 event-ms=100")
+    """A Spot interruption with streams longer than the drain: SIGTERM while the task is still
+    routed to (no deregistration waited for), so a stream also arrives during the pre-stop.
+    Every stream keeps flowing until SIGTERM + pre-stop + window, then gets the SSE `error`
+    event (never a silent cut, never earlier), and the process exits 0 soon after."""
+    pre_stop, window = 0.5, 1.5
+    deadline = pre_stop + window
+    px = drain_proxy(emulator, tmp_path, pre_stop=pre_stop, window=window)
+    fault = "events=100 event-ms=100"  # ~10 s, far longer than pre-stop + window (2 s)
+    client, results, tasks = await open_streams(px, 20, fault)
+    signalled = time.monotonic()  # before the signal: the proxy's own clock starts later
     px.process.proc.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=15)  # none hangs
+    async with httpx2.AsyncClient(base_url=px.url, timeout=5) as probe:
+        health = await probe.get("/health")
+        assert health.status_code == 503 and health.json() == {"status": "draining"}
+    # The load balancer has not caught up yet: a new stream during the pre-stop is served, is
+    # told to reconnect elsewhere next time, and gets the same deadline, not a window of its own.
+    late = StreamResult()
+    late_task = asyncio.ensure_future(one_stream(client, fault, late))
+    await asyncio.wait_for(late.first_event.wait(), timeout=5)
+    assert time.monotonic() - signalled < pre_stop, "the late stream missed the pre-stop"
+    assert late.connection == "close"
+    await asyncio.wait_for(asyncio.gather(*tasks, late_task), timeout=15)  # none hangs
     await client.aclose()
-    assert await asyncio.to_thread(px.process.proc.wait, 15) == 0
-    for r in results:
+    exit_code = await asyncio.to_thread(px.process.proc.wait, 15)
+    exited = time.monotonic() - signalled
+    assert exit_code == 0, px.output()
+    ended = [r.error_at - signalled for r in [*results, late]]
+    print(
+        f"\nSpot-like drain (pre-stop {pre_stop}s, window {window}s): 21 streams got the SSE "
+        f"error {min(ended):.3f}-{max(ended):.3f}s after SIGTERM, last text delta "
+        f"{min(r.error_at - r.last_delta_at for r in [*results, late]):.3f}-"
+        f"{max(r.error_at - r.last_delta_at for r in [*results, late]):.3f}s before it; "
+        f"exit 0 after {exited:.2f}s"
+    )
+    for r in [*results, late]:
+        assert r.status == 200
         assert b"event: message_stop" not in r.text
         tail = r.text.rstrip().rsplit(b"\n\n", 1)[-1]
         assert tail.startswith(b"event: error\ndata: "), tail
         assert b"shutting down" in tail and b'"request_id":"' in tail
+        # Not before the deadline, and promptly at it (the drain task sleeps until then).
+        assert deadline <= r.error_at - signalled < deadline + 1.0, r.error_at - signalled
+        # The stream was flowing right up to the end: the listener's close at pre-stop did
+        # not stop it, the window did.
+        assert r.error_at - r.last_delta_at < 0.5, "the stream stalled before the deadline"
+    # The log writer's flush is all that follows the deadline: well under its 10 s bound.
+    assert exited < deadline + 5.0, f"exited {exited:.1f}s after SIGTERM"
     logged = rows(px)
-    for r in results:
+    for r in [*results, late]:
         row = logged[r.request_id]
         assert row["error_type"] == "api_error" and "shutting down" in row["error_message"]
-    assert "drain: window over; 20 requests still in flight were ended" in px.output()
+    out = px.output()
+    assert "drain: listener closed; 21 requests in flight" in out
+    assert "drain: window over; 21 requests still in flight were ended" in out

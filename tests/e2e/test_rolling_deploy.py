@@ -1,5 +1,15 @@
-"""Rolling-deploy rehearsal: two replicas behind a real load balancer, replaced one at a time
-under continuous load, lose no request and no log row.
+"""Rolling-deploy rehearsal: replicas behind a real load balancer, stopped under continuous
+load, lose no request and no log row, and a stream is never cut without an SSE `error` event.
+
+Both orders in which a task can learn that it is stopping are rehearsed:
+
+- deregistered first, SIGTERM once drained: what ECS does in a deployment or a scale-in. A
+  stream longer than the old 110 s deregistration delay runs on the deregistered replica
+  and must arrive complete through the load balancer; the SIGTERM then finds nothing left;
+- SIGTERM while still registered (a Fargate Spot interruption; the load balancer learns from
+  `/health`): requests in flight finish within the drain window, new ones are still served
+  during the pre-stop, and a stream longer than the window gets the SSE `error` event,
+  through the load balancer, at the deadline.
 
 The load balancer is a real haproxy (Debian's package) configured like an AWS ALB: HTTP mode,
 `GET /health` checks expecting 200, a target failing its check leaves the rotation. Replicas
@@ -27,7 +37,7 @@ from pathlib import Path
 
 import anthropic
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from claude_proxy.store.engine import make_engine
 from claude_proxy.store.schema import request_logs
@@ -46,6 +56,18 @@ PRE_STOP = 1.5  # > haproxy's detection time (one 200 ms check interval, fall 1)
 DRAIN = 20.0
 FLUSH = 10.0  # the log writer's flush timeout at shutdown (the default)
 CLIENT_THREADS = 10
+# The ALB's deregistration delay before it was raised: it cut every stream still open then,
+# before SIGTERM, without an SSE error event.
+OLD_DEREGISTRATION_DELAY = 110.0
+# A stream held open on a deregistered replica: 116 text deltas, one event a second after
+# message_start (121 events): ~121 s, longer than the old delay.
+DEREGISTERED_STREAM = "events=116 event-ms=1000"
+DEREGISTERED_STREAM_SECONDS = 121.0
+# A stream on a replica stopped SIGTERM-first that outlives its drain: ~32 s > 1.5 + 20 s.
+OVER_WINDOW_STREAM = "events=60 event-ms=500"
+# A header haproxy routes on (`use-server`), so that the test knows which replica holds a
+# stream it sends through the load balancer.
+PIN = "x-lb-pin"
 
 
 def fault(kind: str, n: int) -> dict[str, str]:
@@ -57,7 +79,11 @@ def fault(kind: str, n: int) -> dict[str, str]:
         spec = f"first-byte-ms={50 + n * 37 % 200}"
     elif kind == "stream":
         spec = f"events=20 event-ms={40 + n % 3 * 10}"
-    else:
+    elif kind == "deregistered-stream":
+        spec = DEREGISTERED_STREAM
+    elif kind == "over-window-stream":
+        spec = OVER_WINDOW_STREAM
+    else:  # "long-stream", "pinned-stream"
         spec = f"events=40 event-ms={70 + n % 3 * 5}"
     return {"x-emulator-fault": spec}
 
@@ -71,6 +97,8 @@ REPLICA_ENV = {
 # Like an ALB target group: round robin, `GET /health` every 200 ms expecting 200, one failed
 # check takes a target out, one passed check puts it in. Why each setting is there:
 # docs/reliability.md. The retry settings are a safety net the test requires to stay unused.
+# Each log line carries the proxy's request id (`{cpr_...}`): the test finds a request's line,
+# its server, status and termination state (`----`: ended normally on both sides) by it.
 HAPROXY_CFG = """\
 global
     log stderr format raw local0 info
@@ -93,6 +121,7 @@ defaults
 
 frontend front
     bind 127.0.0.1:{port}
+    capture response header x-claude-proxy-request-id len 64
     default_backend {backend}
 
 backend {backend}
@@ -107,6 +136,7 @@ CHECK = "check inter 200 fall 1 rise 1"
 # connection errors, response errors, retries, redispatches, aborted transfers, 5xx.
 LB_ERRORS = ("econ", "eresp", "wretr", "wredis", "cli_abrt", "srv_abrt", "hrsp_5xx")
 LISTENER_CLOSED = r"drain: listener closed; (\d+) requests in flight"
+WINDOW_OVER = r"drain: window over; (\d+) requests still in flight were ended"
 
 
 def haproxy_binary() -> str:
@@ -163,6 +193,25 @@ class HAProxy:
             table[f"{values['pxname']}/{values['svname']}"] = values
         return table
 
+    def deregister(self, server: str) -> None:
+        """What ECS does first to stop a task: take it out of the target group. haproxy's
+        `maint` is an ALB target's `draining`: no new request goes to it, those in flight go
+        on."""
+        assert self.command(f"set server {BACKEND}/{server} state maint") == ""
+        self.wait_for(rf"\[WARNING\].*Server {BACKEND}/{server} is going DOWN for maintenance")
+
+    def sessions(self, server: str) -> int:
+        """Requests in flight on `server` (`scur`)."""
+        return int(self.stats()[f"{BACKEND}/{server}"]["scur"])
+
+    def access(self, request_id: str, timeout: float = 10.0) -> tuple[str, int, str]:
+        """Server, status and termination state of a request, from the line haproxy logs
+        when its response has ended (waited for: it comes just after the client's end)."""
+        line = self.wait_for(r"\{" + re.escape(request_id) + r"\}", timeout)
+        m = re.search(rf" {BACKEND}/(\S+) \S+ (\d+) \S+ \S+ \S+ (\S+) ", line)
+        assert m, line
+        return m.group(1), int(m.group(2)), m.group(3)
+
     def register(self, server: str, proxy: Proxy) -> None:
         """Add a target in maintenance, let it pass a real health check, then put it in."""
         addr = proxy.url.removeprefix("http://")
@@ -181,8 +230,11 @@ def start_haproxy(workdir: Path, servers: dict[str, Proxy]) -> HAProxy:
     port = free_port()
     admin = workdir / "admin.sock"
     lines = "\n".join(
-        f"    server {name} {px.url.removeprefix('http://')} {CHECK}"
-        for name, px in servers.items()
+        [f"    use-server {name} if {{ req.hdr({PIN}) -m str {name} }}" for name in servers]
+        + [
+            f"    server {name} {px.url.removeprefix('http://')} {CHECK}"
+            for name, px in servers.items()
+        ]
     )
     cfg = workdir / "haproxy.cfg"
     cfg.write_text(
@@ -211,7 +263,8 @@ def start_haproxy(workdir: Path, servers: dict[str, Proxy]) -> HAProxy:
 
 @dataclass
 class Outcome:
-    kind: str  # "message", "stream", "long-stream" or "pinned-stream"
+    kind: str  # "message", "stream", "long-stream", "pinned-stream", "deregistered-stream"
+    # or "over-window-stream"
     started: float  # monotonic
     ended: float
     request_id: str | None
@@ -269,14 +322,17 @@ def one_request(
     kind: str,
     n: int = 0,
     on_headers: Callable[[], None] | None = None,
+    pin: str | None = None,
 ) -> Outcome:
+    """One request of `kind`, sent to `pin` if given (through haproxy's `use-server`)."""
     started = time.monotonic()
     rid: str | None = None
     error: str | None = None
+    headers = fault(kind, n) | ({PIN: pin} if pin else {})
     try:
         if kind == "message":
             raw = client.messages.with_raw_response.create(
-                model=MODEL, max_tokens=1024, messages=HELLO, extra_headers=fault(kind, n)
+                model=MODEL, max_tokens=1024, messages=HELLO, extra_headers=headers
             )
             rid = raw.headers.get(RID)
             msg = raw.parse()
@@ -284,7 +340,7 @@ def one_request(
                 error = f"status {raw.status_code}, stop_reason {msg.stop_reason}"
         else:
             with client.messages.stream(
-                model=MODEL, max_tokens=1024, messages=HELLO, extra_headers=fault(kind, n)
+                model=MODEL, max_tokens=1024, messages=HELLO, extra_headers=headers
             ) as stream:
                 rid = stream.response.headers.get(RID)
                 if on_headers is not None:
@@ -314,6 +370,8 @@ class Replica:
     proxy: Proxy
     tmp: Path
     sigterm_at: float | None = None
+    stopped_after: float | None = None  # SIGTERM to exit
+    deregistered_at: float | None = None  # out of the load balancer (before SIGTERM)
     detected_after: float | None = None  # SIGTERM to haproxy's "is DOWN"
     down: str = ""  # haproxy's failed health check, with the reason
     exit_code: int | None = None
@@ -326,6 +384,8 @@ class Replica:
     def wait_exit(self) -> None:
         """The whole drain, bounded: pre-stop, drain window, the log writer's flush."""
         self.exit_code = self.proxy.process.proc.wait(PRE_STOP + DRAIN + FLUSH + 5)
+        assert self.sigterm_at is not None
+        self.stopped_after = time.monotonic() - self.sigterm_at
 
     def output_tail(self) -> str:
         """What it said about draining, and anything that went wrong."""
@@ -347,38 +407,81 @@ def start_replica(name: str, emulator: Emulator, database_url: str) -> Replica:
     return Replica(name, px, tmp)
 
 
-def pinned_stream(load: Load, replica: Replica) -> threading.Thread:
-    """A long stream straight to `replica`, started before it is told to stop: whatever the
-    balancer did with the load, one request is still running when the listener closes."""
+def background_stream(
+    load: Load, url: str, kind: str, name: str, pin: str | None = None
+) -> threading.Thread:
+    """A stream of `kind` to `url` in its own thread, with its response headers in when this
+    returns (so it is provably in flight); its outcome joins the load's."""
     headers = threading.Event()
 
     def run() -> None:
         with anthropic.Anthropic(
-            base_url=replica.proxy.url, api_key=PROXY_KEY, max_retries=0, timeout=30
+            base_url=url, api_key=PROXY_KEY, max_retries=0, timeout=30
         ) as client:
-            load.add(one_request(client, "pinned-stream", on_headers=headers.set))
+            load.add(one_request(client, kind, on_headers=headers.set, pin=pin))
         headers.set()  # also when it failed before its headers: the outcome says why
 
-    t = threading.Thread(target=run, name=f"pinned-{replica.name}", daemon=True)
+    t = threading.Thread(target=run, name=name, daemon=True)
     t.start()
-    assert headers.wait(10), "the pinned stream did not start"
+    assert headers.wait(10), f"the stream {name} did not start"
     return t
 
 
-def replace(hx: HAProxy, load: Load, old: Replica, new: Replica) -> None:
-    """The deploy step for one target: register the new task, wait until it is healthy, stop
-    the old one (SIGTERM) and wait for it to exit. Assertions come later, with the counts."""
+def pinned_stream(load: Load, replica: Replica) -> threading.Thread:
+    """A long stream straight to `replica`, started before it is told to stop: whatever the
+    balancer did with the load, one request is still running when the listener closes."""
+    return background_stream(load, replica.proxy.url, "pinned-stream", f"pinned-{replica.name}")
+
+
+def replace(
+    hx: HAProxy, load: Load, old: Replica, new: Replica, *, over_window: bool = False
+) -> None:
+    """The deploy step for one target, SIGTERM first (as on a Spot interruption: the load
+    balancer learns from `/health`): register the new task, wait until it is healthy, stop
+    the old one (SIGTERM) and wait for it to exit. With `over_window`, a stream longer than
+    the drain runs on the old one through the load balancer. Assertions come later."""
     hx.register(new.name, new.proxy)
-    pinned = pinned_stream(load, old)
+    streams = [pinned_stream(load, old)]
+    if over_window:
+        streams.append(
+            background_stream(
+                load, hx.url, "over-window-stream", f"over-window-{old.name}", pin=old.name
+            )
+        )
     old.terminate()
     # The load balancer must see the 503 and take the target out before the listener closes.
     old.down = hx.wait_for(rf"\[WARNING\].*Health check for server {BACKEND}/{old.name} failed")
     hx.wait_for(rf"\[WARNING\].*Server {BACKEND}/{old.name} is DOWN")
     old.detected_after = time.monotonic() - old.sigterm_at
     old.wait_exit()
-    pinned.join(30)
+    for t in streams:
+        t.join(30)
     # Deregister it, as ECS does once the task is gone.
     hx.command(f"disable server {BACKEND}/{old.name}")
+
+
+def deregister_during_a_long_stream(hx: HAProxy, load: Load, old: Replica) -> threading.Thread:
+    """How ECS stops a task in a deployment or a scale-in, first step: take it out of the
+    target group, here while a stream longer than the old deregistration delay runs on it
+    (sent through the load balancer). The rest of the deployment goes on meanwhile."""
+    stream = background_stream(
+        load, hx.url, "deregistered-stream", f"deregistered-{old.name}", pin=old.name
+    )
+    hx.deregister(old.name)
+    old.deregistered_at = time.monotonic()  # a request sent after this cannot reach it
+    return stream
+
+
+def stop_once_drained(hx: HAProxy, old: Replica, stream: threading.Thread) -> None:
+    """Second step: once the target has nothing in flight (ECS waits for that, up to the
+    deregistration delay), SIGTERM; the drain then finds nothing left to wait for."""
+    assert old.deregistered_at is not None
+    left = old.deregistered_at + DEREGISTERED_STREAM_SECONDS - time.monotonic()
+    stream.join(max(0.0, left) + 30)
+    assert not stream.is_alive(), "the stream held through the deregistration is stuck"
+    wait_until(lambda: hx.sessions(old.name) == 0, what=f"{old.name} drained in haproxy")
+    old.terminate()
+    old.wait_exit()
 
 
 def logged_ids(engine: Engine) -> Counter[str]:
@@ -398,23 +501,36 @@ def test_rolling_deploy_loses_no_request_and_no_row(emulator: Emulator) -> None:
     hx: HAProxy | None = None
     load: Load | None = None
     try:
-        with ThreadPoolExecutor(2) as pool:
-            r1, r2 = pool.map(lambda n: start_replica(n, emulator, url), ("r1", "r2"))
-        replicas += [r1, r2]
-        hx = start_haproxy(workdir, {"r1": r1.proxy, "r2": r2.proxy})
+        with ThreadPoolExecutor(3) as pool:
+            r1, r2, r3 = pool.map(lambda n: start_replica(n, emulator, url), ("r1", "r2", "r3"))
+        replicas += [r1, r2, r3]
+        hx = start_haproxy(workdir, {"r1": r1.proxy, "r2": r2.proxy, "r3": r3.proxy})
 
         load = Load(hx.url, CLIENT_THREADS)
         load.start()
         load.wait_more(2 * CLIENT_THREADS)
+        # The deployment stops r3 the way ECS does (deregistered, SIGTERM once drained) while
+        # a ~121 s stream runs on it, and replaces r1 and r2 SIGTERM-first meanwhile (r2 with
+        # a stream longer than its drain): the long stream covers both replacements.
+        held = deregister_during_a_long_stream(hx, load, r3)
+        news: list[Replica] = []
         for old, name in ((r1, "n1"), (r2, "n2")):
             new = start_replica(name, emulator, url)
             replicas.append(new)
-            replace(hx, load, old, new)
+            news.append(new)
+            replace(hx, load, old, new, over_window=old is r2)
             load.wait_more(CLIENT_THREADS)  # the load runs on the new set for a moment
         load.stop()
+        stop_once_drained(hx, r3, held)
         outcomes = load.outcomes
         sent = {o.request_id for o in outcomes if o.request_id}
-        failed = [o for o in outcomes if o.error]
+        # The stream that outlived r2's drain must end in an error: the SSE one (below).
+        failed = [o for o in outcomes if o.error and o.kind != "over-window-stream"]
+        (long,) = [o for o in outcomes if o.kind == "deregistered-stream"]
+        (over,) = [o for o in outcomes if o.kind == "over-window-stream"]
+        assert long.request_id and over.request_id, (long, over)
+        long_lb = hx.access(long.request_id)
+        over_lb = hx.access(over.request_id)
 
         try:  # the counts below say what is missing
             landed = wait_until(
@@ -423,17 +539,25 @@ def test_rolling_deploy_loses_no_request_and_no_row(emulator: Emulator) -> None:
         except AssertionError:
             landed = False
         # Stopping the new replicas flushes whatever they still hold: now count exactly.
-        for new in replicas[2:]:
+        for new in news:
             new.terminate()
-        for new in replicas[2:]:
+        for new in news:
             new.wait_exit()
         rows = logged_ids(engine)
         with engine.connect() as conn:
-            bad_rows = conn.execute(
-                select(func.count()).where(
-                    (request_logs.c.status_code != 200) | request_logs.c.error_type.is_not(None)
+            bad_rows = {
+                row.id: (row.status_code, row.error_type, row.error_message)
+                for row in conn.execute(
+                    select(
+                        request_logs.c.id,
+                        request_logs.c.status_code,
+                        request_logs.c.error_type,
+                        request_logs.c.error_message,
+                    ).where(
+                        (request_logs.c.status_code != 200) | request_logs.c.error_type.is_not(None)
+                    )
                 )
-            ).scalar_one()
+            }
 
         served = {r.name: r.access_ids() for r in replicas}
         by_replica = {r.name: len(served[r.name] & sent) for r in replicas}
@@ -450,7 +574,7 @@ def test_rolling_deploy_loses_no_request_and_no_row(emulator: Emulator) -> None:
         }
         # Seconds from SIGTERM to haproxy's "is DOWN" (None: never seen). A check that was
         # about to run anyway sees the 503 within milliseconds: 0.0 once rounded, still valid.
-        detected = {r.name: r.detected_after for r in (r1, r2)}
+        detected = {r.name: r.detected_after and round(r.detected_after, 3) for r in (r1, r2)}
         codes = {r.name: r.exit_code for r in replicas}
         stats = hx.stats()
         front, back = stats["front/FRONTEND"], stats[f"{BACKEND}/BACKEND"]
@@ -462,15 +586,31 @@ def test_rolling_deploy_loses_no_request_and_no_row(emulator: Emulator) -> None:
         missing = sent - rows.keys()
         unknown = rows.keys() - sent
         duplicated = {k: n for k, n in rows.items() if n > 1}
+        window_over = {
+            r.name: [int(n) for n in re.findall(WINDOW_OVER, r.proxy.output())] for r in replicas
+        }
+        assert r3.deregistered_at is not None and r2.sigterm_at is not None
+        held_after = long.ended - r3.deregistered_at  # open since the deregistration
+        sent_after = sum(
+            1 for o in outcomes if o.request_id in served["r3"] and o.started > r3.deregistered_at
+        )
+        over_after = over.ended - r2.sigterm_at
+        stopped = {r.name: r.stopped_after and round(r.stopped_after, 2) for r in replicas}
         print(
             f"\nrolling deploy: {len(outcomes)} requests sent "
             f"({dict(Counter(o.kind for o in outcomes))}), {len(failed)} failed; "
             f"{rows.total()} rows found: {len(missing)} missing, {len(duplicated)} duplicated, "
-            f"{len(unknown)} unknown, {bad_rows} not 200; per replica: {by_replica}; "
+            f"{len(unknown)} unknown, {len(bad_rows)} not 200; per replica: {by_replica}; "
             f"in flight at SIGTERM: {at_sigterm}; in flight when the listener closed: "
-            f"{at_close}; haproxy saw SIGTERM after (s): {detected}; "
+            f"{at_close}; ended by the drain window: {window_over}; "
+            f"haproxy saw SIGTERM after (s): {detected}; "
             f"haproxy: {front['req_tot']} requests ({lb_requests}), errors {lb_errors}; "
-            f"exit codes: {codes}"
+            f"exit codes: {codes}; SIGTERM to exit (s): {stopped};\n"
+            f"deregistered first: r3's stream ran {long.ended - long.started:.1f}s, "
+            f"{held_after:.1f}s of it after the deregistration, ended "
+            f"{long.error or 'complete'}, haproxy {long_lb}; r3 got {sent_after} requests "
+            f"after it;\nSIGTERM first: r2's over-window stream ended after {over_after:.2f}s: "
+            f"{over.error}; haproxy {over_lb}"
         )
 
         assert not failed, (
@@ -495,10 +635,30 @@ def test_rolling_deploy_loses_no_request_and_no_row(emulator: Emulator) -> None:
             f"duplicated {duplicated}; spilled: {spilled}"
         )
         assert not spilled, f"records were spilled instead of written: {spilled}"
-        assert bad_rows == 0, f"{bad_rows} rows record a failed request"
+        # Deregistered first: the stream outlived the old delay and arrived complete through
+        # the load balancer, which sent r3 nothing new; SIGTERM then found nothing in flight.
+        assert long.error is None and held_after > OLD_DEREGISTRATION_DELAY, (
+            f"{long.error}; open for {held_after:.1f}s after the deregistration"
+        )
+        assert long_lb == ("r3", 200, "----"), long_lb
+        assert sent_after == 0, f"haproxy sent r3 {sent_after} requests after deregistering it"
+        assert at_close["r3"] == [0] and window_over["r3"] == [], r3.output_tail()
+        assert r3.stopped_after is not None and r3.stopped_after < PRE_STOP + 5, stopped
+        # SIGTERM first, a stream longer than the drain: the SSE error event at the deadline,
+        # raised by the SDK, and a response the load balancer saw end normally (an ALB passes
+        # it on as it is), not a cut.
+        assert over.error is not None and "APIStatusError" in over.error, over.error
+        assert "the proxy is shutting down (drain window over)" in over.error, over.error
+        assert PRE_STOP + DRAIN <= over_after < PRE_STOP + DRAIN + 2, over_after
+        assert over_lb == ("r2", 200, "----"), over_lb
+        assert window_over == {r.name: [1] if r is r2 else [] for r in replicas}, window_over
+        assert set(bad_rows) == {over.request_id}, f"rows of failed requests: {bad_rows}"
+        status, error_type, message = bad_rows[over.request_id]
+        assert (status, error_type) == (200, "api_error"), bad_rows
+        assert "shutting down" in (message or ""), message
         assert len(sent) == len(outcomes), "a request id was returned twice"
-        # Not vacuous: the old replicas were busy when told to stop (a stream still running
-        # when the listener closed, too), and every replica served its share.
+        # Not vacuous: the old replicas stopped SIGTERM-first were busy when told to stop (a
+        # stream still running when the listener closed, too), and every replica served.
         assert all(at_sigterm.values()), f"no request in flight at SIGTERM: {at_sigterm}"
         assert all(at_close[r.name] and at_close[r.name][0] > 0 for r in (r1, r2)), (
             f"no request in flight when the listener closed: {at_close}"

@@ -170,8 +170,9 @@ def test_a_row_refused_even_reduced_is_quarantined_and_listed(
     tmp_path: Path,
 ) -> None:
     """54000 on a column the reduced form keeps (key_id is the proxy's, never capped: a
-    damaged record): the row goes to quarantine-<pid>.jsonl (0600), the rest of its batch
-    lands, the database stays healthy, and `claude-proxy logs quarantine` lists it."""
+    damaged record): the row goes to a quarantine-<host>-<pid>-<random>.jsonl file (0600),
+    the rest of its batch lands, the database stays healthy, and `claude-proxy logs
+    quarantine` lists it."""
     caplog.set_level(logging.INFO, logger="claude_proxy.store")
     bad = make_record(0, key_id="key_" + secrets.token_hex(1600), user_agent="secret-agent/9")
     good = [make_record(i, key_id=new_key(f"g{i}")) for i in range(1, 4)]

@@ -1,13 +1,23 @@
 """Graceful drain: the shutdown timeline shared by the server (signals) and the app.
 
-On SIGTERM (ECS stopping the task):
+On SIGTERM:
 1. at once: /health answers 503 and every response says `connection: close`, so the
    load balancer stops sending new requests here;
-2. for `pre_stop` seconds: requests are still accepted and served (the load balancer
-   takes a few seconds to deregister a target, and must never meet a closed port);
-3. then the listener closes and in-flight requests get `window` seconds to finish;
-4. what is still running then is ended: streams get an SSE `error` event;
-5. the log writer flushes, and the process exits 0.
+2. for `pre_stop` seconds: requests are still accepted and served;
+3. then the listener closes; requests in flight go on until the deadline, `pre_stop +
+   window` after the signal (the pre-stop takes no time from a stream: it runs meanwhile);
+4. what is still running then is ended: a stream gets an SSE `error` event, never a
+   silent cut;
+5. the log writer flushes, and the process exits 0, within ECS's stopTimeout.
+
+Behind an ALB on ECS, SIGTERM comes in one of two orders (docs/reliability.md):
+- after the deregistration (a deployment, a scale-in): ECS took the task out of the target
+  group and waited until its requests were done or the deregistration delay was over, so
+  nothing new arrives and little or nothing is left; the pre-stop only waits;
+- with the task still routed to (a Fargate Spot interruption: ECS starts the
+  deregistration and sends SIGTERM at once, about two minutes before the kill): the load
+  balancer may still send new requests for a few seconds. The pre-stop is for this case: a
+  closed port then would be a 502 for a client, and the window is all the streams get.
 
 SIGINT (Ctrl-C) skips the pre-stop delay: nobody's load balancer is waiting.
 """

@@ -8,8 +8,10 @@ what makes the rest simple:
 
 - the database fails: the batch goes to the spill file, and the writer backs off;
 - the queue is full: `submit` appends the record to the spill file itself;
-- the database is back, or the process starts: spill files nobody holds are
-  replayed, then deleted once every row is committed;
+- the database is back, or the process starts, or every `rescan_interval`: spill files
+  nobody holds are replayed, then deleted once every row is committed. The spill
+  directory may be shared by every task (store/spill.py): then any writer replays any
+  task's abandoned files, one writer per file, and never a live writer's;
 - shutdown: the queue is flushed within the drain window, the rest spilled;
 - the database refuses a row for its content (store/writer_db.py `fault`): the batch is
   split until the row is alone, the row is written again in its reduced form (its spend
@@ -42,6 +44,7 @@ from claude_proxy.store.rows import Row, dump_row, record_to_row, reduced_row
 from claude_proxy.store.spill import (
     ClaimedFile,
     SpillFile,
+    SpillLost,
     append_quarantine,
     claim,
     spill_files,
@@ -72,7 +75,7 @@ _COUNTERS = (
     "torn_lines",  # incomplete last lines skipped in spill files (crash mid-write)
     "corrupt_lines",  # other unreadable spill lines skipped
     "reduced",  # rows the database refused whole, written in their reduced form
-    "quarantined",  # rows refused even reduced, kept in quarantine-<pid>.jsonl
+    "quarantined",  # rows refused even reduced, kept in quarantine-<host>-<pid>-*.jsonl
     "spill_errors",  # rows neither written nor spilled (disk full): logged at ERROR instead
 )
 
@@ -438,10 +441,17 @@ class LogWriter:
     # ------------------------------------------------------------ spill side
 
     def _spill_rows(self, rows: list[Row], *, queue_full: bool = False) -> None:
+        lines = b"".join(dump_row(r) for r in rows)
         try:
-            self._spill.append(b"".join(dump_row(r) for r in rows), len(rows))
-            if not queue_full:
-                self._spill.sync()  # the writer thread fsyncs; submit() leaves it to it
+            self._spill.append(lines, len(rows))
+            if not queue_full:  # the writer thread fsyncs; submit() leaves it to it
+                try:
+                    self._spill.sync()
+                except SpillLost:
+                    # The file was lost before these reached the disk (an NFS lock gone
+                    # with its lease, say): once more, into a new file.
+                    self._spill.append(lines, len(rows))
+                    self._spill.sync()
         except OSError as exc:
             self._last_resort(rows, exc)
             return

@@ -441,6 +441,9 @@ class UpstreamPool:
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
         self._watchdog = loop.create_task(self._watch())
+        # Set when the drain window is over (abort_all): no new request is started then,
+        # not even a retry that was waiting for its backoff.
+        self._ended: str | None = None
 
     async def request(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: Buffer
@@ -454,6 +457,8 @@ class UpstreamPool:
         client (502), whose SDK decides. A timeout or the proxy's own abort is never
         sent again.
         """
+        if self._ended is not None:
+            raise ConnectError(self._ended, local=True)
         parts: list[Buffer] = [method, b" ", self.prefix, target, b" HTTP/1.1\r\n", self.host_line]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
@@ -581,7 +586,9 @@ class UpstreamPool:
         return len(self._busy)
 
     def abort_all(self, message: str) -> int:
-        """End every request in flight with `message` (the drain window is over)."""
+        """End every request in flight with `message` (the drain window is over), and
+        refuse every request started from now on with it."""
+        self._ended = message
         busy = list(self._busy)
         for conn in busy:
             conn._broken(message, local=True)

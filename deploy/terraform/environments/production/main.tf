@@ -10,12 +10,31 @@ locals {
   alb_name          = "claude-proxy-alb"
   target_group_name = "claude-proxy-tg"
 
+  # Encryption at rest: the operator's key where given, else the key this root creates.
+  kms_key_arn     = var.create_kms_key ? module.kms[0].key_arn : null
+  log_kms_key_arn = var.log_kms_key_arn != null ? var.log_kms_key_arn : local.kms_key_arn
+  sns_kms_key_arn = var.sns_kms_key_arn != null ? var.sns_kms_key_arn : local.kms_key_arn
+  efs_kms_key_arn = var.efs_kms_key_arn != null ? var.efs_kms_key_arn : local.kms_key_arn
+
   # Read from Secrets Manager by ECS at task start; the execution role may read these only.
   secrets = {
     ANTHROPIC_API_KEY      = var.anthropic_api_key_secret_arn
     DATABASE_URL           = var.database_url_secret_arn
     CLAUDE_PROXY_ADMIN_KEY = var.admin_key_secret_arn
   }
+}
+
+################################################################################
+# KMS: the customer-managed key of the logs, the alarm topic and the spill file system
+################################################################################
+
+module "kms" {
+  source = "../../modules/kms"
+  count  = var.create_kms_key ? 1 : 0
+
+  name = local.name
+  # The names the ecs and network modules give their log groups.
+  log_group_names = ["/ecs/${local.service_name}", "/vpc/${local.name}-flow-logs"]
 }
 
 ################################################################################
@@ -32,6 +51,7 @@ module "network" {
   single_nat_gateway         = var.single_nat_gateway
   enable_interface_endpoints = var.enable_interface_endpoints
   enable_flow_logs           = var.enable_flow_logs
+  flow_logs_kms_key_arn      = local.log_kms_key_arn
 }
 
 ################################################################################
@@ -81,6 +101,22 @@ module "ecr" {
 
   name             = local.name
   keep_last_images = var.ecr_keep_last_images
+  kms_key_arn      = var.ecr_kms_key_arn
+}
+
+################################################################################
+# Spill file system (optional): the request-log spill directory on EFS
+################################################################################
+
+module "spill_efs" {
+  source = "../../modules/efs"
+  count  = var.enable_spill_efs ? 1 : 0
+
+  name                   = local.name
+  vpc_id                 = module.network.vpc_id
+  subnet_ids             = module.network.private_subnet_ids
+  task_security_group_id = module.security.task_security_group_id
+  kms_key_arn            = local.efs_kms_key_arn
 }
 
 ################################################################################
@@ -97,6 +133,10 @@ module "iam" {
   secrets_kms_key_arn    = var.secrets_kms_key_arn
   enable_adot            = var.enable_adot
   enable_execute_command = var.enable_execute_command
+  spill_efs = var.enable_spill_efs ? {
+    file_system_arn  = module.spill_efs[0].file_system_arn
+    access_point_arn = module.spill_efs[0].access_point_arn
+  } : null
 }
 
 ################################################################################
@@ -128,6 +168,11 @@ module "ecs" {
   adot_image                    = var.adot_image
   enable_container_health_check = var.enable_container_health_check
   log_retention_days            = var.log_retention_days
+  log_kms_key_arn               = local.log_kms_key_arn
+  spill_efs = var.enable_spill_efs ? {
+    file_system_id  = module.spill_efs[0].file_system_id
+    access_point_id = module.spill_efs[0].access_point_id
+  } : null
 
   subnet_ids                        = module.network.private_subnet_ids
   security_group_ids                = [module.security.task_security_group_id]
@@ -136,7 +181,8 @@ module "ecs" {
   health_check_grace_period_seconds = var.health_check_grace_period_seconds
   fargate_weight                    = var.fargate_weight
   fargate_spot_weight               = var.fargate_spot_weight
-  deployment_alarm_names            = [module.alarms.target_5xx_alarm_name]
+  deregistration_delay              = var.deregistration_delay
+  deployment_alarm_names            = [module.alarms.deployment_alarm_name]
   enable_execute_command            = var.enable_execute_command
   wait_for_steady_state             = var.wait_for_steady_state
 }
@@ -165,13 +211,16 @@ module "autoscaling" {
 module "alarms" {
   source = "../../modules/alarms"
 
-  name                    = local.name
-  alb_arn_suffix          = module.alb.alb_arn_suffix
-  target_group_arn_suffix = module.alb.target_group_arn_suffix
-  cluster_name            = local.cluster_name
-  service_name            = local.service_name
-  alarm_email             = var.alarm_email
-  elb_5xx_threshold       = var.elb_5xx_threshold
-  monthly_budget_usd      = var.monthly_budget_usd
-  budget_cost_filter_tags = var.budget_cost_filter_tags
+  name                       = local.name
+  alb_arn_suffix             = module.alb.alb_arn_suffix
+  target_group_arn_suffix    = module.alb.target_group_arn_suffix
+  cluster_name               = local.cluster_name
+  service_name               = local.service_name
+  alarm_email                = var.alarm_email
+  sns_kms_key_arn            = local.sns_kms_key_arn
+  proxy_error_rate_threshold = var.proxy_error_rate_threshold
+  memory_high_threshold      = var.memory_high_threshold
+  elb_5xx_threshold          = var.elb_5xx_threshold
+  monthly_budget_usd         = var.monthly_budget_usd
+  budget_cost_filter_tags    = var.budget_cost_filter_tags
 }

@@ -138,3 +138,17 @@ output "task_security_group_id" {
   description = "ID of claude-proxy-task-sg."
   value       = module.security.task_security_group_id
 }
+
+################################################################################
+# Encryption and the spill file system
+################################################################################
+
+output "kms_key_arn" {
+  description = "ARN of the customer-managed key this root created (create_kms_key), or null."
+  value       = local.kms_key_arn
+}
+
+output "spill_file_system_id" {
+  description = "ID of the spill directory's EFS file system (enable_spill_efs), or null."
+  value       = var.enable_spill_efs ? module.spill_efs[0].file_system_id : null
+}

@@ -137,14 +137,14 @@ variable "idle_timeout" {
 }
 
 variable "deregistration_delay" {
-  description = "Seconds a stopping task stays registered to finish its requests (the app's drain: 110)."
+  description = "Seconds a task leaving the target group (deployment, scale-in) keeps its in-flight requests before ECS stops it: the longest stream a deploy lets finish. A deploy takes up to this much longer per batch of tasks, and the old tasks run (and bill) meanwhile. Above every idle timeout (idle_timeout, the app's 310 s keep-alive)."
   type        = number
-  default     = 110
+  default     = 900
   nullable    = false
 
   validation {
-    condition     = var.deregistration_delay >= 0 && var.deregistration_delay <= 3600
-    error_message = "deregistration_delay is 0-3600 s."
+    condition     = var.deregistration_delay >= 600 && var.deregistration_delay <= 3600
+    error_message = "deregistration_delay is 600-3600 s: long streams must outlive a deployment, and it must stay above the idle timeouts (ALB 300 s, keep-alive 310 s)."
   }
 }
 
@@ -189,6 +189,17 @@ variable "container_image" {
       !endswith(var.container_image, ":latest")
     )
     error_message = "container_image needs an explicit tag or digest, not :latest."
+  }
+}
+
+variable "ecr_kms_key_arn" {
+  description = "Customer-managed KMS key to encrypt the ECR repository's images with. null: the AWS-managed aws/ecr key. Set it before the first apply: changing it replaces the repository, which fails while it holds images."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ecr_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.ecr_kms_key_arn))
+    error_message = "ecr_kms_key_arn must be a KMS key ARN."
   }
 }
 
@@ -258,6 +269,50 @@ variable "log_retention_days" {
   validation {
     condition     = contains([0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
     error_message = "log_retention_days must be one of CloudWatch's values: 0 (never expire), 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
+}
+
+################################################################################
+# Encryption at rest: customer-managed KMS keys
+################################################################################
+
+variable "create_kms_key" {
+  description = "Create the customer-managed KMS key alias/claude-proxy (automatic rotation; about 1 USD a month) and encrypt the log groups, the alarm topic and the spill file system with it, wherever no key of your own is given below."
+  type        = bool
+  default     = true
+  nullable    = false
+}
+
+variable "log_kms_key_arn" {
+  description = "Your own KMS key for the log groups (/ecs/claude-proxy-service, the flow logs); its policy must let logs.<region>.amazonaws.com use it. null: the key of create_kms_key, else CloudWatch's own encryption."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.log_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.log_kms_key_arn))
+    error_message = "log_kms_key_arn must be a KMS key ARN."
+  }
+}
+
+variable "sns_kms_key_arn" {
+  description = "Your own KMS key for the claude-proxy-alarms topic; its policy must let cloudwatch.amazonaws.com and budgets.amazonaws.com kms:Decrypt and kms:GenerateDataKey* (not aws/sns). null: the key of create_kms_key, else unencrypted."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.sns_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/.+$", var.sns_kms_key_arn))
+    error_message = "sns_kms_key_arn must be a KMS key or alias ARN."
+  }
+}
+
+variable "efs_kms_key_arn" {
+  description = "Your own KMS key for the spill file system (enable_spill_efs). null: the key of create_kms_key, else the AWS-managed aws/elasticfilesystem key. Changing it replaces the file system."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.efs_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.efs_kms_key_arn))
+    error_message = "efs_kms_key_arn must be a KMS key ARN."
   }
 }
 
@@ -359,6 +414,13 @@ variable "fargate_spot_weight" {
   nullable    = false
 }
 
+variable "enable_spill_efs" {
+  description = "Keep the spill directory (CLAUDE_PROXY_SPILL_DIR) on an encrypted EFS file system shared by the tasks, mounted through an access point with TLS and the task role, instead of each task's ephemeral storage: request-log rows spilled during a database outage then outlive the task that wrote them."
+  type        = bool
+  default     = false
+  nullable    = false
+}
+
 variable "enable_execute_command" {
   description = "Allow ECS Exec (also makes the root filesystem writable, which ECS Exec needs)."
   type        = bool
@@ -416,6 +478,20 @@ variable "alarm_email" {
   description = "Email subscribed to the claude-proxy-alarms topic. null: none."
   type        = string
   default     = null
+}
+
+variable "proxy_error_rate_threshold" {
+  description = "Percentage of requests answered with a 5xx the proxy made itself (EMF ProxyErrors) above which claude-proxy-proxy-errors fires and rolls back a deployment in progress."
+  type        = number
+  default     = 1
+  nullable    = false
+}
+
+variable "memory_high_threshold" {
+  description = "Memory (% of task_memory) of the fullest task above which, for 5 minutes, claude-proxy-memory-high fires."
+  type        = number
+  default     = 85
+  nullable    = false
 }
 
 variable "elb_5xx_threshold" {

@@ -82,12 +82,12 @@ resource "aws_sns_topic_subscription" "email" {
 }
 
 ################################################################################
-# Target 5xx rate (also the ECS deployment's rollback alarm)
+# Target 5xx rate (what clients see: the upstream's 5xx and 529 passed through count)
 ################################################################################
 
 resource "aws_cloudwatch_metric_alarm" "target_5xx_rate" {
   alarm_name          = "${var.name}-target-5xx-rate"
-  alarm_description   = "More than ${var.target_5xx_rate_threshold}% of requests got a 5xx from the tasks in ${var.target_5xx_evaluation_periods} consecutive minutes. Rolls back an ECS deployment in progress. Upstream 5xx/529 passed through by the proxy count too."
+  alarm_description   = "More than ${var.target_5xx_rate_threshold}% of requests got a 5xx from the tasks in ${var.target_5xx_evaluation_periods} consecutive minutes. Upstream 5xx/529 passed through by the proxy count too, so an Anthropic outage fires it: it notifies, it does not roll deployments back."
   comparison_operator = "GreaterThanThreshold"
   threshold           = var.target_5xx_rate_threshold
   evaluation_periods  = var.target_5xx_evaluation_periods
@@ -124,6 +124,63 @@ resource "aws_cloudwatch_metric_alarm" "target_5xx_rate" {
       period      = 60
       stat        = "Sum"
       dimensions  = { LoadBalancer = var.alb_arn_suffix }
+    }
+  }
+
+  alarm_actions = local.alarm_actions
+  ok_actions    = local.alarm_actions
+
+  tags = var.tags
+}
+
+################################################################################
+# The proxy's own errors (the ECS deployment's rollback alarm)
+################################################################################
+
+# From the EMF lines each task prints (namespace ClaudeProxy, dimension ServiceName):
+# ProxyErrors counts the 5xx the proxy made itself, without an upstream attempt (not the
+# upstream's 5xx or 529, not the open circuit breaker's 529), RequestCount every request.
+# An Anthropic outage during a deployment leaves it quiet, so it never rolls a good
+# release back; a release that breaks the proxy fires it.
+resource "aws_cloudwatch_metric_alarm" "proxy_errors" {
+  alarm_name          = "${var.name}-proxy-errors"
+  alarm_description   = "More than ${var.proxy_error_rate_threshold}% of requests got a 5xx made by the proxy itself (EMF ProxyErrors / RequestCount) in ${var.proxy_errors_evaluation_periods} consecutive minutes. Rolls back an ECS deployment in progress."
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.proxy_error_rate_threshold
+  evaluation_periods  = var.proxy_errors_evaluation_periods
+  datapoints_to_alarm = var.proxy_errors_evaluation_periods
+  treat_missing_data  = "notBreaching"
+
+  metric_query {
+    id          = "rate"
+    label       = "Proxy errors (% of requests)"
+    expression  = "100 * FILL(errors, 0) / requests"
+    return_data = true
+  }
+
+  metric_query {
+    id          = "errors"
+    return_data = false
+
+    metric {
+      namespace   = var.emf_namespace
+      metric_name = "ProxyErrors"
+      period      = 60
+      stat        = "Sum"
+      dimensions  = { ServiceName = var.service_name }
+    }
+  }
+
+  metric_query {
+    id          = "requests"
+    return_data = false
+
+    metric {
+      namespace   = var.emf_namespace
+      metric_name = "RequestCount"
+      period      = 60
+      stat        = "Sum"
+      dimensions  = { ServiceName = var.service_name }
     }
   }
 
@@ -172,6 +229,31 @@ resource "aws_cloudwatch_metric_alarm" "cpu_high" {
   datapoints_to_alarm = 5
   comparison_operator = "GreaterThanThreshold"
   threshold           = var.cpu_high_threshold
+  treat_missing_data  = "notBreaching"
+
+  alarm_actions = local.alarm_actions
+  ok_actions    = local.alarm_actions
+
+  tags = var.tags
+}
+
+################################################################################
+# Service memory
+################################################################################
+
+# Maximum, not Average: the task nearest its limit is the one the kernel OOM-kills.
+resource "aws_cloudwatch_metric_alarm" "memory_high" {
+  alarm_name          = "${var.name}-memory-high"
+  alarm_description   = "A task's memory above ${var.memory_high_threshold}% of task_memory for 5 minutes: a task near its limit is killed (OutOfMemoryError, exit code 137)."
+  namespace           = "AWS/ECS"
+  metric_name         = "MemoryUtilization"
+  dimensions          = { ClusterName = var.cluster_name, ServiceName = var.service_name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 5
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.memory_high_threshold
   treat_missing_data  = "notBreaching"
 
   alarm_actions = local.alarm_actions

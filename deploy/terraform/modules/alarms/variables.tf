@@ -80,6 +80,42 @@ variable "target_5xx_evaluation_periods" {
   }
 }
 
+variable "proxy_error_rate_threshold" {
+  description = "Percentage of requests answered with a 5xx the proxy made itself (EMF ProxyErrors / RequestCount) above which the proxy-errors alarm, the deployment rollback alarm, fires."
+  type        = number
+  default     = 1
+  nullable    = false
+
+  validation {
+    condition     = var.proxy_error_rate_threshold > 0 && var.proxy_error_rate_threshold <= 100
+    error_message = "proxy_error_rate_threshold is a percentage above 0, at most 100."
+  }
+}
+
+variable "proxy_errors_evaluation_periods" {
+  description = "Consecutive 1-minute periods above the threshold before the proxy-errors alarm fires."
+  type        = number
+  default     = 3
+  nullable    = false
+
+  validation {
+    condition     = var.proxy_errors_evaluation_periods >= 1 && var.proxy_errors_evaluation_periods <= 60 && floor(var.proxy_errors_evaluation_periods) == var.proxy_errors_evaluation_periods
+    error_message = "proxy_errors_evaluation_periods is a whole number from 1 to 60."
+  }
+}
+
+variable "emf_namespace" {
+  description = "CloudWatch namespace of the proxy's EMF metrics (CLAUDE_PROXY_EMF_NAMESPACE, ClaudeProxy by default)."
+  type        = string
+  default     = "ClaudeProxy"
+  nullable    = false
+
+  validation {
+    condition     = length(var.emf_namespace) > 0 && length(var.emf_namespace) <= 255
+    error_message = "emf_namespace is a CloudWatch namespace of 1-255 characters."
+  }
+}
+
 variable "elb_5xx_threshold" {
   description = "Load balancer 5xx responses in 5 minutes above which the ELB 5xx alarm fires."
   type        = number
@@ -101,6 +137,18 @@ variable "cpu_high_threshold" {
   validation {
     condition     = var.cpu_high_threshold > 0 && var.cpu_high_threshold <= 100
     error_message = "cpu_high_threshold is a percentage above 0, at most 100."
+  }
+}
+
+variable "memory_high_threshold" {
+  description = "Memory (% of task_memory) of the fullest task above which, for 5 minutes, the memory alarm fires."
+  type        = number
+  default     = 85
+  nullable    = false
+
+  validation {
+    condition     = var.memory_high_threshold > 0 && var.memory_high_threshold <= 100
+    error_message = "memory_high_threshold is a percentage above 0, at most 100."
   }
 }
 

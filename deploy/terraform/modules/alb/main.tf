@@ -59,8 +59,12 @@ resource "aws_lb_target_group" "this" {
   # A stream is one long request: send new ones to the task with the fewest in flight.
   load_balancing_algorithm_type = "least_outstanding_requests"
 
-  # How long a deregistering task keeps its in-flight requests: about the app's drain
-  # (pre-stop 10 s + drain 90 s + log flush 10 s = 110 s, under the task's stopTimeout 120 s).
+  # How long a deregistering task keeps its in-flight requests: in a deployment or a
+  # scale-in ECS takes the task out of the target group first, waits for this (or for its
+  # last request to end, whichever is first), and only then sends SIGTERM. Long streams
+  # need it long: at least 600 s in production, above every idle timeout (the ALB's 300 s,
+  # the app's keep-alive 310 s and upstream idle 290 s). What SIGTERM reaches without it
+  # (Spot interruptions, unhealthy tasks) the app's drain handles within stopTimeout.
   deregistration_delay = var.deregistration_delay
 
   # /health answers 503 from the first instant of a drain; 2 x 10 s in, 3 x 10 s out.
@@ -77,6 +81,13 @@ resource "aws_lb_target_group" "this" {
   }
 
   tags = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = var.deregistration_delay > var.idle_timeout
+      error_message = "deregistration_delay (${var.deregistration_delay} s) must be above idle_timeout (${var.idle_timeout} s): a draining task must keep its streams longer than any silence the load balancer allows."
+    }
+  }
 }
 
 ################################################################################

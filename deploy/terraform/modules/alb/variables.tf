@@ -93,9 +93,9 @@ variable "idle_timeout" {
 }
 
 variable "deregistration_delay" {
-  description = "Seconds a deregistering target keeps serving its in-flight requests (about the app's drain: 110)."
+  description = "Seconds a deregistering target keeps serving its in-flight requests before ECS stops the task: the longest stream a deployment or scale-in lets finish. Above idle_timeout."
   type        = number
-  default     = 110
+  default     = 900
   nullable    = false
 
   validation {

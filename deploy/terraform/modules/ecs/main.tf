@@ -24,23 +24,27 @@ locals {
   )
 
   # The app's settings (docs/reliability.md): keep-alive 310 s > the ALB's idle timeout 300 s;
-  # pre-stop 10 s + drain 90 s + log flush 10 s = 110 s < stopTimeout 120 s; the upstream
-  # idle timeout 290 s < the ALB's 300 s, so a silent stream gets the proxy's SSE
-  # "Timeout (idle)" error event before the ALB cuts the connection without a word.
+  # the upstream idle timeout 290 s < the ALB's 300 s, so a silent stream gets the proxy's
+  # SSE "Timeout (idle)" error event before the ALB cuts the connection without a word. All
+  # of them stay below the target group's deregistration delay (at least 600 s), which is
+  # what a deployment gives a stream before SIGTERM. After SIGTERM: pre-stop 10 s + drain
+  # 90 s + log flush 10 s = 110 s < stopTimeout 120 s (Fargate's maximum). The three are
+  # set here, not left to the image, so that extra_environment cannot stretch the sum.
   environment = merge(
     var.extra_environment,
     {
-      CLAUDE_PROXY_HOST                 = "0.0.0.0"
-      CLAUDE_PROXY_PORT                 = tostring(var.container_port)
-      CLAUDE_PROXY_EMF_ENABLED          = "true"
-      CLAUDE_PROXY_SERVICE_NAME         = var.service_name
-      CLAUDE_PROXY_FORWARDED_ALLOW_IPS  = var.forwarded_allow_ips
-      CLAUDE_PROXY_KEEPALIVE_SECONDS    = "310"
-      CLAUDE_PROXY_PRE_STOP_SECONDS     = "10"
-      CLAUDE_PROXY_DRAIN_SECONDS        = "90"
-      CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS = "290"
-      CLAUDE_PROXY_SPILL_DIR            = local.spill_dir
-      CLAUDE_PROXY_METRICS_DIR          = local.metrics_dir
+      CLAUDE_PROXY_HOST                      = "0.0.0.0"
+      CLAUDE_PROXY_PORT                      = tostring(var.container_port)
+      CLAUDE_PROXY_EMF_ENABLED               = "true"
+      CLAUDE_PROXY_SERVICE_NAME              = var.service_name
+      CLAUDE_PROXY_FORWARDED_ALLOW_IPS       = var.forwarded_allow_ips
+      CLAUDE_PROXY_KEEPALIVE_SECONDS         = "310"
+      CLAUDE_PROXY_PRE_STOP_SECONDS          = "10"
+      CLAUDE_PROXY_DRAIN_SECONDS             = "90"
+      CLAUDE_PROXY_LOG_FLUSH_TIMEOUT_SECONDS = "10"
+      CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS      = "290"
+      CLAUDE_PROXY_SPILL_DIR                 = local.spill_dir
+      CLAUDE_PROXY_METRICS_DIR               = local.metrics_dir
     },
     var.enable_adot ? {
       CLAUDE_PROXY_TRACING        = "true"
@@ -169,6 +173,7 @@ resource "aws_ecs_cluster_capacity_providers" "this" {
 ################################################################################
 
 resource "aws_cloudwatch_log_group" "this" {
+  # checkov:skip=CKV_AWS_338: kept log_retention_days (30 by default): the request log in the database is the lasting record; raise it where a year is required
   name              = local.log_group_name
   retention_in_days = var.log_retention_days
   kms_key_id        = var.log_kms_key_arn
@@ -197,14 +202,35 @@ resource "aws_ecs_task_definition" "this" {
   }
 
   # Bind mounts on the task's ephemeral storage: writable under a read-only root, and
-  # they outlive a restarted container (not the task).
+  # they outlive a restarted container (not the task). With spill_efs the spill directory
+  # is an EFS access point instead, which outlives the task: TLS in transit, and the task
+  # role's IAM identity (its policy admits it; the file system's refuses anything else).
   volume {
     name = "spill"
+
+    dynamic "efs_volume_configuration" {
+      for_each = var.spill_efs == null ? [] : [var.spill_efs]
+
+      content {
+        file_system_id     = efs_volume_configuration.value.file_system_id
+        transit_encryption = "ENABLED"
+
+        authorization_config {
+          access_point_id = efs_volume_configuration.value.access_point_id
+          iam             = "ENABLED"
+        }
+      }
+    }
   }
 
   volume {
     name = "tmp"
   }
+
+  # A new revision does not deregister the previous one: every revision stays ACTIVE, so
+  # the service can be pointed back at an earlier one (runbook section 7), and ECS's own
+  # rollbacks never land on an INACTIVE revision. `terraform destroy` leaves them too.
+  skip_destroy = true
 
   tags = var.tags
 
@@ -282,6 +308,11 @@ resource "aws_ecs_service" "this" {
     container_port   = var.container_port
   }
 
+  # Any change to the service starts a new deployment. Provider 5.x needs it to change the
+  # capacity_provider_strategy in place (fargate_spot_weight 0 -> 1 adds FARGATE_SPOT):
+  # without it that change replaces the service, deleting it and every task at once.
+  force_new_deployment = true
+
   availability_zone_rebalancing = "ENABLED"
   enable_execute_command        = var.enable_execute_command
   enable_ecs_managed_tags       = true
@@ -289,6 +320,13 @@ resource "aws_ecs_service" "this" {
   wait_for_steady_state         = var.wait_for_steady_state
 
   tags = var.tags
+
+  # A deployment (and the deletion) waits for the old tasks' targets to drain, up to the
+  # deregistration delay, before ECS stops them: 20 minutes on top of it.
+  timeouts {
+    update = "${20 + ceil(var.deregistration_delay / 60)}m"
+    delete = "${20 + ceil(var.deregistration_delay / 60)}m"
+  }
 
   lifecycle {
     # Application Auto Scaling owns the task count once the service exists.

@@ -166,12 +166,13 @@ variable "extra_environment" {
       can(regex("^[A-Za-z_][A-Za-z0-9_]*$", k)) && !contains([
         "CLAUDE_PROXY_HOST", "CLAUDE_PROXY_PORT", "CLAUDE_PROXY_EMF_ENABLED", "CLAUDE_PROXY_SERVICE_NAME",
         "CLAUDE_PROXY_FORWARDED_ALLOW_IPS", "CLAUDE_PROXY_KEEPALIVE_SECONDS", "CLAUDE_PROXY_PRE_STOP_SECONDS",
-        "CLAUDE_PROXY_DRAIN_SECONDS", "CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS", "CLAUDE_PROXY_SPILL_DIR", "CLAUDE_PROXY_METRICS_DIR",
+        "CLAUDE_PROXY_DRAIN_SECONDS", "CLAUDE_PROXY_LOG_FLUSH_TIMEOUT_SECONDS", "CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS",
+        "CLAUDE_PROXY_SPILL_DIR", "CLAUDE_PROXY_METRICS_DIR",
         "CLAUDE_PROXY_TRACING", "OTEL_EXPORTER_OTLP_ENDPOINT",
         "ANTHROPIC_API_KEY", "DATABASE_URL", "CLAUDE_PROXY_ADMIN_KEY",
       ], k)
     ])
-    error_message = "extra_environment keys are environment variable names, other than the ones the module manages (host, port, EMF, service name, forwarded IPs, keep-alive, pre-stop, drain, spill and metrics dirs, tracing) and the secrets."
+    error_message = "extra_environment keys are environment variable names, other than the ones the module manages (host, port, EMF, service name, forwarded IPs, keep-alive, pre-stop, drain, log flush, idle timeout, spill and metrics dirs, tracing) and the secrets."
   }
 }
 
@@ -328,10 +329,31 @@ variable "fargate_spot_weight" {
 }
 
 variable "deployment_alarm_names" {
-  description = "CloudWatch alarms that roll a deployment back when they fire during it (the target 5xx-rate alarm)."
+  description = "CloudWatch alarms that roll a deployment back when they fire during it (the proxy-errors alarm: the proxy's own failures, not the upstream's)."
   type        = list(string)
   default     = []
   nullable    = false
+}
+
+variable "deregistration_delay" {
+  description = "The target group's deregistration delay (s): how long a deployment may wait for an old task to drain before ECS stops it. The service's update and delete timeouts are 20 minutes plus this."
+  type        = number
+  default     = 900
+  nullable    = false
+
+  validation {
+    condition     = var.deregistration_delay >= 0 && var.deregistration_delay <= 3600
+    error_message = "deregistration_delay is 0-3600 seconds (the target group's range)."
+  }
+}
+
+variable "spill_efs" {
+  description = "An EFS access point to mount at the spill directory (CLAUDE_PROXY_SPILL_DIR) instead of the task's ephemeral storage, so spilled request-log rows outlive the task: { file_system_id, access_point_id }. Mounted with TLS and the task role's IAM identity. null: ephemeral storage."
+  type = object({
+    file_system_id  = string
+    access_point_id = string
+  })
+  default = null
 }
 
 variable "enable_execute_command" {

@@ -86,6 +86,19 @@ locals {
         Resource = "*"
       },
     ] : [],
+    var.spill_efs == null ? [] : [
+      {
+        # Mount and write the spill file system, through its access point only (the ECS
+        # volume mounts with iam = ENABLED: the task role is the NFS client's identity).
+        Sid      = "SpillEfs"
+        Effect   = "Allow"
+        Action   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+        Resource = [var.spill_efs.file_system_arn]
+        Condition = {
+          StringEquals = { "elasticfilesystem:AccessPointArn" = var.spill_efs.access_point_arn }
+        }
+      },
+    ],
     var.enable_execute_command ? [
       {
         # ECS Exec's SSM agent channels.
@@ -127,7 +140,7 @@ resource "aws_iam_role_policy" "execution" {
 
 resource "aws_iam_role" "task" {
   name               = "${var.name}-task"
-  description        = "ECS task role of ${var.name}: no permissions unless tracing or ECS Exec are on"
+  description        = "ECS task role of ${var.name}: no permissions unless tracing, the spill file system or ECS Exec are on"
   assume_role_policy = local.assume_role_policy
 
   tags = var.tags

@@ -53,6 +53,15 @@ variable "enable_adot" {
   nullable    = false
 }
 
+variable "spill_efs" {
+  description = "The spill file system the task role may mount and write, through its access point only: { file_system_arn, access_point_arn }. null: none."
+  type = object({
+    file_system_arn  = string
+    access_point_arn = string
+  })
+  default = null
+}
+
 variable "enable_execute_command" {
   description = "Give the task role the SSM messages permissions ECS Exec needs."
   type        = bool

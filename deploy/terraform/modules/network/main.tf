@@ -244,10 +244,12 @@ resource "aws_vpc_endpoint" "interface" {
 ################################################################################
 
 resource "aws_cloudwatch_log_group" "flow_logs" {
+  # checkov:skip=CKV_AWS_338: kept flow_logs_retention_days (30 by default) for their CloudWatch cost; raise it where a year is required
   count = var.enable_flow_logs ? 1 : 0
 
   name              = "/vpc/${var.name}-flow-logs"
   retention_in_days = var.flow_logs_retention_days
+  kms_key_id        = var.flow_logs_kms_key_arn
 
   tags = var.tags
 }

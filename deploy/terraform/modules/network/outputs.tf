@@ -73,6 +73,11 @@ output "flow_log_group_name" {
   value       = one(aws_cloudwatch_log_group.flow_logs[*].name)
 }
 
+output "flow_log_group" {
+  description = "The flow logs' log group (all attributes of the aws_cloudwatch_log_group resource), or null unless enable_flow_logs."
+  value       = one(aws_cloudwatch_log_group.flow_logs[*])
+}
+
 output "flow_log" {
   description = "The flow log (all attributes of the aws_flow_log resource), or null unless enable_flow_logs."
   value       = one(aws_flow_log.this[*])

@@ -119,6 +119,17 @@ variable "flow_logs_retention_days" {
   }
 }
 
+variable "flow_logs_kms_key_arn" {
+  description = "KMS key ARN to encrypt the flow logs' log group with (its key policy must allow logs.<region>.amazonaws.com). null: CloudWatch's own encryption."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.flow_logs_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.flow_logs_kms_key_arn))
+    error_message = "flow_logs_kms_key_arn must be a KMS key ARN."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource (on top of the provider's default_tags)."
   type        = map(string)

@@ -225,8 +225,17 @@ run "defaults" {
   }
 
   assert {
-    condition     = tonumber(module.alb.target_group.deregistration_delay) == 110
-    error_message = "Deregistration delay is 110 s (the app's drain)."
+    condition     = tonumber(module.alb.target_group.deregistration_delay) == 900
+    error_message = "Deregistration delay is 900 s: a deployment lets streams of up to 15 minutes finish."
+  }
+
+  assert {
+    condition = (
+      tonumber(module.alb.target_group.deregistration_delay) > module.alb.load_balancer.idle_timeout &&
+      tonumber(module.alb.target_group.deregistration_delay) > tonumber({ for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name => e.value }["CLAUDE_PROXY_KEEPALIVE_SECONDS"]) &&
+      tonumber(module.alb.target_group.deregistration_delay) > tonumber({ for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name => e.value }["CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS"])
+    )
+    error_message = "The deregistration delay is above every idle timeout: the ALB's, the app's keep-alive and its upstream idle timeout."
   }
 
   assert {
@@ -302,6 +311,11 @@ run "defaults" {
   }
 
   assert {
+    condition     = alltrue([for v in module.ecs.task_definition.volume : length(v.efs_volume_configuration) == 0]) && output.spill_file_system_id == null
+    error_message = "Without enable_spill_efs the spill directory is on the task's ephemeral storage (no EFS)."
+  }
+
+  assert {
     condition     = length(jsondecode(module.ecs.container_definitions)) == 1
     error_message = "Only the app container without enable_adot."
   }
@@ -320,6 +334,20 @@ run "defaults" {
   assert {
     condition     = jsondecode(module.ecs.container_definitions)[0].stopTimeout == 120
     error_message = "stopTimeout is 120 s (pre-stop 10 + drain 90 + flush 10 = 110 s fit)."
+  }
+
+  assert {
+    condition = (
+      sum([for name in ["CLAUDE_PROXY_PRE_STOP_SECONDS", "CLAUDE_PROXY_DRAIN_SECONDS", "CLAUDE_PROXY_LOG_FLUSH_TIMEOUT_SECONDS"] :
+        tonumber({ for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name => e.value }[name])
+      ]) < jsondecode(module.ecs.container_definitions)[0].stopTimeout
+    )
+    error_message = "The task definition's pre-stop + drain + log flush stay under its stopTimeout."
+  }
+
+  assert {
+    condition     = module.ecs.task_definition.skip_destroy == true
+    error_message = "A new task definition revision leaves the previous ones ACTIVE (skip_destroy): the rollback targets."
   }
 
   assert {
@@ -363,17 +391,18 @@ run "defaults" {
   assert {
     condition = (
       { for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name => e.value } == {
-        CLAUDE_PROXY_HOST                 = "0.0.0.0"
-        CLAUDE_PROXY_PORT                 = "8000"
-        CLAUDE_PROXY_EMF_ENABLED          = "true"
-        CLAUDE_PROXY_SERVICE_NAME         = "claude-proxy-service"
-        CLAUDE_PROXY_FORWARDED_ALLOW_IPS  = "10.0.0.0/16"
-        CLAUDE_PROXY_KEEPALIVE_SECONDS    = "310"
-        CLAUDE_PROXY_PRE_STOP_SECONDS     = "10"
-        CLAUDE_PROXY_DRAIN_SECONDS        = "90"
-        CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS = "290"
-        CLAUDE_PROXY_SPILL_DIR            = "/var/lib/claude-proxy/spill"
-        CLAUDE_PROXY_METRICS_DIR          = "/tmp/claude-proxy-metrics"
+        CLAUDE_PROXY_HOST                      = "0.0.0.0"
+        CLAUDE_PROXY_PORT                      = "8000"
+        CLAUDE_PROXY_EMF_ENABLED               = "true"
+        CLAUDE_PROXY_SERVICE_NAME              = "claude-proxy-service"
+        CLAUDE_PROXY_FORWARDED_ALLOW_IPS       = "10.0.0.0/16"
+        CLAUDE_PROXY_KEEPALIVE_SECONDS         = "310"
+        CLAUDE_PROXY_PRE_STOP_SECONDS          = "10"
+        CLAUDE_PROXY_DRAIN_SECONDS             = "90"
+        CLAUDE_PROXY_LOG_FLUSH_TIMEOUT_SECONDS = "10"
+        CLAUDE_PROXY_IDLE_TIMEOUT_SECONDS      = "290"
+        CLAUDE_PROXY_SPILL_DIR                 = "/var/lib/claude-proxy/spill"
+        CLAUDE_PROXY_METRICS_DIR               = "/tmp/claude-proxy-metrics"
       }
     )
     error_message = "The app's environment is exactly the documented one (no tracing without enable_adot)."
@@ -411,11 +440,21 @@ run "defaults" {
 
   assert {
     condition = (
-      module.ecs.service.alarms[0].alarm_names == toset(["claude-proxy-target-5xx-rate"]) &&
+      module.ecs.service.alarms[0].alarm_names == toset(["claude-proxy-proxy-errors"]) &&
       module.ecs.service.alarms[0].enable == true &&
       module.ecs.service.alarms[0].rollback == true
     )
-    error_message = "The target 5xx-rate alarm rolls a deployment back."
+    error_message = "The proxy-errors alarm, and it only (not the target 5xx rate, which upstream errors fire), rolls a deployment back."
+  }
+
+  assert {
+    condition     = module.ecs.service.force_new_deployment == true
+    error_message = "force_new_deployment is on: provider 5.x then changes the capacity provider strategy (Fargate Spot) in place instead of replacing the service."
+  }
+
+  assert {
+    condition     = module.ecs.service.timeouts.update == "35m" && module.ecs.service.timeouts.delete == "35m"
+    error_message = "The service's update and delete wait 20 minutes plus the 900 s deregistration delay."
   }
 
   assert {
@@ -523,6 +562,40 @@ run "defaults" {
   }
 
   ##############################################################################
+  # Encryption at rest: the customer-managed key
+  ##############################################################################
+
+  assert {
+    condition = (
+      module.kms[0].alias_name == "alias/claude-proxy" &&
+      module.kms[0].key.enable_key_rotation == true &&
+      output.kms_key_arn == "arn:aws:kms:eu-west-1:123456789012:key/0d6f1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+    )
+    error_message = "The root creates the customer-managed key alias/claude-proxy, with automatic rotation."
+  }
+
+  assert {
+    condition = (
+      module.ecs.log_group.kms_key_id == output.kms_key_arn &&
+      module.alarms.sns_topic.kms_master_key_id == output.kms_key_arn
+    )
+    error_message = "The log group and the alarm topic are encrypted with the customer-managed key by default (checkov's CKV_AWS_158 and CKV_AWS_26 hold for the defaults, not only for a key somebody passes)."
+  }
+
+  assert {
+    condition = (
+      [for s in jsondecode(module.kms[0].key_policy).Statement : s.Sid] == ["AccountAdministration", "CloudWatchLogs", "AlarmTopicPublishers"] &&
+      [for s in jsondecode(module.kms[0].key_policy).Statement : s.Principal.Service if s.Sid == "CloudWatchLogs"][0] == "logs.eu-west-1.amazonaws.com" &&
+      [for s in jsondecode(module.kms[0].key_policy).Statement : s.Condition.ArnEquals["kms:EncryptionContext:aws:logs:arn"] if s.Sid == "CloudWatchLogs"][0] == [
+        "arn:aws:logs:eu-west-1:123456789012:log-group:/ecs/claude-proxy-service",
+        "arn:aws:logs:eu-west-1:123456789012:log-group:/vpc/claude-proxy-flow-logs",
+      ] &&
+      toset([for s in jsondecode(module.kms[0].key_policy).Statement : s.Principal.Service if s.Sid == "AlarmTopicPublishers"][0]) == toset(["cloudwatch.amazonaws.com", "budgets.amazonaws.com"])
+    )
+    error_message = "The key policy lets CloudWatch Logs use the key for the two log groups only, and CloudWatch alarms and Budgets publish to the encrypted topic."
+  }
+
+  ##############################################################################
   # Autoscaling
   ##############################################################################
 
@@ -561,12 +634,14 @@ run "defaults" {
     condition = (
       output.alarm_names == {
         target_5xx_rate = "claude-proxy-target-5xx-rate"
+        proxy_errors    = "claude-proxy-proxy-errors"
         elb_5xx         = "claude-proxy-elb-5xx"
         cpu_high        = "claude-proxy-cpu-high"
+        memory_high     = "claude-proxy-memory-high"
         unhealthy_hosts = "claude-proxy-unhealthy-hosts"
       }
     )
-    error_message = "The alarms are claude-proxy-target-5xx-rate, -elb-5xx, -cpu-high and -unhealthy-hosts."
+    error_message = "The alarms are claude-proxy-target-5xx-rate, -proxy-errors, -elb-5xx, -cpu-high, -memory-high and -unhealthy-hosts."
   }
 
   assert {
@@ -604,6 +679,43 @@ run "defaults" {
       "requests=AWS/ApplicationELB/RequestCount/Sum/60/app/claude-proxy-alb/50dc6c495c0c9188",
     ])
     error_message = "errors = HTTPCode_Target_5XX_Count and requests = RequestCount, 60 s sums on the ALB."
+  }
+
+  assert {
+    condition = (
+      module.alarms.alarms.proxy_errors.comparison_operator == "GreaterThanThreshold" &&
+      module.alarms.alarms.proxy_errors.threshold == 1 &&
+      module.alarms.alarms.proxy_errors.evaluation_periods == 3 &&
+      module.alarms.alarms.proxy_errors.datapoints_to_alarm == 3 &&
+      module.alarms.alarms.proxy_errors.treat_missing_data == "notBreaching" &&
+      [for q in module.alarms.alarms.proxy_errors.metric_query : q.expression if q.return_data] == ["100 * FILL(errors, 0) / requests"]
+    )
+    error_message = "Proxy errors: above 1 % of the requests in 3 of 3 minutes; missing data is not breaching."
+  }
+
+  assert {
+    condition = toset(flatten([
+      for q in module.alarms.alarms.proxy_errors.metric_query : [
+        for m in q.metric : "${q.id}=${m.namespace}/${m.metric_name}/${m.stat}/${m.period}/${jsonencode(m.dimensions)}"
+      ]
+      ])) == toset([
+      "errors=ClaudeProxy/ProxyErrors/Sum/60/{\"ServiceName\":\"claude-proxy-service\"}",
+      "requests=ClaudeProxy/RequestCount/Sum/60/{\"ServiceName\":\"claude-proxy-service\"}",
+    ])
+    error_message = "The proxy-errors alarm counts the proxy's EMF ProxyErrors and RequestCount (namespace ClaudeProxy, ServiceName only), never the ALB's target 5xx."
+  }
+
+  assert {
+    condition = (
+      module.alarms.alarms.memory_high.namespace == "AWS/ECS" &&
+      module.alarms.alarms.memory_high.metric_name == "MemoryUtilization" &&
+      module.alarms.alarms.memory_high.statistic == "Maximum" &&
+      module.alarms.alarms.memory_high.threshold == 85 &&
+      module.alarms.alarms.memory_high.evaluation_periods == 5 &&
+      module.alarms.alarms.memory_high.comparison_operator == "GreaterThanThreshold" &&
+      module.alarms.alarms.memory_high.dimensions == tomap({ ClusterName = "claude-proxy-cluster", ServiceName = "claude-proxy-service" })
+    )
+    error_message = "Memory high: the fullest task's memory above 85 % for 5 minutes."
   }
 
   assert {

@@ -124,6 +124,29 @@ run "task_memory_must_suit_task_cpu" {
   expect_failures = [aws_ecs_task_definition.this]
 }
 
+run "extra_environment_cannot_stretch_the_shutdown" {
+  command = plan
+
+  module {
+    source = "../../modules/ecs"
+  }
+
+  variables {
+    extra_environment  = { CLAUDE_PROXY_LOG_FLUSH_TIMEOUT_SECONDS = "60" }
+    execution_role_arn = "arn:aws:iam::123456789012:role/claude-proxy-execution"
+    task_role_arn      = "arn:aws:iam::123456789012:role/claude-proxy-task"
+    secrets = {
+      ANTHROPIC_API_KEY = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/anthropic-api-key-AbCdEf"
+    }
+    forwarded_allow_ips = "10.0.0.0/16"
+    subnet_ids          = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+    security_group_ids  = ["sg-0f9e8d7c6b5a4f9e8"]
+    target_group_arn    = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/claude-proxy-tg/73e2d6bc24d8a067"
+  }
+
+  expect_failures = [var.extra_environment]
+}
+
 run "extra_environment_cannot_override_managed_settings" {
   command = plan
 
@@ -145,4 +168,46 @@ run "extra_environment_cannot_override_managed_settings" {
   }
 
   expect_failures = [var.extra_environment]
+}
+
+run "deregistration_delay_at_least_600" {
+  command = plan
+
+  variables {
+    deregistration_delay = 599
+  }
+
+  expect_failures = [var.deregistration_delay]
+}
+
+run "deregistration_delay_at_most_3600" {
+  command = plan
+
+  variables {
+    deregistration_delay = 3601
+  }
+
+  expect_failures = [var.deregistration_delay]
+}
+
+################################################################################
+# Checks inside the alb module
+################################################################################
+
+run "deregistration_delay_above_the_idle_timeout" {
+  command = plan
+
+  module {
+    source = "../../modules/alb"
+  }
+
+  variables {
+    idle_timeout         = 1200
+    deregistration_delay = 900
+    vpc_id               = "vpc-0123456789abcdef0"
+    public_subnet_ids    = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+    security_group_id    = "sg-0a1b2c3d4e5f00a1b"
+  }
+
+  expect_failures = [aws_lb_target_group.this]
 }

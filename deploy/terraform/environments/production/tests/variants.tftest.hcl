@@ -305,3 +305,175 @@ run "waf" {
     error_message = "waf_web_acl_arn associates that web ACL with the load balancer."
   }
 }
+
+################################################################################
+# Encryption at rest: the operator's own keys, or none
+################################################################################
+
+run "own_kms_keys" {
+  command = plan
+
+  variables {
+    create_kms_key  = false
+    log_kms_key_arn = "arn:aws:kms:eu-west-1:123456789012:key/11111111-1111-4111-8111-111111111111"
+    sns_kms_key_arn = "arn:aws:kms:eu-west-1:123456789012:key/22222222-2222-4222-8222-222222222222"
+    ecr_kms_key_arn = "arn:aws:kms:eu-west-1:123456789012:key/33333333-3333-4333-8333-333333333333"
+    efs_kms_key_arn = "arn:aws:kms:eu-west-1:123456789012:key/44444444-4444-4444-8444-444444444444"
+
+    enable_flow_logs = true
+    enable_spill_efs = true
+  }
+
+  assert {
+    condition     = length(module.kms) == 0 && output.kms_key_arn == null
+    error_message = "create_kms_key = false creates no key."
+  }
+
+  assert {
+    condition = (
+      module.ecs.log_group.kms_key_id == var.log_kms_key_arn &&
+      module.network.flow_log_group.kms_key_id == var.log_kms_key_arn &&
+      module.alarms.sns_topic.kms_master_key_id == var.sns_kms_key_arn &&
+      module.ecr.repository.encryption_configuration[0].encryption_type == "KMS" &&
+      module.ecr.repository.encryption_configuration[0].kms_key == var.ecr_kms_key_arn &&
+      module.spill_efs[0].file_system.kms_key_id == var.efs_kms_key_arn
+    )
+    error_message = "log_kms_key_arn, sns_kms_key_arn, ecr_kms_key_arn and efs_kms_key_arn reach the log groups, the topic, the repository and the file system."
+  }
+}
+
+run "created_key_for_every_log_group" {
+  command = plan
+
+  variables {
+    enable_flow_logs = true
+    sns_kms_key_arn  = "arn:aws:kms:eu-west-1:123456789012:key/22222222-2222-4222-8222-222222222222"
+  }
+
+  assert {
+    condition = (
+      module.network.flow_log_group.kms_key_id == output.kms_key_arn &&
+      module.ecs.log_group.kms_key_id == output.kms_key_arn &&
+      module.alarms.sns_topic.kms_master_key_id == var.sns_kms_key_arn
+    )
+    error_message = "The created key encrypts the flow logs too; a key of one's own replaces it where given."
+  }
+}
+
+run "no_kms_key" {
+  command = plan
+
+  variables {
+    create_kms_key = false
+  }
+
+  assert {
+    condition     = module.ecs.log_group.kms_key_id == null && module.alarms.sns_topic.kms_master_key_id == null
+    error_message = "Without create_kms_key nor keys of one's own: CloudWatch's own encryption, an unencrypted topic."
+  }
+}
+
+################################################################################
+# The spill directory on EFS
+################################################################################
+
+run "spill_efs" {
+  command = plan
+
+  variables {
+    enable_spill_efs = true
+  }
+
+  assert {
+    condition = (
+      module.spill_efs[0].file_system.encrypted == true &&
+      module.spill_efs[0].file_system.kms_key_id == output.kms_key_arn &&
+      output.spill_file_system_id == "fs-0123456789abcdef0"
+    )
+    error_message = "The spill file system is encrypted at rest with the customer-managed key."
+  }
+
+  assert {
+    condition = (
+      module.spill_efs[0].access_point.file_system_id == "fs-0123456789abcdef0" &&
+      module.spill_efs[0].access_point.posix_user[0].uid == 10001 &&
+      module.spill_efs[0].access_point.posix_user[0].gid == 10001 &&
+      module.spill_efs[0].access_point.root_directory[0].path == "/spill" &&
+      module.spill_efs[0].access_point.root_directory[0].creation_info[0].owner_uid == 10001 &&
+      module.spill_efs[0].access_point.root_directory[0].creation_info[0].permissions == "0750"
+    )
+    error_message = "The access point exposes /spill as the image's user, 10001:10001."
+  }
+
+  assert {
+    condition = (
+      [for v in module.ecs.task_definition.volume : v.efs_volume_configuration[0].file_system_id if v.name == "spill"] == ["fs-0123456789abcdef0"] &&
+      [for v in module.ecs.task_definition.volume : v.efs_volume_configuration[0].transit_encryption if v.name == "spill"] == ["ENABLED"] &&
+      [for v in module.ecs.task_definition.volume : v.efs_volume_configuration[0].authorization_config[0].access_point_id if v.name == "spill"] == ["fsap-0123456789abcdef0"] &&
+      [for v in module.ecs.task_definition.volume : v.efs_volume_configuration[0].authorization_config[0].iam if v.name == "spill"] == ["ENABLED"] &&
+      alltrue([for v in module.ecs.task_definition.volume : length(v.efs_volume_configuration) == 0 if v.name != "spill"])
+    )
+    error_message = "The spill volume is the access point, over TLS, with the task role's identity; /tmp stays ephemeral."
+  }
+
+  assert {
+    condition = (
+      toset([for m in jsondecode(module.ecs.container_definitions)[0].mountPoints : "${m.sourceVolume}:${m.containerPath}:${m.readOnly}"])
+      == toset(["spill:/var/lib/claude-proxy/spill:false", "tmp:/tmp:false"]) &&
+      { for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name => e.value }["CLAUDE_PROXY_SPILL_DIR"] == "/var/lib/claude-proxy/spill"
+    )
+    error_message = "The file system is mounted, writable, at the spill directory CLAUDE_PROXY_SPILL_DIR names."
+  }
+
+  assert {
+    condition = (
+      length(module.spill_efs[0].ingress_rules) == 1 &&
+      module.spill_efs[0].ingress_rules[0].security_group_id == "sg-0e1f2a3b4c5d6e7f8" &&
+      module.spill_efs[0].ingress_rules[0].ip_protocol == "tcp" &&
+      module.spill_efs[0].ingress_rules[0].from_port == 2049 &&
+      module.spill_efs[0].ingress_rules[0].to_port == 2049 &&
+      module.spill_efs[0].ingress_rules[0].referenced_security_group_id == "sg-0f9e8d7c6b5a4f9e8" &&
+      module.spill_efs[0].ingress_rules[0].cidr_ipv4 == null
+    )
+    error_message = "The mount targets accept NFS (2049) from the task security group only."
+  }
+
+  assert {
+    condition = (
+      length(module.spill_efs[0].task_egress_rules) == 1 &&
+      module.spill_efs[0].task_egress_rules[0].security_group_id == "sg-0f9e8d7c6b5a4f9e8" &&
+      module.spill_efs[0].task_egress_rules[0].from_port == 2049 &&
+      module.spill_efs[0].task_egress_rules[0].to_port == 2049 &&
+      module.spill_efs[0].task_egress_rules[0].referenced_security_group_id == "sg-0e1f2a3b4c5d6e7f8" &&
+      module.spill_efs[0].task_egress_rules[0].cidr_ipv4 == null
+    )
+    error_message = "The tasks may send NFS to the mount targets' security group only."
+  }
+
+  assert {
+    condition = (
+      length(module.spill_efs[0].mount_targets) == 2 &&
+      alltrue([for m in module.spill_efs[0].mount_targets : m.security_groups == toset(["sg-0e1f2a3b4c5d6e7f8"])])
+    )
+    error_message = "One mount target per private subnet, in the EFS security group."
+  }
+
+  assert {
+    condition = (
+      [for s in jsondecode(module.iam.task_role_policy).Statement : s.Sid] == ["SpillEfs"] &&
+      toset([for s in jsondecode(module.iam.task_role_policy).Statement : s.Action][0]) == toset(["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]) &&
+      [for s in jsondecode(module.iam.task_role_policy).Statement : s.Resource][0] == ["arn:aws:elasticfilesystem:eu-west-1:123456789012:file-system/fs-0123456789abcdef0"] &&
+      [for s in jsondecode(module.iam.task_role_policy).Statement : s.Condition.StringEquals["elasticfilesystem:AccessPointArn"]][0] == "arn:aws:elasticfilesystem:eu-west-1:123456789012:access-point/fsap-0123456789abcdef0"
+    )
+    error_message = "The task role may mount and write the file system through the spill access point only (no root access)."
+  }
+
+  assert {
+    condition = (
+      [for s in jsondecode(module.spill_efs[0].file_system_policy).Statement : s.Sid] == ["DenyWithoutTls", "DenyOutsideTheAccessPoint"] &&
+      alltrue([for s in jsondecode(module.spill_efs[0].file_system_policy).Statement : s.Effect == "Deny"]) &&
+      [for s in jsondecode(module.spill_efs[0].file_system_policy).Statement : s.Condition.Bool["aws:SecureTransport"] if s.Sid == "DenyWithoutTls"][0] == "false"
+    )
+    error_message = "The file system policy refuses clients without TLS and mounts outside the access point."
+  }
+}

@@ -89,3 +89,38 @@ override_resource {
   }
 }
 
+
+override_resource {
+  target          = module.kms[0].aws_kms_key.this
+  override_during = plan
+  values = {
+    arn    = "arn:aws:kms:eu-west-1:123456789012:key/0d6f1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+    key_id = "0d6f1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+  }
+}
+
+override_resource {
+  target          = module.spill_efs[0].aws_efs_file_system.this
+  override_during = plan
+  values = {
+    id  = "fs-0123456789abcdef0"
+    arn = "arn:aws:elasticfilesystem:eu-west-1:123456789012:file-system/fs-0123456789abcdef0"
+  }
+}
+
+override_resource {
+  target          = module.spill_efs[0].aws_efs_access_point.spill
+  override_during = plan
+  values = {
+    id  = "fsap-0123456789abcdef0"
+    arn = "arn:aws:elasticfilesystem:eu-west-1:123456789012:access-point/fsap-0123456789abcdef0"
+  }
+}
+
+override_resource {
+  target          = module.spill_efs[0].aws_security_group.efs
+  override_during = plan
+  values = {
+    id = "sg-0e1f2a3b4c5d6e7f8"
+  }
+}
