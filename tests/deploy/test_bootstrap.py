@@ -1,10 +1,7 @@
 """deploy/terraform/bootstrap: the state bucket, GitHub's OIDC provider and the deploy roles.
 
-- `terraform fmt -check`, `terraform init -backend=false`, `terraform validate` and
-  `terraform test` (tests/bootstrap.tftest.hcl: a plan against a mocked AWS provider,
-  no credentials, no network: the bucket's protections, the trust policies, the
-  permissions' scopes) in a scratch copy, with the Terraform binary and provider mirror
-  found as tests/deploy/test_terraform.py finds them (either missing FAILS);
+- `terraform fmt -check`, `init`, `validate` and `terraform test` (tests/bootstrap.tftest.hcl)
+  run with every other root in tests/deploy/test_terraform.py;
 - without Terraform: the layout (pins, typed and described variables, described outputs,
   the README's tables), every IAM action a real AWS API operation (botocore's models) or a
   known permission-only action, the names the policies scope to still the production
@@ -16,22 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-
-from tests.deploy.test_terraform import DEFAULT_MIRROR, HOW_TO_FIX, _find_problem, _scratch_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TF_DIR = ROOT / "deploy" / "terraform"
@@ -41,116 +29,19 @@ DEPLOY = ROOT / ".github" / "workflows" / "deploy.yml"
 TIMEOUT = 300
 
 
-# ====================================================================== terraform
+def test_the_generic_root_checks_run_on_it() -> None:
+    """`terraform fmt`, `init`, `validate` and its `tests/*.tftest.hcl` (a plan against a
+    mocked AWS provider: the bucket's protections, the trust policies, the permissions'
+    scopes) run in tests/deploy/test_terraform.py, which finds every root: this one too."""
+    from tests.deploy.test_terraform import ROOT_TESTS, ROOTS
 
-
-@dataclass
-class Run:
-    args: list[str]
-    returncode: int
-    output: str
-
-    def describe(self) -> str:
-        return f"$ terraform {' '.join(self.args)}\n{self.output}"
-
-
-@dataclass
-class Checked:
-    problem: str | None
-    runs: dict[str, Run]
-
-    def require(self) -> None:
-        if self.problem:
-            pytest.fail(f"\n{'!' * 78}\n{self.problem}\n\n{HOW_TO_FIX}\n{'!' * 78}", pytrace=False)
-
-    def get(self, name: str) -> Run:
-        self.require()
-        assert name in self.runs, f"`terraform {name}` did not run: {self.runs}"
-        return self.runs[name]
-
-
-@pytest.fixture(scope="module")
-def checked() -> Iterator[Checked]:
-    """fmt, init, validate and test, one after the other, in a scratch copy."""
-    binary = os.environ.get("CLAUDE_PROXY_TERRAFORM") or shutil.which("terraform")
-    mirror = Path(os.environ.get("CLAUDE_PROXY_TF_PROVIDER_MIRROR", DEFAULT_MIRROR))
-    problem = _find_problem(binary, mirror)
-    if problem or not binary:
-        yield Checked(problem, {})
-        return
-    with tempfile.TemporaryDirectory(prefix="claude-proxy-bootstrap-") as tmp:
-        scratch = Path(tmp)
-        copy = scratch / "bootstrap"
-        shutil.copytree(
-            BOOTSTRAP,
-            copy,
-            ignore=shutil.ignore_patterns(
-                ".terraform", ".terraform.lock.hcl", "*.tfstate", "*.tfstate.*", "*.tfvars",
-                "backend.tf",
-            ),
-        )  # fmt: skip
-        (scratch / "plugin-cache").mkdir()
-        cli_config = scratch / "terraformrc"
-        cli_config.write_text(
-            f'plugin_cache_dir = "{scratch / "plugin-cache"}"\n'
-            "provider_installation {\n"
-            "  filesystem_mirror {\n"
-            f'    path    = "{mirror}"\n'
-            '    include = ["registry.terraform.io/hashicorp/*"]\n'
-            "  }\n"
-            "  direct {\n"
-            '    exclude = ["registry.terraform.io/hashicorp/*"]\n'
-            "  }\n"
-            "}\n"
-        )
-        env = _scratch_env(cli_config)
-        runs: dict[str, Run] = {}
-        for name, args in (
-            ("fmt", ["fmt", "-check", "-recursive", "-diff", "-no-color"]),
-            ("init", ["init", "-backend=false", "-input=false", "-no-color"]),
-            ("validate", ["validate", "-json", "-no-color"]),
-            ("test", ["test", "-no-color"]),
-        ):
-            try:
-                proc = subprocess.run(
-                    [binary, *args], cwd=copy, env=env, capture_output=True, text=True,
-                    timeout=TIMEOUT, check=False,
-                )  # fmt: skip
-                runs[name] = Run(args, proc.returncode, proc.stdout + proc.stderr)
-            except subprocess.TimeoutExpired:
-                runs[name] = Run(args, -1, f"timed out after {TIMEOUT} s")
-            if name == "init" and runs[name].returncode != 0:
-                break
-        yield Checked(None, runs)
-
-
-def test_fmt(checked: Checked) -> None:
-    run = checked.get("fmt")
-    fix = "run `terraform fmt -recursive deploy/terraform/bootstrap`"
-    assert run.returncode == 0, f"{fix}:\n{run.output}"
-
-
-def test_init_and_validate(checked: Checked) -> None:
-    init = checked.get("init")
-    assert init.returncode == 0, init.describe()
-    run = checked.get("validate")
-    assert run.returncode == 0, run.describe()
-    report = json.loads(run.output)
-    assert report["valid"] and report["warning_count"] == 0, json.dumps(report, indent=2)
-
-
-def test_terraform_test(checked: Checked) -> None:
-    """Every run of tests/*.tftest.hcl passes, and all of them ran."""
-    run = checked.get("test")
-    assert run.returncode == 0, run.describe()
-    expected = sum(
+    assert BOOTSTRAP.relative_to(TF_DIR) in ROOTS, ROOTS
+    runs = sum(
         len(re.findall(r'^run\s+"', p.read_text(), re.M))
         for p in (BOOTSTRAP / "tests").glob("*.tftest.hcl")
     )
-    assert expected >= 7, "the tests lost their runs"
-    summary = re.search(r"Success! (\d+) passed, (\d+) failed", run.output)
-    assert summary, run.describe()
-    assert (int(summary[1]), int(summary[2])) == (expected, 0), run.describe()
+    assert runs >= 7, "the bootstrap's terraform tests lost their runs"
+    assert any(root == BOOTSTRAP.relative_to(TF_DIR) for root, _ in ROOT_TESTS), ROOT_TESTS
 
 
 # ============================================================== without terraform
