@@ -26,7 +26,6 @@ import orjson
 import pytest
 
 from tests.helpers import SECRETS
-from tests.helpers import register_secret as register_secret  # imported from here too
 
 READY_TIMEOUT = 20.0
 UPSTREAM_KEY = "sk-ant-api03-upstream-secret-0123456789"

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from claude_proxy.settings import Settings
-from tests.conftest import UPSTREAM_KEY, Emulator, Process, register_secret
+from tests.conftest import UPSTREAM_KEY, Emulator, Process
+from tests.helpers import register_secret
 
 pytestmark = pytest.mark.e2e
 

@@ -18,11 +18,10 @@ from tests.conftest import (
     UPSTREAM_KEY,
     Emulator,
     Process,
-    register_secret,
     spawn,
     start_proxy,
 )
-from tests.helpers import wait_until
+from tests.helpers import register_secret, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -318,12 +318,7 @@ class EmulatorApp:
         simple = None if hashing else fast_tokens(params)
         shape = measure(params, hashing=hashing) if simple is None else None
         if fault is None and MARKER in req.body:
-            spec = marker_spec(params)
-            if spec is not None:
-                try:
-                    fault = parse_fault(spec)
-                except FaultSpecError as exc:
-                    raise ApiError(400, str(exc)) from None
+            fault = _marked_fault(params)
         stream = params.get("stream") is True
         if fault is None:
             reply = build_reply(params, self._usage(model, shape, simple))
@@ -506,12 +501,7 @@ class EmulatorApp:
             tokens = measure(body, hashing=False).tokens
         usage = InputUsage(tokens)  # no prompt caching through this endpoint
         if fault is None and MARKER in req.body:
-            spec = marker_spec(body)
-            if spec is not None:
-                try:
-                    fault = parse_fault(spec)
-                except FaultSpecError as exc:
-                    raise ApiError(400, str(exc)) from None
+            fault = _marked_fault(body)
         stream = params.get("stream") is True
         created = int(time.time())
         if fault is None:
@@ -750,3 +740,14 @@ class EmulatorApp:
             )
         else:
             self._ok(req, orjson.dumps(entry.to_json()))
+
+
+def _marked_fault(params: dict[str, Any]) -> Fault | None:
+    """The fault a request asks for inside its body (the marker in a message), if any."""
+    spec = marker_spec(params)
+    if spec is None:
+        return None
+    try:
+        return parse_fault(spec)
+    except FaultSpecError as exc:
+        raise ApiError(400, str(exc)) from None

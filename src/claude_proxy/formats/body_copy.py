@@ -4,7 +4,9 @@ The relay forwards upstream bytes untouched; an observer reads a copy. This base
 gzip/deflate bodies, frames SSE text into whole events (tolerating CRLF framing), collects
 a plain JSON body to parse once at its end, and never holds more than `MAX_EVENT_BYTES` of
 one unfinished event or body: past it, observation stops (`gave_up`), forwarding does not.
-What the events mean is each format's (formats/anthropic, formats/openai).
+It also holds what every format finds (the fields of gateway/wire_format.ResponseObserver)
+and reads an error envelope; what the events mean is each format's (formats/anthropic,
+formats/openai).
 """
 
 from __future__ import annotations
@@ -14,14 +16,34 @@ from typing import Any
 
 import orjson
 
+from claude_proxy.store.records import Usage
+
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 _ENCODINGS = (None, "", "identity", "gzip", "x-gzip", "deflate")
+_MAX_ERROR_MESSAGE_CHARS = 1000
 
 
 class BodyCopy:
-    __slots__ = ("_buf", "_decoder", "_json", "gave_up")
+    __slots__ = (
+        "_buf",
+        "_decoder",
+        "_json",
+        "error_message",
+        "error_type",
+        "gave_up",
+        "message_id",
+        "model",
+        "stop_reason",
+        "usage",
+    )
 
     def __init__(self, content_encoding: str | None) -> None:
+        self.model: str | None = None
+        self.message_id: str | None = None
+        self.stop_reason: str | None = None
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.usage = Usage()
         self._buf = b""
         self._json = bytearray()
         self._decoder: Any = None
@@ -103,3 +125,16 @@ class BodyCopy:
         finally:
             self._json = bytearray()
         return obj if isinstance(obj, dict) else None
+
+    def _error(self, obj: dict[str, Any]) -> None:
+        """An error envelope: Anthropic's `{"type": "error", "error": {"type", "message"}}`
+        or OpenAI's `{"error": {"type", "message", "code", "param"}}`."""
+        err = obj.get("error")
+        if isinstance(err, dict):
+            kind = err.get("type") or err.get("code")
+            self.error_type = str(kind) if kind else "api_error"
+            self.error_message = str(err.get("message") or "")[:_MAX_ERROR_MESSAGE_CHARS]
+        else:
+            self.error_type = "api_error"
+            if isinstance(err, str):
+                self.error_message = err[:_MAX_ERROR_MESSAGE_CHARS]

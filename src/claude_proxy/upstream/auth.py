@@ -7,9 +7,10 @@ the whole request and nothing changes it afterwards. Today's upstream takes an A
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-Buffer = bytes | bytearray  # what a request body may be (pool.Buffer)
+if TYPE_CHECKING:
+    from claude_proxy.upstream.pool import Buffer
 
 
 class UpstreamAuth(Protocol):

@@ -18,7 +18,6 @@ from typing import Any
 import orjson
 
 from claude_proxy.formats.body_copy import BodyCopy
-from claude_proxy.store.records import Usage
 
 _PARSED_EVENTS = (b"message_start", b"message_delta", b"error")
 # Byte strings whose presence means a chunk may hold an event worth parsing.
@@ -28,24 +27,10 @@ _MARKERS = (b"message_", b"error")
 class ResponseObserver(BodyCopy):
     """Accumulates what the record needs from a streamed or plain JSON response."""
 
-    __slots__ = (
-        "error_message",
-        "error_type",
-        "message_id",
-        "message_stop",
-        "model",
-        "stop_reason",
-        "usage",
-    )
+    __slots__ = ("message_stop",)
 
     def __init__(self, content_encoding: str | None = None) -> None:
         super().__init__(content_encoding)
-        self.model: str | None = None
-        self.message_id: str | None = None
-        self.stop_reason: str | None = None
-        self.error_type: str | None = None
-        self.error_message: str | None = None
-        self.usage = Usage()
         self.message_stop = False
 
     @property
@@ -127,11 +112,3 @@ class ResponseObserver(BodyCopy):
         usage = msg.get("usage")
         if isinstance(usage, dict):
             self.usage.merge(usage)
-
-    def _error(self, obj: dict[str, Any]) -> None:
-        err = obj.get("error")
-        if isinstance(err, dict):
-            self.error_type = str(err.get("type") or "api_error")
-            self.error_message = str(err.get("message") or "")[:1000]
-        else:
-            self.error_type = "api_error"

@@ -32,9 +32,7 @@ from typing import Any
 import orjson
 
 from claude_proxy.formats.body_copy import BodyCopy
-from claude_proxy.store.records import Usage
 
-_MAX_ERROR_MESSAGE_CHARS = 1000
 # Keys whose value matters only when it is not null (every chunk carries them as null),
 # with their compact null spelling: when a chunk has as many of those as of the key, none
 # is worth a closer look (two C-speed counts, no Python loop, for a content delta).
@@ -52,23 +50,11 @@ class ChatObserver(BodyCopy):
     __slots__ = (
         "_headed",
         "done",
-        "error_message",
-        "error_type",
-        "message_id",
-        "model",
-        "stop_reason",
-        "usage",
     )
 
     def __init__(self, content_encoding: str | None = None) -> None:
         super().__init__(content_encoding)
         self._headed = False  # a chunk's id and model have been read
-        self.model: str | None = None
-        self.message_id: str | None = None
-        self.stop_reason: str | None = None
-        self.error_type: str | None = None
-        self.error_message: str | None = None
-        self.usage = Usage()
         self.done = False
 
     @property
@@ -184,19 +170,6 @@ class ChatObserver(BodyCopy):
             u.cache_read_input_tokens = cached
         if completion is not None:
             u.output_tokens = completion
-
-    def _error(self, obj: dict[str, Any]) -> None:
-        """OpenAI's `{"error": {"type", "message", "code", "param"}}` (what this endpoint
-        documents) or Anthropic's `{"type": "error", "error": {"type", "message"}}`."""
-        err = obj.get("error")
-        if isinstance(err, dict):
-            kind = err.get("type") or err.get("code")
-            self.error_type = str(kind) if kind else "api_error"
-            self.error_message = str(err.get("message") or "")[:_MAX_ERROR_MESSAGE_CHARS]
-        else:
-            self.error_type = "api_error"
-            if isinstance(err, str):
-                self.error_message = err[:_MAX_ERROR_MESSAGE_CHARS]
 
 
 def _is_error(obj: dict[str, Any]) -> bool:
