@@ -183,6 +183,30 @@ class Settings(BaseSettings):
     # A JSON price table merged over the packaged one (see docs/request-logs.md).
     prices_file: str | None = None
 
+    # --- people and sign-in (docs/people.md) --------------------------------------------
+    # OpenID Connect sign-in for admins (the admin API, the console) and developers
+    # (Claude Code's /login, `claude-proxy login`). Unset issuer: sign-in is off.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid profile email offline_access"
+    # Where the ID token (or userinfo) lists the user's groups: a claim name, or a JSON
+    # pointer such as /resource_access/claude/roles.
+    oidc_groups_claim: str = "groups"
+    # Comma-separated IdP group names: members may administer the proxy.
+    oidc_admin_groups: str = ""
+    # Comma-separated IdP group names: only members may sign in. Empty: everyone the IdP
+    # signs in.
+    oidc_allowed_groups: str = ""
+    # Signs the proxy's access tokens and admin sessions (at least 32 characters). Every
+    # replica needs the same value.
+    session_secret: SecretStr | None = None
+    # Lifetime of a minted access token; also the most an offboarded user keeps access.
+    token_ttl_seconds: float = Field(default=3600.0, ge=60, le=86400)
+    # A Slack-compatible webhook for budget alerts at 50, 80 and 100 % (a secret: the URL
+    # carries the webhook's token).
+    alert_webhook_url: SecretStr | None = None
+
     @field_validator("anthropic_base_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
@@ -223,9 +247,20 @@ class Settings(BaseSettings):
     def admin_token(self) -> str:
         return self.admin_key.get_secret_value() if self.admin_key else ""
 
+    def admin_groups(self) -> frozenset[str]:
+        return frozenset(_names(self.oidc_admin_groups))
+
+    def allowed_groups(self) -> frozenset[str]:
+        return frozenset(_names(self.oidc_allowed_groups))
+
     def upstream_key(self) -> str:
         return self.anthropic_api_key.get_secret_value() if self.anthropic_api_key else ""
 
 
 def _tokens(text: str) -> list[str]:
     return [t.strip().lower() for t in text.split(",") if t.strip()]
+
+
+def _names(text: str) -> list[str]:
+    """Comma-separated names, exact and case-sensitive (IdP group names)."""
+    return [t.strip() for t in text.split(",") if t.strip()]

@@ -51,7 +51,7 @@ def test_upgrade_twice_is_idempotent_and_matches_the_schema(backend: Backend) ->
     assert current_revision(engine) is None
     upgrade(engine)
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0002"
+    assert current_revision(engine) == head_revision() == "0003"
 
     insp = inspect(engine)
     assert {c["name"] for c in insp.get_columns("request_logs")} == COLUMNS

@@ -48,6 +48,8 @@ ROW_COLUMNS: tuple[str, ...] = (
     "anthropic_beta",
     "metadata_user_id",
     "claude_code_session_id",
+    "user_id",
+    "group_id",
     "refusal",
     "request_body",
     "response_body",
@@ -74,14 +76,24 @@ def money_text(value: Decimal) -> str:
     return format(value.quantize(COST_PLACES), "f")
 
 
-# How `key_spend.period` names a UTC day and month ("total" is the third period).
+# How `key_spend.period` names a UTC day, ISO week and month ("total" is the fourth).
 _DAY_PERIOD = "day:%Y-%m-%d"
+_WEEK_PERIOD = "week:%G-W%V"
 _MONTH_PERIOD = "month:%Y-%m"
+# The spend of the whole organisation, beside keys' (key_...), users' (usr_...) and
+# groups' (grp_...) in key_spend.
+ORG_LEVEL = "org"
 
 
-def spend_periods(day: date) -> tuple[str, str, str]:
-    """The `key_spend` periods a request made on this UTC day adds to: day, month, total."""
-    return (day.strftime(_DAY_PERIOD), day.strftime(_MONTH_PERIOD), "total")
+def spend_periods(day: date) -> tuple[str, str, str, str]:
+    """The `key_spend` periods a request made on this UTC day adds to: day, ISO week,
+    month, total."""
+    return (
+        day.strftime(_DAY_PERIOD),
+        day.strftime(_WEEK_PERIOD),
+        day.strftime(_MONTH_PERIOD),
+        "total",
+    )
 
 
 def current_period(period: str, now: datetime | None = None) -> str:
@@ -89,6 +101,8 @@ def current_period(period: str, now: datetime | None = None) -> str:
     now = (now or datetime.now(UTC)).astimezone(UTC)
     if period == "day":
         return now.strftime(_DAY_PERIOD)
+    if period == "week":
+        return now.strftime(_WEEK_PERIOD)
     if period == "month":
         return now.strftime(_MONTH_PERIOD)
     return "total"

@@ -22,7 +22,13 @@ from typing import Any
 
 import orjson
 
-from claude_proxy.store.columns import COPY_TYPES, ROW_COLUMNS, money_text, spend_periods
+from claude_proxy.store.columns import (
+    COPY_TYPES,
+    ORG_LEVEL,
+    ROW_COLUMNS,
+    money_text,
+    spend_periods,
+)
 from claude_proxy.store.rows import Row
 from claude_proxy.store.writer_db import WriterDatabase, why
 
@@ -106,14 +112,18 @@ def spend_rows(rows: list[Row], present: set[str]) -> list[SpendRow]:
             continue
         seen.add(row["id"])
         created: datetime = row["created_at"]
-        where = (key_id, created.astimezone(UTC).date())
-        group = by_day.get(where)
-        if group is None:
-            group = by_day[where] = [Decimal(0), 0]
+        day = created.astimezone(UTC).date()
         cost = row["cost_usd"]
-        if cost is not None:
-            group[0] += cost
-        group[1] += 1
+        # Every level the request counts at: its key, its user, its group, the organisation.
+        for level in (key_id, row.get("user_id"), row.get("group_id"), ORG_LEVEL):
+            if level is None:
+                continue
+            group = by_day.get((level, day))
+            if group is None:
+                group = by_day[(level, day)] = [Decimal(0), 0]
+            if cost is not None:
+                group[0] += cost
+            group[1] += 1
     totals: dict[tuple[str, str], list[Any]] = {}
     for (key_id, day), (cost, n) in by_day.items():
         for period in spend_periods(day):
@@ -152,16 +162,20 @@ def _pg_json_insert() -> str:
     updated in key order. The statement's one result is the number of new rows.
     """
     day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    week = "to_char(created_at AT TIME ZONE 'UTC', 'IYYY-\"W\"IW')"
     month = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')"
+    periods = f"('day:' || {day}), ('week:' || {week}), ('month:' || {month}), ('total')"
+    levels = f"(key_id), (user_id), (group_id), ('{ORG_LEVEL}')"
     return (
         f"WITH ins AS (INSERT INTO request_logs ({_NAMES}) SELECT {_NAMES} "
         "FROM json_populate_recordset(NULL::request_logs, %s::json) "
-        "ON CONFLICT (id) DO NOTHING RETURNING key_id, cost_usd, created_at), "
+        "ON CONFLICT (id) DO NOTHING RETURNING key_id, user_id, group_id, cost_usd, created_at), "
         "spend AS (INSERT INTO key_spend (key_id, period, cost_usd, requests) "
-        "SELECT key_id, p.period, coalesce(sum(cost_usd), 0), count(*) FROM ins "
-        f"CROSS JOIN LATERAL (VALUES ('day:' || {day}), ('month:' || {month}), ('total')) "
-        "AS p(period) WHERE key_id IS NOT NULL GROUP BY key_id, p.period "
-        "ORDER BY key_id, p.period "
+        "SELECT l.level, p.period, coalesce(sum(cost_usd), 0), count(*) FROM ins "
+        f"CROSS JOIN LATERAL (VALUES {levels}) AS l(level) "
+        f"CROSS JOIN LATERAL (VALUES {periods}) AS p(period) "
+        "WHERE key_id IS NOT NULL AND l.level IS NOT NULL GROUP BY l.level, p.period "
+        "ORDER BY l.level, p.period "
         "ON CONFLICT (key_id, period) DO UPDATE SET "
         "cost_usd = key_spend.cost_usd + EXCLUDED.cost_usd, "
         "requests = key_spend.requests + EXCLUDED.requests) "

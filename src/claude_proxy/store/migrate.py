@@ -37,7 +37,7 @@ log = logging.getLogger("claude_proxy.store")
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The newest revision in migrations/versions/: the server compares the database with it
 # without loading Alembic. A test checks it against Alembic's own head.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 # Any fixed bigint works; this one spells "claudepx" in ASCII so it is easy to spot
 # in pg_locks (classid/objid hold its two halves).
 MIGRATION_LOCK_ID = 0x636C61756465_7078

@@ -125,6 +125,9 @@ class RequestRecord:
     # and usage: a message batch's reservation at submission and its settlement
     # (formats/anthropic/batches.py).
     cost_usd: str | None = None
+    # Who the request was made as (a user id), and the group it was charged to.
+    user_id: str | None = None
+    group_id: str | None = None
 
 
 # How records travel to the writer process: one JSON array per line, the fields in

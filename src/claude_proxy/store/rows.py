@@ -123,6 +123,8 @@ def record_to_row(record: RequestRecord, cost_usd: Decimal | None) -> Row:
             record.claude_code_session_id, caps["claude_code_session_id"]
         ),
         "refusal": _text(record.refusal, caps["refusal"]),
+        "user_id": _text(record.user_id),
+        "group_id": _text(record.group_id),
     }
     for name in TOKEN_COLUMNS:
         row[name] = _int(getattr(u, name))

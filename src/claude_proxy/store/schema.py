@@ -1,5 +1,6 @@
-"""The tables: `request_logs` (one row per proxied request) and access control's
-`api_keys`, `key_spend`, `rate_usage` and `proxy_instances`.
+"""The tables: `request_logs` (one row per proxied request), access control's
+`api_keys`, `key_spend`, `rate_usage` and `proxy_instances`, and people's `users`,
+`groups`, `user_groups`, `org_policy`, `audit_log`, `device_grants` and `budget_alerts`.
 
 The raw token buckets are stored next to `cost_usd` so cost can be recomputed
 when prices change. The indexes serve the usage queries: by time, by key and
@@ -144,6 +145,10 @@ request_logs = Table(
     Column("anthropic_beta", Text),
     Column("metadata_user_id", Text),
     Column("claude_code_session_id", Text),
+    # Who the request was made as (users.id) and the group it was charged to (groups.id);
+    # NULL for unowned keys.
+    Column("user_id", Text),
+    Column("group_id", Text),
     # Why the proxy itself refused the request (gateway/errors.py: ProxyError.reason);
     # NULL otherwise.
     Column("refusal", Text),
@@ -158,6 +163,8 @@ request_logs = Table(
     Index("ix_request_logs_key_id_created_at", "key_id", "created_at"),
     Index("ix_request_logs_model_created_at", "model", "created_at"),
     Index("ix_request_logs_logged_at", "logged_at"),
+    Index("ix_request_logs_user_id_created_at", "user_id", "created_at"),
+    Index("ix_request_logs_group_id_created_at", "group_id", "created_at"),
 )
 
 COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in request_logs.columns)  # not quoted_name
@@ -183,7 +190,13 @@ api_keys = Table(
     Column("updated_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
     Column("expires_at", UTCDateTime()),
     Column("revoked_at", UTCDateTime()),
+    # The owner (migration 0003): a user's personal key, or a group's service key;
+    # both NULL for an unowned key.
+    Column("user_id", Text),
+    Column("group_id", Text),
     Index("ix_api_keys_updated_at", "updated_at"),
+    Index("ix_api_keys_user_id", "user_id"),
+    Index("ix_api_keys_group_id", "group_id"),
 )
 
 # Spend per key and period ("day:2026-11-27", "month:2026-11", "total"), added by the
@@ -221,4 +234,124 @@ proxy_instances = Table(
     Column("pid", Integer, nullable=False),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("last_seen", UTCDateTime(), nullable=False),
+)
+
+# --- people (migration 0003) -------------------------------------------------------------
+
+
+def _limit_columns() -> list[Column[Any]]:
+    """The policy every level has: model allowlist, RPM, TPM, a budget and its period."""
+    return [
+        Column("models", Text),  # JSON array of allowed model patterns; NULL = any model
+        Column("rpm", Integer),
+        Column("tpm", BigInteger),
+        Column("budget_usd", Money()),
+        Column("budget_period", Text),  # day | week | month | total
+    ]
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Text, primary_key=True),  # "usr_" + hex
+    Column("email", Text, nullable=False, unique=True),  # lower-cased
+    Column("name", Text),
+    Column("subject", Text, unique=True),  # the IdP's `sub`; NULL until the first sign-in
+    Column("status", Text, nullable=False, server_default="active"),  # active | disabled
+    Column("status_reason", Text),
+    Column("source", Text, nullable=False, server_default="local"),  # local | oidc
+    # The IdP's group names at the last sign-in or refresh (JSON array): the user is a
+    # member of every proxy group of the same name, besides the local memberships.
+    Column("idp_groups", Text),
+    *_limit_columns(),  # the user's own policy; budget_usd: the user's own per-person cap
+    # Tokens the proxy minted before this instant are refused (sign-out everywhere).
+    Column("tokens_valid_after", UTCDateTime()),
+    Column("last_login_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    Index("ix_users_updated_at", "updated_at"),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", Text, primary_key=True),  # "grp_" + hex
+    Column("name", Text, nullable=False, unique=True),  # matched exactly to IdP group names
+    Column("description", Text),
+    # A person in several groups is governed by the first by priority (lowest), then name.
+    Column("priority", Integer, nullable=False, server_default=text("100")),
+    *_limit_columns(),  # budget_usd: the pool the members spend together
+    # The per-member default cap (same period as budget_period).
+    Column("member_budget_usd", Money()),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+)
+
+# Memberships made in the proxy (CLI, admin API); IdP memberships come from users.idp_groups.
+user_groups = Table(
+    "user_groups",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("group_id", Text, primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    Index("ix_user_groups_group_id", "group_id"),
+)
+
+# The organisation's default policy: one row, id "org".
+org_policy = Table(
+    "org_policy",
+    metadata,
+    Column("id", Text, primary_key=True),
+    *_limit_columns(),  # budget_usd: the whole organisation's cap
+    Column("member_budget_usd", Money()),  # the per-person default
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+)
+
+# Every change made through the CLI, the admin API or the console; append-only.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Text, primary_key=True),  # "aud_" + time-ordered
+    Column("created_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    Column("actor", Text, nullable=False),  # "cli:<os user>@<host>", "admin-key", "oidc:<sub>"
+    Column("action", Text, nullable=False),  # "user.create", "group.update", "budget.alert"
+    Column("target_type", Text, nullable=False),  # user | group | key | org | budget
+    Column("target_id", Text),
+    Column("before", Text),  # JSON
+    Column("after", Text),  # JSON
+    Column("reason", Text),
+    Index("ix_audit_log_created_at", "created_at"),
+    Index("ix_audit_log_target", "target_type", "target_id"),
+)
+
+# RFC 8628 device authorizations in flight, shared by every replica (the poll, the
+# verification page and the IdP's callback may each reach a different one).
+device_grants = Table(
+    "device_grants",
+    metadata,
+    Column("device_code_hash", Text, primary_key=True),  # SHA-256 of the device code, hex
+    Column("user_code", Text, nullable=False, unique=True),
+    Column("status", Text, nullable=False, server_default="pending"),  # pending|approved|denied
+    Column("created_at", UTCDateTime(), nullable=False, server_default=DatabaseNow()),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("last_poll_at", UTCDateTime()),
+    Column("user_id", Text),
+    # The IdP's refresh token between the callback and the first poll, encrypted with a
+    # key derived from the session secret; cleared when the poll takes it.
+    Column("sealed_refresh", Text),
+    Index("ix_device_grants_expires_at", "expires_at"),
+)
+
+# One row per (level, period, threshold) crossed: the replica whose insert wins sends
+# the webhook, so an alert goes out once however many replicas see the crossing.
+budget_alerts = Table(
+    "budget_alerts",
+    metadata,
+    Column("level_id", Text, primary_key=True),  # key_..., usr_..., grp_..., "org"
+    Column("period", Text, primary_key=True),  # key_spend's period name
+    Column("threshold", Integer, primary_key=True),  # 50, 80, 100
+    Column("claimed_at", UTCDateTime(), nullable=False),
+    Column("claimed_by", Text, nullable=False),
+    Column("sent_at", UTCDateTime()),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
 )
