@@ -150,13 +150,22 @@ def register_secret(secret: str) -> str:
     return secret
 
 
-def make_key(engine: Engine, name: str = "test", **spec: Any) -> tuple[str, str]:
+def make_key(
+    engine: Engine,
+    name: str = "test",
+    *,
+    user_id: str | None = None,
+    group_id: str | None = None,
+    **spec: Any,
+) -> tuple[str, str]:
     """A database key, as `claude-proxy keys create` makes one (`spec`: KeySpec's fields such
-    as models, rpm, tpm, budget_usd, expires_at): its id and its secret, which is registered
-    for the leak scan."""
+    as models, rpm, tpm, budget_usd, expires_at; the owner a user or a group id): its id and
+    its secret, which is registered for the leak scan."""
     from claude_proxy.store.keys import KeySpec, create_key
 
-    row, secret = create_key(engine, KeySpec(name=name, **spec))
+    row, secret = create_key(
+        engine, KeySpec(name=name, **spec), actor="test", user_id=user_id, group_id=group_id
+    )
     return row.id, register_secret(secret)
 
 

@@ -359,7 +359,7 @@ async def test_validation_errors_are_400_and_create_nothing(
         ({"name": "a", "budget_usd": -1, "budget_period": "day"}, "budget_usd"),
         ({"name": "a", "budget_usd": "1.123456789", "budget_period": "day"}, "decimal places"),
         ({"name": "a", "budget_usd": "NaN", "budget_period": "day"}, "budget_usd"),
-        ({"name": "a", "budget_usd": 1, "budget_period": "week"}, "budget_period"),
+        ({"name": "a", "budget_usd": 1, "budget_period": "year"}, "budget_period"),
         ({"name": "a", "models": []}, "models"),
         ({"name": "a", "models": ["ok", " "]}, "models"),
         ({"name": "a", "expires_at": "2001-01-01"}, "future"),
@@ -603,11 +603,21 @@ async def test_openapi_lists_every_route(client: httpx2.AsyncClient) -> None:
         f"{BASE}/keys/{{key_id}}": {"get", "patch", "delete"},
         f"{BASE}/keys/{{key_id}}/revoke": {"post"},
         f"{BASE}/keys/{{key_id}}/rotate": {"post"},
+        f"{BASE}/users": {"get", "post"},
+        f"{BASE}/users/{{user}}": {"get", "patch"},
+        f"{BASE}/users/{{user}}/disable": {"post"},
+        f"{BASE}/users/{{user}}/enable": {"post"},
+        f"{BASE}/users/{{user}}/revoke-tokens": {"post"},
+        f"{BASE}/groups": {"get", "post"},
+        f"{BASE}/groups/{{group}}": {"get", "patch", "delete"},
+        f"{BASE}/org": {"get", "patch"},
+        f"{BASE}/audit": {"get"},
         f"{BASE}/usage": {"get"},
         f"{BASE}/logs": {"get"},
     }
     assert schema["components"]["securitySchemes"]["adminKey"]["scheme"] == "bearer"
-    assert schema["security"] == [{"adminKey": []}]
+    assert schema["components"]["securitySchemes"]["adminSession"]["in"] == "cookie"
+    assert schema["security"] == [{"adminKey": []}, {"adminSession": []}]
     for ops in schema["paths"].values():
         for op in ops.values():
             assert "422" not in op["responses"]

@@ -191,7 +191,7 @@ def test_validation_errors_exit_2_and_create_nothing(cli: Cli) -> None:
         (["--tpm", "lots"], "--tpm"),
         (["--budget-usd", "-1", "--budget-period", "day"], "budget"),
         (["--budget-usd", "1.123456789", "--budget-period", "day"], "8 decimal places"),
-        (["--budget-period", "week", "--budget-usd", "1"], "invalid choice"),
+        (["--budget-period", "year", "--budget-usd", "1"], "invalid choice"),
         (["--expires", "2001-01-01"], "not in the future"),
         (["--expires", "soon"], "--expires takes"),
         (["--models", ","], "--models"),

@@ -20,7 +20,7 @@ import orjson
 from claude_proxy import __version__
 from claude_proxy.formats.anthropic.errors import send_error
 from claude_proxy.gateway.keys import KeyCache
-from claude_proxy.http.asgi import Receive, Scope, Send
+from claude_proxy.http.asgi import ASGIApp, Receive, Scope, Send
 from claude_proxy.http.collector import settle_startup_heap
 from claude_proxy.http.drain import Drain
 from claude_proxy.http.protocol import RECORD_SINK_STATE_KEY, TELEMETRY_STATE_KEY
@@ -62,8 +62,15 @@ class ProxyApp:
             # load balancer hides by its exact path, nor `/%761/...` the relay.
             raw: bytes = scope["raw_path"]
             if raw.startswith(b"/v1/") or raw == b"/v1":
-                assert self.components is not None, "lifespan did not run"
-                await self.components.relay(scope, receive, send)
+                c = self.components
+                assert c is not None, "lifespan did not run"
+                if raw.startswith(_SPEND_LIMITS) and _own_route(raw, _SPEND_LIMITS):
+                    # Answered here, never passed to Anthropic's Admin API.
+                    await self._served_by(c.spend_limits, scope, receive, send)
+                elif raw in _OTLP and c.signin is not None:
+                    await c.signin(scope, receive, send)  # Claude Code's telemetry: dropped
+                else:
+                    await c.relay(scope, receive, send)
             elif raw == b"/health":
                 await self._health(send)
             elif raw == b"/ready":
@@ -71,14 +78,25 @@ class ProxyApp:
             elif raw == b"/metrics":
                 await self._metrics(scope, send)
             elif raw.startswith(b"/admin/") and self.components and self.components.admin:
-                # Its own key (CLAUDE_PROXY_ADMIN_KEY); proxy keys mean nothing there.
+                # The admin key, an admin's session or an admin group's token; proxy keys
+                # mean nothing there.
                 await self.components.admin(scope, receive, send)
+            elif raw in _SIGNIN or raw.startswith(b"/oauth/"):
+                signin = self.components.signin if self.components else None
+                await self._served_by(signin, scope, receive, send)
             else:
-                rid = new_request_id()
-                shown = bounded(raw.decode("latin-1"), MAX_SHORT_TEXT_CHARS)
-                await send_error(send, "not_found_error", f"Not found: {shown}", rid)
+                await _not_found(raw, send)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
+
+    async def _served_by(
+        self, app: ASGIApp | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A route of a part that may be off (sign-in, the spend-limit API): 404 when off."""
+        if app is None:
+            await _not_found(scope["raw_path"], send)
+        else:
+            await app(scope, receive, send)
 
     async def _health(self, send: Send) -> None:
         # Liveness only: never touches the upstream or the database, so an outage
@@ -219,6 +237,9 @@ class ProxyApp:
         await c.settler.close()
         await c.upstream.close()
         await c.keys.close()
+        await c.people.close()
+        if c.signin is not None:
+            await c.signin.close()
         await c.limiter.close()
         if c.migrator is not None and not c.migrator.done():
             c.migrator.cancel()
@@ -279,6 +300,31 @@ def _config_summary(st: Settings, keys: KeyCache, admin: bool) -> dict[str, obje
 
 def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, tz=UTC).isoformat(timespec="milliseconds")
+
+
+# Routes of sign-in (signin/routes.py) and of the spend-limit API (admin/spend_limits.py).
+_SIGNIN = frozenset(
+    {
+        b"/.well-known/oauth-authorization-server",
+        b"/device",
+        b"/managed/settings",
+        b"/me",
+        b"/me/keys",
+    }
+)
+_OTLP = frozenset({b"/v1/metrics", b"/v1/logs", b"/v1/traces"})
+_SPEND_LIMITS = b"/v1/organizations/spend_limits"
+
+
+def _own_route(raw: bytes, prefix: bytes) -> bool:
+    """`raw` is `prefix` itself or below it (not `/v1/organizations/spend_limitsX`)."""
+    return len(raw) == len(prefix) or raw[len(prefix) : len(prefix) + 1] == b"/"
+
+
+async def _not_found(raw: bytes, send: Send) -> None:
+    rid = new_request_id()
+    shown = bounded(raw.decode("latin-1"), MAX_SHORT_TEXT_CHARS)
+    await send_error(send, "not_found_error", f"Not found: {shown}", rid)
 
 
 async def _json(send: Send, status: int, body: bytes, *, close: bool = False) -> None:

@@ -6,7 +6,7 @@ every other setting is CLAUDE_PROXY_*. Each default says why it is what it is.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -206,6 +206,8 @@ class Settings(BaseSettings):
     # A Slack-compatible webhook for budget alerts at 50, 80 and 100 % (a secret: the URL
     # carries the webhook's token).
     alert_webhook_url: SecretStr | None = None
+    # How often each process compares spend with every budget for those alerts.
+    alert_check_seconds: float = Field(default=5.0, gt=0)
 
     @field_validator("anthropic_base_url")
     @classmethod
@@ -234,6 +236,26 @@ class Settings(BaseSettings):
         if scheme not in ("sqlite", "postgresql", "postgres"):
             raise ValueError("DATABASE_URL must be sqlite:///path or postgresql://...")
         return v
+
+    @model_validator(mode="after")
+    def _signin_complete(self) -> Settings:
+        """Sign-in needs all of its parts; a half-configured one fails the start, clearly."""
+        if self.oidc_issuer:
+            missing = [
+                name
+                for name, value in (
+                    ("CLAUDE_PROXY_OIDC_CLIENT_ID", self.oidc_client_id),
+                    ("CLAUDE_PROXY_OIDC_CLIENT_SECRET", self.oidc_client_secret),
+                    ("CLAUDE_PROXY_PUBLIC_URL", self.public_url),
+                    ("CLAUDE_PROXY_SESSION_SECRET", self.session_secret),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"CLAUDE_PROXY_OIDC_ISSUER is set: also set {', '.join(missing)}")
+        if self.session_secret is not None and len(self.session_secret.get_secret_value()) < 32:
+            raise ValueError("CLAUDE_PROXY_SESSION_SECRET must be at least 32 characters")
+        return self
 
     def client_keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]

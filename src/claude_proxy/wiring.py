@@ -21,12 +21,15 @@ from claude_proxy.formats.anthropic.errors import error_answer
 from claude_proxy.formats.anthropic.pricing import PriceTable
 from claude_proxy.formats.anthropic.relay import Relay
 from claude_proxy.formats.openai.wire import OPENAI_CHAT
+from claude_proxy.gateway.alerts import BudgetAlerts
 from claude_proxy.gateway.body_budget import BodyBudget
 from claude_proxy.gateway.breaker import BreakerConfig, CircuitBreaker
 from claude_proxy.gateway.dispatch import Dispatcher
 from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache
 from claude_proxy.gateway.limits import Limiter
+from claude_proxy.gateway.people import Level, People
 from claude_proxy.gateway.retry import RetryConfig, RetryPolicy
+from claude_proxy.gateway.tokens import TokenSigner
 from claude_proxy.http.asgi import ASGIApp
 from claude_proxy.http.drain import Drain
 from claude_proxy.http.protocol import ClientProtocol
@@ -44,6 +47,7 @@ from claude_proxy.upstream.auth import ApiKey
 from claude_proxy.upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:
+    from claude_proxy.signin.routes import SigninApp
     from claude_proxy.telemetry.spans import Tracing
 
 log = logging.getLogger("claude_proxy.app")
@@ -59,10 +63,16 @@ class Components:
     relay: Relay
     engine: Engine
     keys: KeyCache
+    people: People
+    signer: TokenSigner | None
     limiter: Limiter
     sink: ProcessSink | None
     migrator: asyncio.Task[None] | None
     admin: ASGIApp | None
+    # The Claude apps gateway's spend-limit routes (/v1/organizations/spend_limits).
+    spend_limits: ASGIApp | None
+    # Sign-in's routes (discovery, /oauth/..., /device, /managed/settings, /me, OTLP).
+    signin: SigninApp | None
     telemetry: Telemetry
     metrics: ProxyMetrics
     settler: BatchSettler
@@ -156,15 +166,42 @@ async def build_components(
         static_keys=st.client_keys(), engine=engine, refresh_interval=st.key_refresh_seconds
     )
     await keys.start()
+    people = People(engine=engine, refresh_interval=st.key_refresh_seconds)
+    await people.start()
+    signer = token_signer(st)
     limiter = Limiter(
-        engine=engine, prices=prices, sync_interval=st.limits_sync_seconds, budgets=keys.budgets
+        engine=engine,
+        prices=prices,
+        sync_interval=st.limits_sync_seconds,
+        budgets=lambda: {**keys.budgets(), **people.budgets()},
     )
     await limiter.start()
     admin: ASGIApp | None = None
-    if st.admin_token():
-        from claude_proxy.admin import build_admin_app  # only then: FastAPI costs ~7 MB
+    spend_limits: ASGIApp | None = None
+    if st.admin_token() or signer is not None:
+        # Only then: FastAPI costs ~7 MB.
+        from claude_proxy.admin import build_admin_app, build_spend_limits_app
 
-        admin = build_admin_app(engine, keys, st.admin_token())
+        admin = build_admin_app(
+            engine,
+            keys,
+            st.admin_token() or None,
+            signer=signer,
+            people=people,
+            admin_groups=st.admin_groups(),
+        )
+        spend_limits = build_spend_limits_app(
+            engine,
+            st.admin_token() or None,
+            signer=signer,
+            people=people,
+            admin_groups=st.admin_groups(),
+        )
+    signin: SigninApp | None = None
+    if st.oidc_issuer and signer is not None:
+        signin = _signin_app(
+            st, engine=engine, signer=signer, people=people, limiter=limiter, keys=keys
+        )
     upstream = upstream_pool(st, loop)
     breaker = CircuitBreaker(
         BreakerConfig(
@@ -203,6 +240,8 @@ async def build_components(
     )
     relay = Relay(
         keys=keys,
+        people=people,
+        signer=signer,
         limiter=limiter,
         throttle=BadKeyThrottle(burst=st.bad_key_burst, per_minute=st.bad_key_per_minute),
         dispatcher=Dispatcher(pool=upstream, breaker=breaker, retry=retry, telemetry=telemetry),
@@ -217,9 +256,20 @@ async def build_components(
         public_url=st.public_url,
         formats={CHAT_COMPLETIONS: OPENAI_CHAT},
     )
+    alerts = BudgetAlerts(
+        engine=engine,
+        limiter=limiter,
+        levels=lambda: [*map(Level.of_key, keys.budgeted()), *people.budget_levels()],
+        webhook_url=(
+            st.alert_webhook_url.get_secret_value() if st.alert_webhook_url is not None else None
+        ),
+        counted=lambda outcome: metrics.budget_alerts.labels(outcome).inc(),
+        interval=st.alert_check_seconds,
+    )
     background: list[asyncio.Task[None]] = [
         loop.create_task(telemetry.publish_every(1.0)),
         loop.create_task(settler.run()),
+        loop.create_task(alerts.run()),
     ]
     if st.emf_enabled:
         from claude_proxy.telemetry.emf import EmfReporter
@@ -238,14 +288,61 @@ async def build_components(
         relay=relay,
         engine=engine,
         keys=keys,
+        people=people,
+        signer=signer,
         limiter=limiter,
         sink=process_sink,
         migrator=migrator,
         admin=admin,
+        spend_limits=spend_limits,
+        signin=signin,
         telemetry=telemetry,
         metrics=metrics,
         settler=settler,
         background=background,
+    )
+
+
+def _signin_app(
+    st: Settings,
+    *,
+    engine: Engine,
+    signer: TokenSigner,
+    people: People,
+    limiter: Limiter,
+    keys: KeyCache,
+) -> SigninApp:
+    """Sign-in's routes (imported only when sign-in is configured: Starlette, the IdP client)."""
+    from claude_proxy.signin.routes import build_signin_app
+
+    assert st.oidc_issuer and st.oidc_client_id and st.public_url  # settings.py checks them
+    assert st.oidc_client_secret is not None and st.session_secret is not None
+    return build_signin_app(
+        public_url=st.public_url,
+        oidc_issuer=st.oidc_issuer,
+        oidc_client_id=st.oidc_client_id,
+        oidc_client_secret=st.oidc_client_secret.get_secret_value(),
+        oidc_scopes=st.oidc_scopes,
+        oidc_groups_claim=st.oidc_groups_claim,
+        allowed_groups=st.allowed_groups(),
+        admin_groups=st.admin_groups(),
+        session_secret=st.session_secret.get_secret_value(),
+        engine=engine,
+        signer=signer,
+        people=people,
+        limiter=limiter,
+        keys=keys,
+    )
+
+
+def token_signer(st: Settings) -> TokenSigner | None:
+    """The signer of the proxy's access tokens and admin sessions, when a session secret
+    is set (sign-in needs one; settings.py checks that)."""
+    if st.session_secret is None:
+        return None
+    issuer = (st.public_url or st.listen_url).rstrip("/")
+    return TokenSigner(
+        secret=st.session_secret.get_secret_value(), issuer=issuer, ttl=st.token_ttl_seconds
     )
 
 

@@ -151,7 +151,7 @@ def test_database_keys_allowlists_rpm_and_every_refusal_leaves_a_row(emulator: E
         refusals[request_id(limited.value)] = "rpm"
 
         gone_id, revoked = c.key("gone")
-        revoke_key(c.engine, gone_id)
+        revoke_key(c.engine, gone_id, actor="test")
         _, expired = c.key("old", expires_at=datetime.now(UTC) - timedelta(minutes=1))
         for secret, reason, words in (
             (revoked, "revoked_key", "revoked"),

@@ -73,7 +73,7 @@ async def test_database_keys_work_until_revoked_or_expired(stack: Stack) -> None
     """Keys made in the proxy's database after it started: found by a lookup."""
     _, good = make_key(stack.engine, "good")
     gone_id, revoked = make_key(stack.engine, "gone")
-    revoke_key(stack.engine, gone_id)
+    revoke_key(stack.engine, gone_id, actor="test")
     _, expired = make_key(stack.engine, "old", expires_at=datetime.now(UTC) - timedelta(minutes=1))
 
     async with stack.sdk(good, client_ip=address()) as client:

@@ -21,26 +21,26 @@ def engine(db: Backend) -> Iterator[Engine]:
 
 async def test_refresh_sees_changes_made_elsewhere(engine: Engine) -> None:
     cache = KeyCache(static_keys=["static-secret"], engine=engine)
-    row, secret = create_key(engine, KeySpec(name="a", rpm=5))
+    row, secret = create_key(engine, KeySpec(name="a", rpm=5), actor="test")
     assert cache.cached(secret.encode()) is None  # not loaded yet
     cache.refresh()
     info = cache.cached(secret.encode())
     assert info is not None and info.key_id == row.id and info.rpm == 5
     assert cache.cached(b"static-secret") is not None
 
-    update_key(engine, row.id, rpm=None, models=("claude-haiku-*",))
+    update_key(engine, row.id, rpm=None, models=("claude-haiku-*",), actor="test")
     cache.refresh()
     info = cache.cached(secret.encode())
     assert info is not None and info.rpm is None and info.models == ("claude-haiku-*",)
 
-    rotated = rotate_key(engine, row.id)
+    rotated = rotate_key(engine, row.id, actor="test")
     assert rotated is not None
     cache.refresh()
     assert cache.cached(secret.encode()) is None  # the old secret is gone
     new_info = cache.cached(rotated[1].encode())
     assert new_info is not None and new_info.key_id == row.id
 
-    revoke_key(engine, row.id)
+    revoke_key(engine, row.id, actor="test")
     cache.refresh()
     new_info = cache.cached(rotated[1].encode())
     assert new_info is not None and new_info.revoked
@@ -49,7 +49,7 @@ async def test_refresh_sees_changes_made_elsewhere(engine: Engine) -> None:
 async def test_unknown_keys_are_looked_up_at_a_bounded_rate(engine: Engine) -> None:
     cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=10)
     cache.refresh()
-    row, secret = create_key(engine, KeySpec(name="new"))
+    row, secret = create_key(engine, KeySpec(name="new"), actor="test")
     info = await cache.lookup(secret.encode())  # created after the refresh: one lookup
     assert info is not None and info.key_id == row.id
     assert cache.cached(secret.encode()) == info  # and cached from then on
@@ -58,7 +58,7 @@ async def test_unknown_keys_are_looked_up_at_a_bounded_rate(engine: Engine) -> N
         assert await cache.lookup(f"sk-proxy-guess-{i}".encode()) is None
     # ...and a key created since then waits for the next slot (0.1 s): over the rate it
     # is still found, never called unknown (tests/store/test_key_lookups.py: bursts).
-    _, late = create_key(engine, KeySpec(name="late"))
+    _, late = create_key(engine, KeySpec(name="late"), actor="test")
     assert await cache.lookup(late.encode()) is not None
 
 
@@ -67,7 +67,7 @@ async def test_unknown_keys_are_looked_up_at_a_bounded_rate(engine: Engine) -> N
 async def test_unknown_key_with_the_database_down_is_retryable(db: Backend) -> None:
     cache = KeyCache(static_keys=[], engine=db.engine(connect_timeout=2))
     cache.refresh()
-    _, known = create_key(db.engine(), KeySpec(name="known"))
+    _, known = create_key(db.engine(), KeySpec(name="known"), actor="test")
     cache.refresh()
     with db.outage():
         with pytest.raises(KeyStoreUnavailable):

@@ -44,7 +44,9 @@ async def test_a_burst_of_first_requests_for_a_new_key_all_succeed_with_one_read
     cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=2)
     await cache.start()
     try:
-        row, secret = create_key(engine, KeySpec(name="fresh"))  # after the cache loaded
+        row, secret = create_key(
+            engine, KeySpec(name="fresh"), actor="test"
+        )  # after the cache loaded
         reads = ReadCounter(engine)
         results = await asyncio.gather(*(cache.lookup(secret.encode()) for _ in range(200)))
         assert all(info is not None and info.key_id == row.id for info in results)
@@ -58,7 +60,7 @@ async def test_new_keys_over_the_lookup_rate_wait_for_their_turn(engine: Engine)
     rate = 10
     cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=rate)
     cache.refresh()
-    made = [create_key(engine, KeySpec(name=f"k{i}")) for i in range(rate + 3)]
+    made = [create_key(engine, KeySpec(name=f"k{i}"), actor="test") for i in range(rate + 3)]
     reads = ReadCounter(engine)
     started = time.monotonic()
     results = await asyncio.gather(*(cache.lookup(secret.encode()) for _, secret in made))
@@ -83,7 +85,7 @@ async def test_unknown_keys_stay_cheap_and_a_full_queue_says_retry_not_unknown(
     # The rate's one slot is spent and the next is 1 s away, more than the 0.5 s a lookup
     # may wait: the answer is "try again" (a 503 for the client), never "unknown" (401),
     # for the key may exist; and the database is not asked.
-    _, secret = create_key(engine, KeySpec(name="later"))
+    _, secret = create_key(engine, KeySpec(name="later"), actor="test")
     with pytest.raises(KeyStoreUnavailable):
         await cache.lookup(secret.encode())
     assert reads.lookups == 1
@@ -95,7 +97,7 @@ async def test_a_client_leaving_does_not_cancel_the_lookup_others_wait_for(
     cache = KeyCache(static_keys=[], engine=engine, miss_lookups_per_second=1)
     cache.refresh()
     assert await cache.lookup(b"sk-proxy-spend-the-slot") is None
-    row, secret = create_key(engine, KeySpec(name="shared"))
+    row, secret = create_key(engine, KeySpec(name="shared"), actor="test")
     first = asyncio.create_task(cache.lookup(secret.encode()))  # waits ~1 s for its slot
     second = asyncio.create_task(cache.lookup(secret.encode()))
     await asyncio.sleep(0)  # both are waiting on the one lookup

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from claude_proxy.formats.anthropic.pricing import PriceTable
-from claude_proxy.gateway.keys import KeyInfo
 from claude_proxy.gateway.limits import Limiter
+from claude_proxy.gateway.people import Caller, Level
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.records import RequestRecord, Usage
 from claude_proxy.store.schema import key_spend, proxy_instances, rate_usage
@@ -24,8 +24,13 @@ PRICES = PriceTable.load()
 T0 = 1_800_000_000.0  # a fixed "now" (whole second) for the window arithmetic
 
 
-def key(**kw: object) -> KeyInfo:
-    return KeyInfo(key_id=f"key_{uuid.uuid4().hex[:10]}", name="test", **kw)  # type: ignore[arg-type]
+def key(**kw: object) -> Level:
+    return Level(id=f"key_{uuid.uuid4().hex[:10]}", kind="key", name="test", **kw)  # type: ignore[arg-type]
+
+
+def alone(level: Level) -> Caller:
+    """A request made with this key and no other level."""
+    return Caller(level.id, None, None, (level,))
 
 
 @pytest.fixture
@@ -44,8 +49,8 @@ def new_limiter(made: list[Limiter], db: Backend, interval: float = 1.0) -> Limi
     return lim
 
 
-def attempt(lim: Limiter, k: KeyInfo, now: float, model: str = "claude-sonnet-4-6") -> bool:
-    if lim.check_models(k, [model]) is not None or lim.check(k, now) is not None:
+def attempt(lim: Limiter, k: Level, now: float, model: str = "claude-sonnet-4-6") -> bool:
+    if lim.check_models(alone(k), [model]) is not None or lim.check(k, now) is not None:
         return False
     lim.admit(k, now)
     return True
@@ -89,7 +94,7 @@ async def test_two_processes_admit_the_limit_once_not_twice_in_a_burst(
     assert sum(attempt(a if i % 2 else b, k, T0 + 2) for i in range(50)) == 0
     with db.engine().connect() as conn:
         stored = conn.execute(
-            select(func.sum(rate_usage.c.requests)).where(rate_usage.c.key_id == k.key_id)
+            select(func.sum(rate_usage.c.requests)).where(rate_usage.c.key_id == k.id)
         ).scalar_one()
     assert stored == 60 + late
 
@@ -129,7 +134,7 @@ async def test_budgets_refuse_without_retry_and_survive_a_restart(
     with db.engine().begin() as conn:
         conn.execute(
             key_spend.insert().values(
-                key_id=k.key_id, period=current_period("day"), cost_usd=Decimal("0.06"), requests=1
+                key_id=k.id, period=current_period("day"), cost_usd=Decimal("0.06"), requests=1
             )
         )
     fresh = new_limiter(limiters, db)
@@ -142,9 +147,9 @@ async def test_budgets_refuse_without_retry_and_survive_a_restart(
 async def test_model_allowlist_names_the_model(db: Backend, limiters: list[Limiter]) -> None:
     lim = new_limiter(limiters, db)
     k = key(models=("claude-haiku-*", "claude-sonnet-4-6"))
-    assert lim.check_models(k, ["claude-haiku-4-5-20251001"]) is None
-    assert lim.check_models(k, ["claude-sonnet-4-6"]) is None
-    refusal = lim.check_models(k, ["claude-opus-4-1"])
+    assert lim.check_models(alone(k), ["claude-haiku-4-5-20251001"]) is None
+    assert lim.check_models(alone(k), ["claude-sonnet-4-6"]) is None
+    refusal = lim.check_models(alone(k), ["claude-opus-4-1"])
     assert refusal is not None and refusal.status == 403
     assert refusal.error_type == "permission_error" and "'claude-opus-4-1'" in refusal.message
 
@@ -163,7 +168,7 @@ async def test_during_an_outage_each_process_keeps_to_its_share_then_reconciles(
     assert await a.sync()
     with db.engine().connect() as conn:
         stored = conn.execute(
-            select(func.sum(rate_usage.c.requests)).where(rate_usage.c.key_id == k.key_id)
+            select(func.sum(rate_usage.c.requests)).where(rate_usage.c.key_id == k.id)
         ).scalar_one()
     assert stored == 5  # the counts made during the outage reached the database
 

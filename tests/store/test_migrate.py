@@ -42,7 +42,7 @@ COLUMNS = {
     "cache_creation_1h_input_tokens", "cache_read_input_tokens", "cost_usd", "latency_ms",
     "ttft_ms", "upstream_request_id", "client_disconnected", "upstream_attempts", "client_ip",
     "user_agent", "anthropic_beta", "metadata_user_id", "claude_code_session_id",
-    "refusal", "request_body", "response_body", "logged_at",
+    "refusal", "request_body", "response_body", "logged_at", "user_id", "group_id",
 }  # fmt: skip
 
 
@@ -62,8 +62,22 @@ def test_upgrade_twice_is_idempotent_and_matches_the_schema(backend: Backend) ->
         "ix_request_logs_key_id_created_at": ["key_id", "created_at"],
         "ix_request_logs_model_created_at": ["model", "created_at"],
         "ix_request_logs_logged_at": ["logged_at"],
+        "ix_request_logs_user_id_created_at": ["user_id", "created_at"],
+        "ix_request_logs_group_id_created_at": ["group_id", "created_at"],
     }
-    assert {"api_keys", "key_spend", "rate_usage", "proxy_instances"} <= set(insp.get_table_names())
+    assert {
+        "api_keys",
+        "key_spend",
+        "rate_usage",
+        "proxy_instances",
+        "users",
+        "groups",
+        "user_groups",
+        "org_policy",
+        "audit_log",
+        "device_grants",
+        "budget_alerts",
+    } <= set(insp.get_table_names())
     assert insp.get_pk_constraint("key_spend")["constrained_columns"] == ["key_id", "period"]
     # What the migrations built is what schema.py (the writer and the queries) expects.
     with engine.connect() as conn:

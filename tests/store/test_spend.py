@@ -1,5 +1,6 @@
-"""key_spend: the log writer adds each new row's cost to its key's day, month and total,
-in the same transaction as the insert, so spend always equals the sum over the log."""
+"""key_spend: the log writer adds each new row's cost to its key, user, group and the
+organisation, per day, week, month and in total, in the same transaction as the insert, so
+spend always equals the sum over the log."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def test_spend_counts_each_row_once_through_replays(
     w.close_sync(10)
     created = record_to_row(recs[0], None)["created_at"]
     day, month = current_period("day", created), current_period("month", created)
+    week = current_period("week", created)
     expected = (PRICE * 7, 7)
-    assert spend_of(db, key) == {day: expected, month: expected, "total": expected}
+    assert spend_of(db, key) == {day: expected, week: expected, month: expected, "total": expected}
 
     # The same rows again (a spill file written after a commit whose reply was lost),
     # plus two new ones: only the new ones add.
@@ -72,3 +74,26 @@ def test_unpriced_requests_count_as_requests_not_spend(
         w.submit(make_record(i, key_id=key, model="claude-unknown-9"))
     w.close_sync(10)
     assert spend_of(db, key)["total"] == (Decimal(0).quantize(PRICE), 3)
+
+
+def test_spend_counts_at_every_level_a_row_names(
+    db: Backend, writers: list[LogWriter], spill_dir: Path
+) -> None:
+    """A personal key's row adds to the key, its user, its group and the organisation; a
+    token's row (no key) to the user, the group and the organisation."""
+    tag = uuid.uuid4().hex[:8]
+    key, user, group = f"key_{tag}", f"usr_{tag}", f"grp_{tag}"
+    org_before = spend_of(db, "org").get("total", (Decimal(0), 0))
+    recs = [make_record(i, key_id=key, user_id=user, group_id=group) for i in range(3)]
+    recs.append(make_record(3, key_id=None, user_id=user, group_id=group))  # a token
+    w = LogWriter(db.writer_db(), spill_dir, cost_fn=lambda r: PRICE, **FAST)
+    writers.append(w)
+    w.start()
+    for r in recs:
+        w.submit(r)
+    w.close_sync(10)
+    assert spend_of(db, key)["total"] == (PRICE * 3, 3)
+    assert spend_of(db, user)["total"] == (PRICE * 4, 4)
+    assert spend_of(db, group)["total"] == (PRICE * 4, 4)
+    org = spend_of(db, "org")["total"]
+    assert (org[0] - org_before[0], org[1] - org_before[1]) == (PRICE * 4, 4)

@@ -4,14 +4,21 @@ command line, against the same DATABASE_URL as the server.
 The secret is printed once, by `create` and `rotate`, and never again: the database
 keeps only its SHA-256. Running proxies notice a change within
 CLAUDE_PROXY_KEY_REFRESH_SECONDS (they re-read changed keys in the background).
+A key may belong to a user (`--user`, a personal key) or a group (`--group`, a service
+key). Every change is in the audit log, made by "cli:<os user>@<host>".
 
-Exit codes: 0 done; 1 no such key, a revoked key cannot be rotated, or the database
-failed; 2 bad arguments (nothing was changed).
+Exit codes: 0 done; 1 no such key, user or group, a revoked key cannot be rotated, a
+disabled user gets no key, or the database failed; 2 bad arguments (nothing was changed).
+
+The parsers, printers and the command runner here are shared by cli/people.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
+import socket
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +46,7 @@ from claude_proxy.store.keys import (
     update_key,
     with_spend,
 )
+from claude_proxy.store.people import get_group, get_user, list_groups, list_users
 
 _UNSET: Any = object()  # `keys update`: an option that was not given
 
@@ -54,7 +62,7 @@ class _Failed(Exception):
 # ------------------------------------------------------------------ argument types
 
 
-def parse_limit(label: str, maximum: int) -> Callable[[str], int]:
+def parse_limit(label: str, maximum: int, minimum: int = 1) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -62,8 +70,8 @@ def parse_limit(label: str, maximum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(
                 f"{label} must be a whole number, not {text!r}"
             ) from None
-        if not 1 <= value <= maximum:
-            raise argparse.ArgumentTypeError(f"{label} must be between 1 and {maximum}")
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{label} must be between {minimum} and {maximum}")
         return value
 
     return parse
@@ -111,7 +119,7 @@ def parse_expires(text: str) -> datetime:
 
 
 def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """For `keys update`: `none` clears the limit."""
+    """For `update` commands: `none` clears the limit."""
 
     def wrapped(text: str) -> Any:
         return None if text.strip().lower() == "none" else parse(text)
@@ -122,9 +130,22 @@ def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 # ------------------------------------------------------------------------ output
 
 
-def key_json(row: KeyRow, secret: str | None = None) -> dict[str, Any]:
-    """What `--json` prints (the admin API's key object): never the hash."""
+def cli_actor() -> str:
+    """Who the audit log says made a change from the command line."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment or the password file
+        user = f"uid {os.getuid()}"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def key_json(
+    row: KeyRow, secret: str | None = None, owner: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What `--json` prints (the admin API's key object, and `owner`: the user's id and
+    email or the group's id and name, None for an unowned key): never the hash."""
     out = row.public()
+    out["owner"] = owner
     out["spend_period"] = (
         current_period(row.budget_period or "total") if row.spend_usd is not None else None
     )
@@ -162,10 +183,15 @@ def _limit(value: int | None) -> str:
     return "unlimited" if value is None else str(value)
 
 
-def _budget(row: KeyRow) -> str:
-    if row.budget_usd is None:
+def budget_text(amount: Decimal | None, period: str | None) -> str:
+    """`$10.00 per month`, `$5.00 in total`, or `none`."""
+    if amount is None:
         return "none"
-    return f"${money(row.budget_usd)} per {row.budget_period}".replace("per total", "in total")
+    return f"${money(amount)} per {period}".replace("per total", "in total")
+
+
+def _budget(row: KeyRow) -> str:
+    return budget_text(row.budget_usd, row.budget_period)
 
 
 def _spend(row: KeyRow) -> str:
@@ -174,10 +200,19 @@ def _spend(row: KeyRow) -> str:
     return f"${money(row.spend_usd)} ({current_period(row.budget_period or 'total')})"
 
 
-def _details(row: KeyRow) -> list[str]:
+def _owner_label(owner: dict[str, Any] | None) -> str:
+    if owner is None:
+        return "none (unowned)"
+    if owner["type"] == "user":
+        return f"user {owner['email']} ({owner['id']})"
+    return f"group {owner['name']} ({owner['id']})"
+
+
+def _details(row: KeyRow, owner: dict[str, Any] | None = None) -> list[str]:
     return [
         f"  id:       {row.id}",
         f"  name:     {row.name}",
+        f"  owner:    {_owner_label(owner)}",
         f"  prefix:   {row.prefix}",
         f"  status:   {row.status}",
         f"  models:   {', '.join(row.models) if row.models is not None else 'any'}",
@@ -192,19 +227,20 @@ def _details(row: KeyRow) -> list[str]:
     ]
 
 
-def _print_secret(row: KeyRow, secret: str, verb: str) -> None:
+def _print_secret(row: KeyRow, secret: str, verb: str, owner: dict[str, Any] | None = None) -> None:
     print(f"{verb} key {row.id} ({row.name}). The key, shown this once and never again:")
     print()
     print(f"  {secret}")
     print()
     print("Store it now: only its SHA-256 is kept, so it cannot be shown or recovered later.")
     print()
-    print("\n".join(_details(row)))
+    print("\n".join(_details(row, owner)))
 
 
 _LIST_COLUMNS = (
     ("id", 20),
     ("name", 20),
+    ("owner", 24),
     ("prefix", 15),
     ("status", 7),
     ("rpm", 9),
@@ -215,17 +251,29 @@ _LIST_COLUMNS = (
 )
 
 
-def _list_cells(row: KeyRow) -> tuple[str, ...]:
-    budget = "-" if row.budget_usd is None else f"${money(row.budget_usd)}/{row.budget_period}"
+def cell(value: int | None) -> str:
+    """A limit in a table: the number, or `-` for none."""
+    return "-" if value is None else str(value)
+
+
+def budget_cell(amount: Decimal | None, period: str | None) -> str:
+    """A budget in a table: `$10.00/month`, or `-` for none."""
+    return "-" if amount is None else f"${money(amount)}/{period}"
+
+
+def _list_cells(row: KeyRow, owner: dict[str, Any] | None) -> tuple[str, ...]:
+    budget = budget_cell(row.budget_usd, row.budget_period)
     spend = "-" if row.spend_usd is None else f"${money(row.spend_usd)}"
     expires = row.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if row.expires_at else "-"
+    owner_cell = "-" if owner is None else owner.get("email") or f"group:{owner['name']}"
     return (
         row.id,
         row.name,
+        owner_cell,
         row.prefix,
         row.status,
-        "-" if row.rpm is None else str(row.rpm),
-        "-" if row.tpm is None else str(row.tpm),
+        cell(row.rpm),
+        cell(row.tpm),
         budget,
         spend,
         expires,
@@ -266,6 +314,41 @@ def _spec_from_args(args: argparse.Namespace) -> KeySpec:
         raise _Failed(str(exc), 2) from None
 
 
+def owners(engine: Engine, rows: list[KeyRow]) -> dict[str, dict[str, Any]]:
+    """{key id: owner} for the owned keys among `rows` (the owner as `key_json` shows it);
+    an owner deleted since shows its id alone."""
+    user_ids = {r.user_id for r in rows if r.user_id}
+    group_ids = {r.group_id for r in rows if r.group_id}
+    emails = {u.id: u.email for u in list_users(engine)} if user_ids else {}
+    names = {g.id: g.name for g in list_groups(engine)} if group_ids else {}
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.user_id:
+            out[r.id] = {"type": "user", "id": r.user_id, "email": emails.get(r.user_id)}
+        elif r.group_id:
+            out[r.id] = {"type": "group", "id": r.group_id, "name": names.get(r.group_id)}
+    return out
+
+
+def _resolve_owner(
+    engine: Engine, user: str | None, group: str | None, *, for_new_key: bool = False
+) -> tuple[str | None, str | None]:
+    """(user id, group id) for `--user EMAIL_OR_ID` / `--group NAME`; exit 1 if unknown."""
+    if user is not None:
+        found = get_user(engine, user)
+        if found is None:
+            raise _Failed(f"no user {user!r} (see `claude-proxy users list`)", 1)
+        if for_new_key and not found.active:
+            raise _Failed(f"user {found.email} is disabled: a disabled user gets no new key", 1)
+        return found.id, None
+    if group is not None:
+        group_row = get_group(engine, group)
+        if group_row is None:
+            raise _Failed(f"no group {group!r} (see `claude-proxy groups list`)", 1)
+        return None, group_row.id
+    return None, None
+
+
 def _found(row: KeyRow | None, key_id: str) -> KeyRow:
     if row is None:
         raise _Failed(f"no key with id {key_id!r} (see `claude-proxy keys list --all`)", 1)
@@ -275,23 +358,35 @@ def _found(row: KeyRow | None, key_id: str) -> KeyRow:
 def cmd_create(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     spec = _spec_from_args(args)  # before touching the database: a bad spec creates nothing
     engine = engine_factory()
-    row, secret = create_key(engine, spec)
+    user_id, group_id = _resolve_owner(engine, args.user, args.group, for_new_key=True)
+    try:
+        row, secret = create_key(
+            engine, spec, actor=cli_actor(), user_id=user_id, group_id=group_id
+        )
+    except ValueError as exc:  # the owner went away or was disabled a moment ago
+        raise _Failed(str(exc), 1) from None
     row = with_spend(engine, [row])[0]
+    owner = owners(engine, [row]).get(row.id)
     if args.json:
-        _print_json(key_json(row, secret))
+        _print_json(key_json(row, secret, owner))
     else:
-        _print_secret(row, secret, "Created")
+        _print_secret(row, secret, "Created", owner)
 
 
 def cmd_list(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     engine = engine_factory()
-    rows = with_spend(engine, list_keys(engine, include_revoked=args.all))
+    user_id, group_id = _resolve_owner(engine, args.user, args.group)
+    rows = with_spend(
+        engine,
+        list_keys(engine, include_revoked=args.all, user_id=user_id, group_id=group_id),
+    )
+    owned = owners(engine, rows)
     if args.json:
-        _print_json({"data": [key_json(r) for r in rows]})
+        _print_json({"data": [key_json(r, owner=owned.get(r.id)) for r in rows]})
         return
     print("  ".join(c.ljust(w) for c, w in _LIST_COLUMNS).rstrip())
     for row in rows:
-        cells = _list_cells(row)
+        cells = _list_cells(row, owned.get(row.id))
         print(
             "  ".join(v.ljust(w) for v, (_, w) in zip(cells, _LIST_COLUMNS, strict=True)).rstrip()
         )
@@ -302,10 +397,11 @@ def cmd_list(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> 
 def cmd_show(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     engine = engine_factory()
     row = with_spend(engine, [_found(get_key(engine, args.id), args.id)])[0]
+    owner = owners(engine, [row]).get(row.id)
     if args.json:
-        _print_json(key_json(row))
+        _print_json(key_json(row, owner=owner))
     else:
-        print("\n".join(_details(row)))
+        print("\n".join(_details(row, owner)))
 
 
 def cmd_update(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
@@ -332,24 +428,26 @@ def cmd_update(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -
         changes["budget_period"] = None  # `--budget-usd none` removes the budget
     engine = engine_factory()
     try:
-        updated = update_key(engine, args.id, **changes)
+        updated = update_key(engine, args.id, actor=cli_actor(), **changes)
     except ValueError as exc:  # the new combination is checked before anything is written
         raise _Failed(str(exc), 2) from None
     row = _found(updated, args.id)
     row = with_spend(engine, [row])[0]
+    owner = owners(engine, [row]).get(row.id)
     if args.json:
-        _print_json(key_json(row))
+        _print_json(key_json(row, owner=owner))
     else:
         print(f"Updated key {row.id}.")
-        print("\n".join(_details(row)))
+        print("\n".join(_details(row, owner)))
 
 
 def cmd_revoke(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     engine = engine_factory()
     before = _found(get_key(engine, args.id), args.id)
-    row = with_spend(engine, [_found(revoke_key(engine, args.id), args.id)])[0]
+    revoked = revoke_key(engine, args.id, actor=cli_actor())
+    row = with_spend(engine, [_found(revoked, args.id)])[0]
     if args.json:
-        _print_json(key_json(row))
+        _print_json(key_json(row, owner=owners(engine, [row]).get(row.id)))
     elif before.revoked_at is not None:
         print(f"Key {row.id} ({row.name}) was already revoked at {_when(row.revoked_at)}.")
     else:
@@ -362,15 +460,16 @@ def cmd_rotate(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -
     current = _found(get_key(engine, args.id), args.id)
     if current.revoked_at is not None:
         raise _Failed(f"key {args.id} is revoked; a revoked key cannot be rotated", 1)
-    rotated = rotate_key(engine, args.id)
+    rotated = rotate_key(engine, args.id, actor=cli_actor())
     if rotated is None:  # revoked between the two statements
         raise _Failed(f"key {args.id} is revoked; a revoked key cannot be rotated", 1)
     row, secret = rotated
     row = with_spend(engine, [row])[0]
+    owner = owners(engine, [row]).get(row.id)
     if args.json:
-        _print_json(key_json(row, secret))
+        _print_json(key_json(row, secret, owner))
     else:
-        _print_secret(row, secret, "Rotated")
+        _print_secret(row, secret, "Rotated", owner)
         print()
         print("The old key stops working as soon as running proxies refresh their keys.")
 
@@ -436,11 +535,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=None,
         help="30d, 12h, 90m, 2w from now, or an ISO date/time (UTC unless it says)",
     )
+    owner = create.add_mutually_exclusive_group()
+    owner.add_argument(
+        "--user", metavar="EMAIL_OR_ID", help="a personal key of this user (who must be active)"
+    )
+    owner.add_argument("--group", metavar="NAME", help="a service key of this group")
     create.add_argument("--json", action="store_true", help="one JSON object, secret in 'key'")
     create.set_defaults(func=_run(cmd_create))
 
     lst = ksub.add_parser("list", help="keys, without revoked ones unless --all")
     lst.add_argument("--all", action="store_true", help="include revoked keys")
+    lst_owner = lst.add_mutually_exclusive_group()
+    lst_owner.add_argument("--user", metavar="EMAIL_OR_ID", help="only this user's keys")
+    lst_owner.add_argument("--group", metavar="NAME", help="only this group's service keys")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_run(cmd_list))
 

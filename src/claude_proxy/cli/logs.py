@@ -1,5 +1,5 @@
 """`claude-proxy db upgrade | logs tail | logs quarantine | usage`: the request log from the
-command line.
+command line (`usage --by user|group` names each person and group).
 
 These run outside the server, against the same DATABASE_URL, so an operator can
 answer "who spent what, how fast, what failed" with nothing but the CLI.
@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from sqlalchemy import Engine
 
 from claude_proxy.settings import Settings
 from claude_proxy.store.engine import make_engine, redacted_url
@@ -161,12 +162,36 @@ _USAGE_HEADERS = {
 }
 
 
+def _usage_names(engine: Engine, by: str) -> dict[str, str]:
+    """For `--by user|group`: each id's email or group name, to show next to it."""
+    from claude_proxy.store.people import list_groups, list_users
+
+    if by == "user":
+        return {u.id: u.email for u in list_users(engine)}
+    if by == "group":
+        return {g.id: g.name for g in list_groups(engine)}
+    return {}
+
+
 def cmd_usage(args: argparse.Namespace) -> None:
     engine = make_engine(Settings().database_url)
     rows = usage_summary(engine, args.by, args.since)
-    print("  ".join(_USAGE_HEADERS.get(c, c).rjust(w) for c, w in _USAGE_COLUMNS))
+    names = _usage_names(engine, args.by)
+    if names or args.by in ("user", "group"):
+        for row in rows:
+            # None: requests of no user (unowned keys) or charged to no group.
+            row["name"] = names.get(row["bucket"]) if row["bucket"] is not None else None
+    if args.json:
+        from claude_proxy.cli.keys import _print_json
+
+        _print_json({"by": args.by, "since": args.since, "data": rows})
+        return
+    columns: tuple[tuple[str, int], ...] = _USAGE_COLUMNS
+    if args.by in ("user", "group"):
+        columns = (_USAGE_COLUMNS[0], ("name", 28), *_USAGE_COLUMNS[1:])
+    print("  ".join(_USAGE_HEADERS.get(c, c).rjust(w) for c, w in columns))
     for row in rows:
-        print("  ".join(_fmt(row.get(c)).rjust(w) for c, w in _USAGE_COLUMNS))
+        print("  ".join(_fmt(row.get(c)).rjust(w) for c, w in columns))
     if not rows:
         print(f"(no requests since {args.since.isoformat(timespec='seconds')})")
 
@@ -195,6 +220,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     quarantine.set_defaults(func=cmd_logs_quarantine)
 
     usage = sub.add_parser("usage", help="requests, tokens, cost and latency per bucket")
-    usage.add_argument("--by", choices=("key", "model", "day"), default="model")
+    usage.add_argument(
+        "--by",
+        choices=("key", "model", "day", "user", "group"),
+        default="model",
+        help="group the requests by key, model, UTC day, user, or the group charged",
+    )
     usage.add_argument("--since", type=parse_since, default=parse_since("7d"))
+    usage.add_argument("--json", action="store_true", help="one JSON object, rows in 'data'")
     usage.set_defaults(func=cmd_usage)

@@ -181,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--tls-key", default=None, help="... and this PEM private key")
     emu.set_defaults(func=cmd_emulator)
 
-    from claude_proxy.cli import keys, logs
+    from claude_proxy.cli import keys, logs, people, signin
 
     logs.add_commands(sub)
     keys.add_commands(sub)
+    people.add_commands(sub)
+    signin.add_commands(sub)
     return parser
 
 

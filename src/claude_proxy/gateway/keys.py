@@ -66,6 +66,9 @@ class KeyInfo:
     budget_period: str | None = None
     expires_at: float | None = None  # unix time
     revoked: bool = False
+    # The owner: a user's personal key, or a group's service key (both None: unowned).
+    user_id: str | None = None
+    group_id: str | None = None
 
     @property
     def limited(self) -> bool:
@@ -93,6 +96,8 @@ class KeyInfo:
             budget_period=row.budget_period,
             expires_at=row.expires_at.timestamp() if row.expires_at is not None else None,
             revoked=row.revoked_at is not None,
+            user_id=row.user_id,
+            group_id=row.group_id,
         )
 
 
@@ -121,7 +126,7 @@ class KeyCache:
         self._engine = engine
         self._refresh_interval = refresh_interval
         self._digest_of: dict[str, bytes] = {}  # key id -> digest, to drop a rotated secret
-        self._budgets: dict[str, str] = {}  # key id -> budget period, for keys that have one
+        self._budgets: dict[str, KeyInfo] = {}  # key id -> the key, for usable keys with a budget
         self._since: datetime | None = None
         self._loaded = False
         self._healthy_at = float("-inf")  # monotonic time of the last good refresh
@@ -209,13 +214,17 @@ class KeyCache:
         info = self._by_digest[digest] = KeyInfo.from_row(row)
         self._unknown.pop(digest, None)
         if info.budget_usd is not None and not info.revoked:
-            self._budgets[row.id] = info.budget_period or "total"
+            self._budgets[row.id] = info
         else:
             self._budgets.pop(row.id, None)
 
     def budgets(self) -> dict[str, str]:
         """{key id: budget period} of the usable keys with a budget: whose spend to read."""
-        return dict(self._budgets)
+        return {k: info.budget_period or "total" for k, info in self._budgets.items()}
+
+    def budgeted(self) -> list[KeyInfo]:
+        """The usable keys with a budget (for budget alerts)."""
+        return list(self._budgets.values())
 
     def refresh(self) -> int:
         """Read the keys changed since the last refresh (all, the first time); blocking."""

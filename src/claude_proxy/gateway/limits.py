@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from claude_proxy.gateway.errors import ProxyError, refusal
-from claude_proxy.gateway.keys import KeyInfo
+from claude_proxy.gateway.people import Caller, Level
 from claude_proxy.gateway.window import SlidingCounts
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.limits import leave, sync_counts
@@ -120,97 +120,124 @@ class Limiter:
 
     # ----------------------------------------------------------- request path
 
-    def check_models(self, key: KeyInfo, models: list[str]) -> ProxyError | None:
-        """A refusal if the key may not use one of these models (known once the body is read)."""
-        for model in models:
-            if not key.allows_model(model):
-                allowed = ", ".join(key.models or ())
-                shown = bounded(model, MAX_MODEL_CHARS)
-                return refusal(
-                    "model_not_allowed",
-                    "permission_error",
-                    f"This key may not use model '{shown}'. Allowed models: {allowed}.",
-                )
+    def check_models(self, caller: Caller, models: list[str]) -> ProxyError | None:
+        """A refusal if a level may not use one of these models (known once the body is read)."""
+        for level in caller.levels:
+            for model in models:
+                if not level.allows_model(model):
+                    allowed = ", ".join(level.models or ())
+                    shown = bounded(model, MAX_MODEL_CHARS)
+                    return refusal(
+                        "model_not_allowed",
+                        "permission_error",
+                        f"This {_whose(level)} may not use model '{shown}'. "
+                        f"Allowed models: {allowed}.",
+                    )
         return None
 
-    def check(self, key: KeyInfo, now: float) -> ProxyError | None:
-        """The first limit (budget, RPM, TPM) this request would break, or None to let it
-        through; needs nothing from the body, so it runs before the body is read."""
-        if not key.limited:
-            return None
-        if key.budget_usd is not None:
-            refused = self._check_budget(key, now)
+    def check_all(self, caller: Caller, now: float) -> ProxyError | None:
+        """`check` at every level, then `admit` at every level once all passed."""
+        levels = caller.levels
+        for level in levels:
+            refused = self.check(level, now)
             if refused is not None:
                 return refused
-        if key.rpm is None and key.tpm is None:
-            return None
-        now_s = int(now)
-        own = self._window(key.key_id, now_s)
-        others = self._others.get(key.key_id)
-        o_req, o_tok = others.totals(now_s) if others is not None else (0, 0)
-        own_req, own_tok = own.totals
-        if key.rpm is not None:
-            used = own_req + o_req
-            if used >= key.rpm:
-                wait = _seconds_until_below(own, others, key.rpm, 1, now, now_s)
-                return _rate_refusal("rpm", f"{key.rpm} requests per minute", key, wait)
-            if not self._within_share(key, key.rpm, used, own_req, now):
-                return _rate_refusal(
-                    "rpm", f"{key.rpm} requests per minute", key, max(1, round(self._sync_interval))
-                )
-        if key.tpm is not None and own_tok + o_tok >= key.tpm:
-            wait = _seconds_until_below(own, others, key.tpm, 2, now, now_s)
-            return _rate_refusal("tpm", f"{key.tpm} tokens per minute", key, wait)
+        for level in levels:
+            self.admit(level, now)
         return None
 
-    def admit(self, key: KeyInfo, now: float) -> None:
+    def remaining(self, caller: Caller, now: float) -> tuple[Level, float] | None:
+        """The level with the least budget left, and how much (USD); None without budgets."""
+        tightest: tuple[Level, float] | None = None
+        for level in caller.levels:
+            if level.budget_usd is None:
+                continue
+            left = level.budget_usd - self.spent(level.id, level.budget_period or "total", now)
+            if tightest is None or left < tightest[1]:
+                tightest = (level, left)
+        return tightest
+
+    def check(self, level: Level, now: float) -> ProxyError | None:
+        """The first limit (budget, RPM, TPM) this request would break, or None to let it
+        through; needs nothing from the body, so it runs before the body is read."""
+        if not level.limited:
+            return None
+        if level.budget_usd is not None:
+            refused = self._check_budget(level, now)
+            if refused is not None:
+                return refused
+        if level.rpm is None and level.tpm is None:
+            return None
+        now_s = int(now)
+        own = self._window(level.id, now_s)
+        others = self._others.get(level.id)
+        o_req, o_tok = others.totals(now_s) if others is not None else (0, 0)
+        own_req, own_tok = own.totals
+        if level.rpm is not None:
+            used = own_req + o_req
+            if used >= level.rpm:
+                wait = _seconds_until_below(own, others, level.rpm, 1, now, now_s)
+                return _rate_refusal("rpm", f"{level.rpm} requests per minute", level, wait)
+            if not self._within_share(level, level.rpm, used, own_req, now):
+                return _rate_refusal(
+                    "rpm",
+                    f"{level.rpm} requests per minute",
+                    level,
+                    max(1, round(self._sync_interval)),
+                )
+        if level.tpm is not None and own_tok + o_tok >= level.tpm:
+            wait = _seconds_until_below(own, others, level.tpm, 2, now, now_s)
+            return _rate_refusal("tpm", f"{level.tpm} tokens per minute", level, wait)
+        return None
+
+    def admit(self, level: Level, now: float) -> None:
         """Count a request that passed `check` (as one request in this second)."""
-        if key.rpm is None and key.tpm is None:
-            if key.budget_usd is not None:
-                self._budget_keys[key.key_id] = key.budget_period or "total"
+        if level.rpm is None and level.tpm is None:
+            if level.budget_usd is not None:
+                self._budget_keys[level.id] = level.budget_period or "total"
             return
         now_s = int(now)
-        self._window(key.key_id, now_s).add(now_s, 1, 0)
-        self._dirty.add((key.key_id, now_s))
-        gen_left = self._allowance.get(key.key_id)
+        self._window(level.id, now_s).add(now_s, 1, 0)
+        self._dirty.add((level.id, now_s))
+        gen_left = self._allowance.get(level.id)
         if gen_left is not None:
-            self._allowance[key.key_id] = (gen_left[0], gen_left[1] - 1)
-        if key.budget_usd is not None:
-            self._budget_keys[key.key_id] = key.budget_period or "total"
+            self._allowance[level.id] = (gen_left[0], gen_left[1] - 1)
+        if level.budget_usd is not None:
+            self._budget_keys[level.id] = level.budget_period or "total"
 
-    def check_reservation(self, key: KeyInfo, usd: float, now: float) -> ProxyError | None:
+    def check_reservation(self, level: Level, usd: float, now: float) -> ProxyError | None:
         """A refusal if reserving `usd` (a message batch's estimate) would cross the key's
         budget: a batch runs later, so its whole estimate must fit in what is left now."""
-        if key.budget_usd is None or usd <= 0:
+        if level.budget_usd is None or usd <= 0:
             return None
-        period = key.budget_period or "total"
-        spent = self.spent(key.key_id, period, now)
-        left = max(0.0, key.budget_usd - spent)
+        period = level.budget_period or "total"
+        spent = self.spent(level.id, period, now)
+        left = max(0.0, level.budget_usd - spent)
         if usd <= left:
             return None
         msg = (
-            f"Budget too small for this batch on key '{key.name or key.key_id}': its estimated "
-            f"cost is {_usd(usd)} (input estimated from the body, max_tokens as output, at "
-            f"batch prices) and {_usd(left)} of {_usd(key.budget_usd)} is left. Submit fewer "
-            "requests, lower max_tokens, or raise the budget."
+            f"Budget too small for this batch on {_whose(level)}: its estimated cost is "
+            f"{format_usd(usd)} (input estimated from the body, max_tokens as output, at batch "
+            f"prices) and {format_usd(left)} of {format_usd(level.budget_usd)} is left. Submit "
+            "fewer requests, lower max_tokens, or raise the budget."
         )
         return refusal("budget", "rate_limit_error", msg, headers=((b"x-should-retry", b"false"),))
 
-    def reserve(self, key: KeyInfo, usd: float, tokens: int, now: float) -> None:
+    def reserve(self, level: Level, usd: float, tokens: int, now: float) -> None:
         """Count a reservation (a batch's estimate; negative to give one back) at once, in
         this process, until the request log's spend reaches the next snapshot; and its
         tokens against TPM."""
-        if key.budget_usd is not None and usd:
-            self._budget_keys[key.key_id] = key.budget_period or "total"
-            self._spend_local.setdefault(key.key_id, deque()).append((now, usd))
-        if key.tpm is not None and tokens > 0:
+        if level.budget_usd is not None and usd:
+            self._budget_keys[level.id] = level.budget_period or "total"
+            self._spend_local.setdefault(level.id, deque()).append((now, usd))
+        if level.tpm is not None and tokens > 0:
             now_s = int(now)
-            self._window(key.key_id, now_s).add(now_s, 0, tokens)
-            self._dirty.add((key.key_id, now_s))
+            self._window(level.id, now_s).add(now_s, 0, tokens)
+            self._dirty.add((level.id, now_s))
 
-    def finish(self, key: KeyInfo, record: RequestRecord, now: float) -> None:
+    def finish(self, level: Level, record: RequestRecord, now: float) -> None:
         """Count what a finished request used: its tokens (TPM) and its cost (budget)."""
-        if key.tpm is not None:
+        if level.tpm is not None:
             u = record.usage
             # Like the API's input limits, cache reads do not count; cache writes do.
             tokens = (
@@ -220,12 +247,12 @@ class Limiter:
             )
             if tokens:
                 now_s = int(now)
-                self._window(key.key_id, now_s).add(now_s, 0, tokens)
-                self._dirty.add((key.key_id, now_s))
-        if key.budget_usd is not None and record.model:
+                self._window(level.id, now_s).add(now_s, 0, tokens)
+                self._dirty.add((level.id, now_s))
+        if level.budget_usd is not None and record.model:
             cost = self._prices.cost(record.model, record.usage, batch=False)
             if cost:
-                self._spend_local.setdefault(key.key_id, deque()).append((now, float(cost)))
+                self._spend_local.setdefault(level.id, deque()).append((now, float(cost)))
 
     # ------------------------------------------------------------- the checks
 
@@ -237,7 +264,7 @@ class Limiter:
             w.expire(now_s)
         return w
 
-    def _within_share(self, key: KeyInfo, limit: int, used: int, own_used: int, now: float) -> bool:
+    def _within_share(self, level: Level, limit: int, used: int, own_used: int, now: float) -> bool:
         """With N processes, admit at most ceil(left/N) between two syncs."""
         n = self._instances
         if n <= 1:
@@ -245,18 +272,18 @@ class Limiter:
         if self.local_only():
             # The database is unreachable: nobody sees anybody; each keeps to its share.
             return own_used < math.ceil(limit / n)
-        gen_left = self._allowance.get(key.key_id)
+        gen_left = self._allowance.get(level.id)
         if gen_left is None or gen_left[0] != self._generation:
             gen_left = (self._generation, math.ceil(max(0, limit - used) / n))
-            self._allowance[key.key_id] = gen_left
+            self._allowance[level.id] = gen_left
         return gen_left[1] > 0
 
-    def _check_budget(self, key: KeyInfo, now: float) -> ProxyError | None:
-        assert key.budget_usd is not None
-        period = key.budget_period or "total"
-        self._budget_keys[key.key_id] = period
-        spent = self.spent(key.key_id, period, now)
-        if spent < key.budget_usd:
+    def _check_budget(self, level: Level, now: float) -> ProxyError | None:
+        assert level.budget_usd is not None
+        period = level.budget_period or "total"
+        self._budget_keys[level.id] = period
+        spent = self.spent(level.id, period, now)
+        if spent < level.budget_usd:
             return None
         if period == "total":
             when = "It does not reset: raise the budget to continue."
@@ -265,8 +292,8 @@ class Limiter:
             when = f"It resets at {_period_end(period, now)}."
             span = f"this {period}"
         msg = (
-            f"Budget exhausted for key '{key.name or key.key_id}': "
-            f"{_usd(spent)} of {_usd(key.budget_usd)} spent {span}. {when}"
+            f"Budget exhausted for {_whose(level)}: "
+            f"{format_usd(spent)} of {format_usd(level.budget_usd)} spent {span}. {when}"
         )
         return refusal("budget", "rate_limit_error", msg, headers=((b"x-should-retry", b"false"),))
 
@@ -396,11 +423,8 @@ class Limiter:
         }
 
 
-def _rate_refusal(reason: str, what: str, key: KeyInfo, wait: int) -> ProxyError:
-    msg = (
-        f"Rate limit exceeded for key '{key.name or key.key_id}': {what}. "
-        f"Retry after {wait} seconds."
-    )
+def _rate_refusal(reason: str, what: str, level: Level, wait: int) -> ProxyError:
+    msg = f"Rate limit exceeded for {_whose(level)}: {what}. Retry after {wait} seconds."
     return refusal(reason, "rate_limit_error", msg, headers=((b"retry-after", str(wait).encode()),))
 
 
@@ -426,7 +450,14 @@ def _seconds_until_below(
     return WINDOW
 
 
-def _usd(amount: float) -> str:
+def _whose(level: Level) -> str:
+    """How a refusal names the level it came from: key 'ci', user 'a@b.c', group 'eng'."""
+    if level.kind == "org":
+        return "the organisation"
+    return f"{level.kind} '{level.name or level.id}'"
+
+
+def format_usd(amount: float) -> str:
     """Cents for ordinary amounts; enough digits that a tiny budget does not read as $0.00."""
     if amount >= 1 or amount == 0:
         return f"${amount:,.2f}"
@@ -442,6 +473,9 @@ def _period_end(period: str, now: float) -> str:
     t = _utc(now)
     if period == "day":
         end = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    elif period == "week":
+        start = (t - timedelta(days=t.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=7)
     else:
         first = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         end = (first + timedelta(days=32)).replace(day=1)

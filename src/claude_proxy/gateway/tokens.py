@@ -78,6 +78,8 @@ class TokenSigner:
             "name": name or "",
             "groups": groups,
             "iat": int(now),
+            # To the millisecond: compared with a revocation made in the same second.
+            "iat_ms": int(now * 1000),
             "exp": int(now) + ttl,
             "jti": secrets.token_hex(12),
         }
@@ -96,6 +98,7 @@ class TokenSigner:
             "uid": user_id,
             "email": email,
             "iat": int(now),
+            "iat_ms": int(now * 1000),
             "exp": int(now + ttl),
             "jti": secrets.token_hex(12),
         }
@@ -141,11 +144,13 @@ class TokenSigner:
         uid, sub = raw.get("uid"), raw.get("sub")
         if not isinstance(uid, str) or not isinstance(sub, str):
             return None
+        issued_ms = raw.get("iat_ms")
+        issued = issued_ms / 1000 if isinstance(issued_ms, int) else float(raw["iat"])
         return TokenClaims(
             user_id=uid,
             subject=sub,
             email=str(raw.get("email") or ""),
-            issued_at=float(raw["iat"]),
+            issued_at=issued,
             expires_at=float(raw["exp"]),
             token_id=str(raw.get("jti") or ""),
         )

@@ -1,1 +1,2 @@
-"""Sign-in: OpenID Connect for admins and developers, the device flow Claude Code speaks, and the proxy-minted tokens it ends in."""
+"""Sign-in: OpenID Connect for admins and developers, the device flow Claude Code
+speaks, and the proxy-minted tokens it ends in."""

@@ -108,7 +108,7 @@ def spend_rows(rows: list[Row], present: set[str]) -> list[SpendRow]:
     seen = set(present)
     for row in rows:
         key_id = row["key_id"]
-        if key_id is None or row["id"] in seen:
+        if (key_id is None and row.get("user_id") is None) or row["id"] in seen:
             continue
         seen.add(row["id"])
         created: datetime = row["created_at"]
@@ -174,7 +174,8 @@ def _pg_json_insert() -> str:
         "SELECT l.level, p.period, coalesce(sum(cost_usd), 0), count(*) FROM ins "
         f"CROSS JOIN LATERAL (VALUES {levels}) AS l(level) "
         f"CROSS JOIN LATERAL (VALUES {periods}) AS p(period) "
-        "WHERE key_id IS NOT NULL AND l.level IS NOT NULL GROUP BY l.level, p.period "
+        "WHERE l.level IS NOT NULL AND (key_id IS NOT NULL OR user_id IS NOT NULL) "
+        "GROUP BY l.level, p.period "
         "ORDER BY l.level, p.period "
         "ON CONFLICT (key_id, period) DO UPDATE SET "
         "cost_usd = key_spend.cost_usd + EXCLUDED.cost_usd, "

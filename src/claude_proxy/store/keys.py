@@ -3,7 +3,11 @@
 Used by `claude-proxy keys ...`, the admin API and the proxy's key cache. The
 secret itself is never stored: only its SHA-256 (key_hash below) and a short
 prefix for people to tell keys apart. Every change stamps `updated_at` with the
-database's clock, which is how other replicas' caches notice it.
+database's clock, which is how other replicas' caches notice it, and writes an audit
+row (store/audit.py) in the same transaction, naming the `actor` that made it.
+
+A key may belong to a user (a personal key) or a group (a service key); with neither it
+is "unowned", as keys made before people existed are.
 """
 
 from __future__ import annotations
@@ -16,21 +20,24 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, RowMapping, insert, select, update
+from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 
-from claude_proxy.store.columns import current_period
-from claude_proxy.store.schema import DatabaseNow, api_keys, key_spend
+from claude_proxy.store.audit import record
+from claude_proxy.store.columns import COST_PLACES, current_period
+from claude_proxy.store.schema import DatabaseNow, api_keys, groups, key_spend, users
 
-BUDGET_PERIODS = ("day", "month", "total")
+BUDGET_PERIODS = ("day", "week", "month", "total")
 # Recognisable in a config file, a log scan or a secret scanner's rules.
 KEY_PREFIX = "sk-proxy-"
-_SHOWN_RANDOM_CHARS = 6
+_SHOWN_RANDOM_CHARS = 6  # 36 of the key's 256 random bits: enough to tell keys apart
 # What the columns hold: rpm is INTEGER, tpm BIGINT, budgets NUMERIC(18, 8).
 RPM_MAX = 2**31 - 1
 TPM_MAX = 2**63 - 1
-BUDGET_MAX = Decimal(
-    "9999999999.99999999"
-)  # NUMERIC(18, 8)  # 36 of the key's 256 random bits: enough to tell keys apart
+BUDGET_MAX = Decimal("9999999999.99999999")  # NUMERIC(18, 8)
+# A model allowlist: a few dozen patterns at most, each a model id or a shell pattern.
+MODELS_MAX = 100
+MODEL_PATTERN_MAX = 200
+NAME_MAX = 200
 
 
 def key_hash(secret: str | bytes) -> str:
@@ -42,6 +49,50 @@ def key_hash(secret: str | bytes) -> str:
 def display_prefix(secret: str) -> str:
     """The part of a key that may be shown: its prefix and a few random characters."""
     return secret[: len(KEY_PREFIX) + _SHOWN_RANDOM_CHARS]
+
+
+def check_money(label: str, value: Decimal) -> None:
+    """An amount the NUMERIC(18, 8) columns hold exactly: 0 to BUDGET_MAX, 8 places."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValueError(f"{label} must be a decimal amount in USD")
+    if not 0 <= value <= BUDGET_MAX:
+        raise ValueError(f"{label} must be between 0 and {BUDGET_MAX}")
+    if value != value.quantize(COST_PLACES):
+        raise ValueError(f"{label} has at most 8 decimal places")
+
+
+def check_limits(
+    models: tuple[str, ...] | None,
+    rpm: int | None,
+    tpm: int | None,
+    budget_usd: Decimal | None,
+    budget_period: str | None,
+) -> None:
+    """The checks every level's policy shares (key, user, group, org): bounds, a known
+    period, and a budget that says its period. Whether a period may stand without an
+    amount is the level's to say (a group's may, for its per-member budget)."""
+    for label, value, top in (("rpm", rpm, RPM_MAX), ("tpm", tpm, TPM_MAX)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top
+        ):
+            raise ValueError(f"{label} must be between 1 and {top}")
+    if budget_period is not None and budget_period not in BUDGET_PERIODS:
+        raise ValueError("budget period must be day, week, month or total")
+    if budget_usd is not None:
+        check_money("a budget", budget_usd)
+        if budget_period is None:
+            raise ValueError(
+                "a budget needs both an amount and a period (day, week, month or total)"
+            )
+    if models is not None:
+        if not models or not all(isinstance(m, str) and m.strip() for m in models):
+            raise ValueError("a model allowlist needs at least one non-empty pattern")
+        if len(models) > MODELS_MAX:
+            raise ValueError(f"a model allowlist has at most {MODELS_MAX} patterns")
+        if any(len(m) > MODEL_PATTERN_MAX or "\x00" in m for m in models):
+            raise ValueError(
+                f"a model pattern is at most {MODEL_PATTERN_MAX} characters, with no NUL"
+            )
 
 
 @dataclass(frozen=True)
@@ -59,17 +110,13 @@ class KeySpec:
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ValueError("a key needs a name")
-        for label, value, top in (("rpm", self.rpm, RPM_MAX), ("tpm", self.tpm, TPM_MAX)):
-            if value is not None and not 1 <= value <= top:
-                raise ValueError(f"{label} must be between 1 and {top}")
-        if (self.budget_usd is None) != (self.budget_period is None):
-            raise ValueError("a budget needs both an amount and a period (day, month or total)")
-        if self.budget_period is not None and self.budget_period not in BUDGET_PERIODS:
-            raise ValueError("budget period must be day, month or total")
-        if self.budget_usd is not None and not 0 <= self.budget_usd <= BUDGET_MAX:
-            raise ValueError(f"a budget must be between 0 and {BUDGET_MAX}")
-        if self.models is not None and (not self.models or not all(m.strip() for m in self.models)):
-            raise ValueError("a model allowlist needs at least one non-empty pattern")
+        if len(self.name.strip()) > NAME_MAX or "\x00" in self.name:
+            raise ValueError(f"a key name is at most {NAME_MAX} characters, with no NUL")
+        if self.budget_period is not None and self.budget_usd is None:
+            raise ValueError(
+                "a budget needs both an amount and a period (day, week, month or total)"
+            )
+        check_limits(self.models, self.rpm, self.tpm, self.budget_usd, self.budget_period)
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise ValueError("expires_at must be timezone-aware")
 
@@ -91,6 +138,9 @@ class KeyRow:
     updated_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    # The owner: a user (personal key) or a group (service key); both None: unowned.
+    user_id: str | None = None
+    group_id: str | None = None
     # Spend in the current budget period; filled by the callers that show it.
     spend_usd: Decimal | None = field(default=None, compare=False)
 
@@ -119,7 +169,16 @@ class KeyRow:
             "updated_at": self.updated_at,
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
+            "user_id": self.user_id,
+            "group_id": self.group_id,
         }
+
+    def audited(self) -> dict[str, Any]:
+        """What the audit log keeps of a key: the public fields but the moving ones."""
+        out = self.public()
+        for moving in ("spend_usd", "updated_at"):
+            del out[moving]
+        return out
 
 
 def new_secret() -> str:
@@ -127,27 +186,65 @@ def new_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_key(engine: Engine, spec: KeySpec) -> tuple[KeyRow, str]:
-    """Store a new key; returns it and its secret, which is shown once and never again."""
+def create_key(
+    engine: Engine,
+    spec: KeySpec,
+    *,
+    actor: str,
+    user_id: str | None = None,
+    group_id: str | None = None,
+) -> tuple[KeyRow, str]:
+    """Store a new key; returns it and its secret, which is shown once and never again.
+
+    `user_id` makes it a personal key, `group_id` a group's service key (not both). The
+    owner must exist, and a user must be active: a disabled user gets no new key. A
+    ValueError says what is wrong; nothing is written then.
+    """
+    if user_id is not None and group_id is not None:
+        raise ValueError("a key belongs to a user or to a group, not both")
     secret = new_secret()
     key_id = "key_" + secrets.token_hex(8)
     with engine.begin() as conn:
+        _check_owner(conn, user_id, group_id)
         conn.execute(
             insert(api_keys).values(
                 id=key_id,
                 prefix=display_prefix(secret),
                 key_hash=key_hash(secret),
+                user_id=user_id,
+                group_id=group_id,
                 **_spec_values(spec),
             )
         )
-    row = get_key(engine, key_id)
-    assert row is not None
+        row = _get(conn, key_id)
+        assert row is not None
+        record(conn, actor, "key.create", key_id, None, row)
     return row, secret
+
+
+def _check_owner(conn: Connection, user_id: str | None, group_id: str | None) -> None:
+    if user_id is not None:
+        status = conn.execute(select(users.c.status).where(users.c.id == user_id)).scalar()
+        if status is None:
+            raise ValueError(f"no user with id {user_id!r}")
+        if status != "active":
+            raise ValueError(f"user {user_id} is disabled: a disabled user gets no new key")
+    if group_id is not None:
+        found = conn.execute(select(groups.c.id).where(groups.c.id == group_id)).scalar()
+        if found is None:
+            raise ValueError(f"no group with id {group_id!r}")
 
 
 def get_key(engine: Engine, key_id: str) -> KeyRow | None:
     with engine.connect() as conn:
-        found = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
+        return _get(conn, key_id)
+
+
+def _get(conn: Connection, key_id: str, *, for_update: bool = False) -> KeyRow | None:
+    stmt = select(api_keys).where(api_keys.c.id == key_id)
+    if for_update:  # PostgreSQL: concurrent changes of one key queue (SQLite ignores it)
+        stmt = stmt.with_for_update()
+    found = conn.execute(stmt).mappings().first()
     return _row(found) if found is not None else None
 
 
@@ -162,10 +259,21 @@ def key_by_hash(engine: Engine, digest_hex: str) -> KeyRow | None:
     return _row(found) if found is not None else None
 
 
-def list_keys(engine: Engine, *, include_revoked: bool = True) -> list[KeyRow]:
+def list_keys(
+    engine: Engine,
+    *,
+    include_revoked: bool = True,
+    user_id: str | None = None,
+    group_id: str | None = None,
+) -> list[KeyRow]:
+    """Keys, oldest first; only those of a user or group when given."""
     stmt = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
     if not include_revoked:
         stmt = stmt.where(api_keys.c.revoked_at.is_(None))
+    if user_id is not None:
+        stmt = stmt.where(api_keys.c.user_id == user_id)
+    if group_id is not None:
+        stmt = stmt.where(api_keys.c.group_id == group_id)
     with engine.connect() as conn:
         return [_row(r) for r in conn.execute(stmt).mappings()]
 
@@ -185,48 +293,73 @@ def keys_changed_since(engine: Engine, since: datetime | None) -> tuple[list[Key
     return rows, now
 
 
-def update_key(engine: Engine, key_id: str, **changes: Any) -> KeyRow | None:
-    """Change a key's name or limits (KeySpec fields); None if there is no such key."""
-    current = get_key(engine, key_id)
-    if current is None:
-        return None
-    spec = replace(_spec_of(current), **changes)  # validates the combination
+def update_key(engine: Engine, key_id: str, *, actor: str, **changes: Any) -> KeyRow | None:
+    """Change a key's name or limits (KeySpec fields); None if there is no such key.
+
+    The owner is not a limit: a key does not change hands (revoke it and make another).
+    A ValueError (a bad combination) is raised before anything is written.
+    """
     with engine.begin() as conn:
+        current = _get(conn, key_id, for_update=True)
+        if current is None:
+            return None
+        spec = replace(_spec_of(current), **changes)  # validates the combination
         conn.execute(
             update(api_keys)
             .where(api_keys.c.id == key_id)
             .values(**_spec_values(spec), updated_at=DatabaseNow())
         )
-    return get_key(engine, key_id)
+        row = _get(conn, key_id)
+        assert row is not None
+        record(conn, actor, "key.update", key_id, current, row)
+    return row
 
 
-def revoke_key(engine: Engine, key_id: str) -> KeyRow | None:
-    """Revoke at once (idempotent: a second revoke keeps the first time)."""
+def revoke_key(
+    engine: Engine, key_id: str, *, actor: str, reason: str | None = None
+) -> KeyRow | None:
+    """Revoke at once (idempotent: a second revoke keeps the first time, and writes no
+    audit row, as nothing changed)."""
     with engine.begin() as conn:
-        conn.execute(
-            update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=DatabaseNow(), updated_at=DatabaseNow())
-        )
-    return get_key(engine, key_id)
+        revoke_in(conn, key_id, actor=actor, reason=reason)
+        return _get(conn, key_id)
 
 
-def rotate_key(engine: Engine, key_id: str) -> tuple[KeyRow, str] | None:
+def revoke_in(conn: Connection, key_id: str, *, actor: str, reason: str | None = None) -> bool:
+    """Revoke in the caller's transaction (a group's deletion revokes its service keys);
+    True if the key was live and is now revoked."""
+    current = _get(conn, key_id, for_update=True)
+    if current is None or current.revoked_at is not None:
+        return False
+    conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=DatabaseNow(), updated_at=DatabaseNow())
+    )
+    row = _get(conn, key_id)
+    assert row is not None
+    record(conn, actor, "key.revoke", key_id, current, row, reason)
+    return True
+
+
+def rotate_key(engine: Engine, key_id: str, *, actor: str) -> tuple[KeyRow, str] | None:
     """A new secret for the same key: limits, spend and history stay; the old secret
     stops working at once. A revoked key cannot be rotated back to life."""
     secret = new_secret()
     with engine.begin() as conn:
-        done = conn.execute(
+        current = _get(conn, key_id, for_update=True)
+        if current is None or current.revoked_at is not None:
+            return None
+        conn.execute(
             update(api_keys)
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
             .values(
                 prefix=display_prefix(secret), key_hash=key_hash(secret), updated_at=DatabaseNow()
             )
-        ).rowcount
-    if not done:
-        return None
-    row = get_key(engine, key_id)
-    assert row is not None
+        )
+        row = _get(conn, key_id)
+        assert row is not None
+        record(conn, actor, "key.rotate", key_id, current, row)
     return row, secret
 
 
@@ -294,4 +427,6 @@ def _row(r: RowMapping) -> KeyRow:
         updated_at=r["updated_at"],
         expires_at=r["expires_at"],
         revoked_at=r["revoked_at"],
+        user_id=r["user_id"],
+        group_id=r["group_id"],
     )

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from claude_proxy.store.columns import TOKEN_COLUMNS
 from claude_proxy.store.schema import DatabaseNow, Money, request_logs
 
-By = Literal["key", "model", "day"]
+By = Literal["key", "model", "day", "user", "group"]
 
 _TIMINGS = ("latency_ms", "ttft_ms")
 _PERCENTILES = ((50, 0.5), (95, 0.95))
@@ -43,7 +43,8 @@ t = request_logs.c
 def usage_summary(
     engine: Engine, by: By, since: datetime, until: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """One dict per bucket (key id, model, or UTC day 'YYYY-MM-DD'), ordered by bucket.
+    """One dict per bucket (key id, model, UTC day 'YYYY-MM-DD', user id, or the id of the
+    group charged), ordered by bucket; requests of no user or group are the None bucket.
 
     Each has: bucket, requests, errors, every token bucket summed, cost_usd (sum
     of the known costs), unpriced (requests with no known cost), and
@@ -87,6 +88,8 @@ def recent_logs(
     error_type: str | None = None,
     refusal: str | None = None,
     errors_only: bool = False,
+    user_id: str | None = None,
+    group_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows ordered by (created_at, id), oldest first.
 
@@ -95,7 +98,8 @@ def recent_logs(
     `LogFollower`: a request appears only when it ends, often after rows that
     started later, so a created_at cursor alone would skip long streams.
     `errors_only` keeps the rows `usage_summary` counts as errors (status >= 400
-    or an error type, e.g. a client that went away mid-stream).
+    or an error type, e.g. a client that went away mid-stream). `user_id` and
+    `group_id` keep a person's requests, or those charged to a group.
     """
     filters = _filters(
         key_id,
@@ -104,6 +108,8 @@ def recent_logs(
         error_type=error_type,
         refusal=refusal,
         errors_only=errors_only,
+        user_id=user_id,
+        group_id=group_id,
     )
     stmt = select(request_logs).where(*filters)
     if after is not None:
@@ -198,6 +204,10 @@ def _bucket(by: By, is_pg: bool) -> ColumnElement[Any]:
         return t.key_id
     if by == "model":
         return t.model
+    if by == "user":
+        return t.user_id
+    if by == "group":
+        return t.group_id
     if by == "day":
         if is_pg:
             # Literals, not bound parameters: the expression must be identical in
@@ -207,7 +217,7 @@ def _bucket(by: By, is_pg: bool) -> ColumnElement[Any]:
             return func.to_char(func.timezone(utc, t.created_at), fmt)
         # SQLite stores created_at as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
         return func.substr(type_coerce(t.created_at, Text()), 1, 10)
-    raise ValueError(f"usage: by must be key, model or day, not {by!r}")
+    raise ValueError(f"usage: by must be key, model, day, user or group, not {by!r}")
 
 
 def _window(since: datetime, until: datetime | None) -> ColumnElement[bool]:
@@ -229,6 +239,8 @@ def _filters(
     error_type: str | None = None,
     refusal: str | None = None,
     errors_only: bool = False,
+    user_id: str | None = None,
+    group_id: str | None = None,
 ) -> list[ColumnElement[bool]]:
     out: list[ColumnElement[bool]] = []
     if key_id is not None:
@@ -243,6 +255,10 @@ def _filters(
         out.append(t.refusal == refusal)
     if errors_only:
         out.append(_is_error())
+    if user_id is not None:
+        out.append(t.user_id == user_id)
+    if group_id is not None:
+        out.append(t.group_id == group_id)
     return out
 
 

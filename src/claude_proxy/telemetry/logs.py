@@ -66,6 +66,10 @@ def setup_logging() -> None:
     root.setLevel(level)
     # Alembic narrates every step at INFO; our own line says what was migrated.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request's URL at INFO: an alert webhook's URL carries its secret,
+    # and the identity provider's calls are sign-in's own to report.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def prepare_metrics_directory(path: str | None) -> str:

@@ -78,6 +78,13 @@ class ProxyMetrics:
             ["type"],
             registry=reg,
         )
+        self.budget_alerts = Counter(
+            "claude_proxy_budget_alerts_total",
+            "Budget thresholds this process saw crossed, by outcome: claimed (it sends the "
+            "alert), taken (another replica had claimed it), sent (the webhook took it)",
+            ["outcome"],
+            registry=reg,
+        )
         self.retries = Counter(
             "claude_proxy_upstream_retries_total",
             "Upstream attempts the proxy retried itself",

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
@@ -52,6 +52,8 @@ from claude_proxy.gateway.dispatch import Dispatcher
 from claude_proxy.gateway.errors import ProxyError, refusal
 from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache, KeyInfo, KeyStoreUnavailable
 from claude_proxy.gateway.limits import Limiter
+from claude_proxy.gateway.people import Caller, People, unknown_owner
+from claude_proxy.gateway.tokens import TokenSigner
 from claude_proxy.gateway.wire_format import ResponseObserver, WireFormat
 from claude_proxy.http.asgi import Message, Receive, Scope, Send
 from claude_proxy.http.drain import Drain
@@ -75,6 +77,7 @@ from claude_proxy.telemetry.spans import Span
 from claude_proxy.upstream.pool import BodyError, Buffer, UpstreamResponse
 
 log = logging.getLogger("claude_proxy.relay")
+_T = TypeVar("_T")
 
 # Endpoints that answer batch objects, whose results_url is rewritten; and the results.
 _BATCH_OBJECT_ENDPOINTS = frozenset(
@@ -108,6 +111,8 @@ class _Request:
     span: Span | None
     format: WireFormat
     batch: BatchEstimate | None = None
+    # The tightest budget's level kind and what is left of it (USD), for the response header.
+    budget_left: tuple[str, float] | None = None
 
 
 class Relay:
@@ -117,6 +122,7 @@ class Relay:
         self,
         *,
         keys: KeyCache,
+        people: People,
         limiter: Limiter,
         throttle: BadKeyThrottle,
         dispatcher: Dispatcher,
@@ -130,9 +136,13 @@ class Relay:
         settler: BatchSettler | None = None,
         public_url: str | None = None,
         formats: Mapping[str, WireFormat] | None = None,
+        signer: TokenSigner | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.keys = keys
+        self.people = people
+        # Verifies the access tokens sign-in mints; None while sign-in is off.
+        self.signer = signer
         self.limiter = limiter
         self.throttle = throttle
         self.dispatcher = dispatcher
@@ -227,20 +237,26 @@ class Relay:
                 ),
             )
 
-        key = await self._authenticate(hdrs, record)
-        if isinstance(key, ProxyError):
-            return await self._answer(req, key)
-        record.key_id = key.key_id
+        caller = await self._authenticate(hdrs, record)
+        if isinstance(caller, ProxyError):
+            return await self._answer(req, caller)
+        record.key_id = caller.key_id
+        record.user_id = caller.user_id
+        record.group_id = caller.group_id
 
         length = hdrs.content_length
         if length is not None and length > self.max_body:
             return await self._answer(req, self._too_large)
         # Everything that does not need the body is checked before a byte of it is read.
         now = time.time()
-        refused = self.limiter.check(key, now)
+        limiter = self.limiter
+        refused = limiter.check_all(caller, now) if caller.levels else None
         if refused is not None:
             return await self._answer(req, refused)
-        self.limiter.admit(key, now)
+        if caller.metered:
+            tightest = limiter.remaining(caller, now)
+            if tightest is not None:
+                req.budget_left = (tightest[0].kind, tightest[1])
         budget = self.body_budget
         if length and not budget.try_reserve(length) and not await budget.reserve(length):
             return await self._answer(req, self._bodies_full)
@@ -271,10 +287,10 @@ class Relay:
                 else:
                     model = req.format.note_request(record, parsed)
                     models = [model] if model else []
-                    if key.tpm is not None or key.budget_usd is not None:
+                    if caller.metered:
                         unmetered = req.format.unmetered(parsed)
 
-            refused = self.limiter.check_models(key, models) if key.models is not None else None
+            refused = limiter.check_models(caller, models) if caller.models_limited else None
             if refused is not None:
                 return await self._answer(req, refused)
             if unmetered is not None:  # its spend could not be counted against the limits
@@ -285,10 +301,12 @@ class Relay:
             if batch is not None:
                 # A batch is billed when it runs: its whole estimate is reserved now.
                 usd, now = float(batch.cost_usd), time.time()
-                refused = self.limiter.check_reservation(key, usd, now)
-                if refused is not None:
-                    return await self._answer(req, refused)
-                self.limiter.reserve(key, usd, batch.tokens, now)
+                for level in caller.levels:
+                    refused = limiter.check_reservation(level, usd, now)
+                    if refused is not None:
+                        return await self._answer(req, refused)
+                for level in caller.levels:
+                    limiter.reserve(level, usd, batch.tokens, now)
 
             if self.body_cap:
                 record.request_body = _clip(body, self.body_cap)
@@ -319,15 +337,20 @@ class Relay:
                     watcher.cancel()
                 if batch is not None and record.cost_usd is None:
                     # Not accepted upstream: the reservation is given back.
-                    self.limiter.reserve(key, -float(batch.cost_usd), 0, time.time())
+                    for level in caller.levels:
+                        limiter.reserve(level, -float(batch.cost_usd), 0, time.time())
         finally:
             self.body_budget.release(held)
-            self.limiter.finish(key, record, time.time())
+            if caller.levels:
+                done = time.time()
+                for level in caller.levels:
+                    limiter.finish(level, record, done)
 
     async def _authenticate(
         self, hdrs: ClientHeaders, record: RequestRecord
-    ) -> KeyInfo | ProxyError:
-        """The caller's key, or why it is refused."""
+    ) -> Caller | ProxyError:
+        """Who the caller is (a key, or a token sign-in minted) and every level it must
+        pass, or why it is refused."""
         creds = [c for c in (hdrs.api_key, hdrs.bearer) if c]
         info = None
         for cred in creds:
@@ -339,6 +362,12 @@ class Relay:
                 return refusal(
                     "missing_key", "authentication_error", "x-api-key header is required"
                 )
+            signer = self.signer
+            if signer is not None:
+                for cred in creds:
+                    claims = signer.verify(cred)  # a token of ours: no I/O either
+                    if claims is not None:
+                        return await self._person(self.people.caller_for_token, claims)
             found = await self._lookup(creds, record)
             if isinstance(found, ProxyError):
                 return found
@@ -347,7 +376,18 @@ class Relay:
             return self._denied(record, "revoked_key", "This API key has been revoked.")
         if info.expired(time.time()):
             return self._denied(record, "expired_key", "This API key has expired.")
-        return info
+        return await self._person(self.people.caller_for_key, info)
+
+    async def _person(
+        self, resolve: Callable[[_T], Caller | ProxyError | None], credential: _T
+    ) -> Caller | ProxyError:
+        """The caller behind a key or token; an owner not known here yet (made a moment ago
+        on another replica) costs one shared re-read of the people."""
+        found = resolve(credential)
+        if found is None:
+            await self.people.catch_up()
+            found = resolve(credential)
+        return found if found is not None else unknown_owner()
 
     async def _lookup(self, creds: list[bytes], record: RequestRecord) -> KeyInfo | ProxyError:
         """Keys the cache does not hold: throttled per client address, then the database."""
@@ -453,7 +493,7 @@ class Relay:
         # Plain JSON is observed for messages and for every error body.
         observe_json = not is_sse and (record.endpoint in JSON_ENDPOINTS or status >= 400)
         kept = bytearray() if self.body_cap else None
-        out_headers = self._response_headers(resp, record)
+        out_headers = self._response_headers(resp, record, req.budget_left)
         telemetry = self.telemetry
         if is_sse:
             telemetry.stream_started()
@@ -574,11 +614,21 @@ class Relay:
         await req.send({"type": "http.response.body", "body": out, "more_body": False})
 
     def _response_headers(
-        self, resp: UpstreamResponse, record: RequestRecord
+        self,
+        resp: UpstreamResponse,
+        record: RequestRecord,
+        budget_left: tuple[str, float] | None = None,
     ) -> list[tuple[bytes, bytes]]:
         """The upstream's headers for the client: hop-by-hop ones out, our request id in,
         and `connection: close` while draining (reconnect to another replica)."""
         headers = filter_response_headers(resp.headers, record.id.encode())
+        if budget_left is not None:
+            # What is left of the tightest budget, before this request: for status lines.
+            kind, left = budget_left
+            headers.append(
+                (b"x-claude-proxy-budget-remaining-usd", f"{max(0.0, left):.4f}".encode())
+            )
+            headers.append((b"x-claude-proxy-budget-level", kind.encode()))
         if self.drain.draining:
             headers.append((b"connection", b"close"))
         return headers

@@ -1,0 +1,83 @@
+"""Encrypted, expiring values made with keys derived from the session secret.
+
+The OAuth `state` travels through the browser and the IdP and carries the PKCE verifier
+and the nonce, so it is encrypted, not only signed (AES-GCM; any replica can open it,
+none needs to store it). The IdP's refresh token waits in `device_grants` between the
+callback and the client's poll: it is sealed the same way, bound to its grant, so a
+database read alone never yields a usable token. Each purpose has its own key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import time
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+_NONCE_BYTES = 12
+MAX_SEALED_CHARS = 4096  # what `open` accepts from a client (a state is ~400 characters)
+
+
+def derive_key(secret: str, purpose: str) -> bytes:
+    """A 256-bit key for one purpose, from the session secret (HKDF-SHA256)."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+    return hkdf.derive(secret.encode())
+
+
+class Sealer:
+    """AES-GCM with a key for one purpose; `aad` binds a value to its context."""
+
+    def __init__(self, secret: str, purpose: str) -> None:
+        self._aead = AESGCM(derive_key(secret, f"claude-proxy/{purpose}"))
+
+    def seal(self, plain: bytes, aad: bytes = b"") -> str:
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = nonce + self._aead.encrypt(nonce, plain, aad)
+        return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+    def open(
+        self, sealed: str, aad: bytes = b"", *, max_chars: int = MAX_SEALED_CHARS
+    ) -> bytes | None:
+        """The plain bytes, or None for anything forged, altered, truncated or too long."""
+        if len(sealed) > max_chars:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+            return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
+        except (binascii.Error, ValueError, InvalidTag):
+            return None
+
+
+class StateCodec:
+    """The OAuth `state`: a sealed JSON object with an expiry (5 minutes by default)."""
+
+    def __init__(self, secret: str, *, ttl: float = 300.0) -> None:
+        self._sealer = Sealer(secret, "oauth-state")
+        self.ttl = ttl
+
+    def encode(self, payload: dict[str, Any], now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        return self._sealer.seal(orjson.dumps({**payload, "exp": int(now + self.ttl)}), b"state")
+
+    def decode(self, state: str, now: float | None = None) -> dict[str, Any] | None:
+        """The payload of a genuine, unexpired state; None otherwise."""
+        plain = self._sealer.open(state, b"state")
+        if plain is None:
+            return None
+        try:
+            payload = orjson.loads(plain)
+        except orjson.JSONDecodeError:
+            return None
+        now = time.time() if now is None else now
+        if not isinstance(payload, dict) or not isinstance(payload.get("exp"), int):
+            return None
+        if payload["exp"] <= now:
+            return None
+        return payload
