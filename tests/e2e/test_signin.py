@@ -40,7 +40,13 @@ from claude_proxy.gateway.tokens import ADMIN_COOKIE, TokenSigner
 from claude_proxy.signin.device import new_user_code, normalise_user_code
 from claude_proxy.signin.routes import available_models, settings_checksum, within_models
 from claude_proxy.signin.seal import StateCodec
-from claude_proxy.store.people import Limits, create_group, disable_user, update_user
+from claude_proxy.store.people import (
+    Limits,
+    create_group,
+    disable_user,
+    revoke_user_tokens,
+    update_user,
+)
 from tests.conftest import UPSTREAM_KEY, Emulator, Process, spawn
 from tests.e2e.test_claude_code import QUIET_ENV, RUN_TIMEOUT, find_claude, pinned_version
 from tests.helpers import cli_env, database, log_row, log_rows, register_secret, wait_until
@@ -558,6 +564,17 @@ def test_me_personal_keys_and_offboarding(gateway: Gateway, idp: Idp) -> None:
     )
     assert r.status_code == 201, r.text
     register_secret(r.json()["key"])
+
+    # Signed out everywhere: the token stops at once, and so does its refresh token, even
+    # though the IdP would still honour it; a new sign-in works.
+    revoke_user_tokens(gw.engine, tokens.user_id, actor="test")
+    wait_until(
+        lambda: message(gw, tokens.access).status_code == 401, what="the revoked token refused"
+    )
+    r = refresh(gw, tokens.refresh or "")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    tokens = sign_in(gw, sub)
+    assert message(gw, tokens.access).status_code == 200
 
     # Disabled: the token and the personal key stop working, and refresh is invalid_grant.
     disable_user(gw.engine, tokens.user_id, actor="test", reason="left the company")

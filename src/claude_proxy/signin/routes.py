@@ -61,7 +61,7 @@ from claude_proxy.signin.oidc import (
     new_nonce,
     new_verifier,
 )
-from claude_proxy.signin.seal import StateCodec
+from claude_proxy.signin.seal import RefreshTokens, StateCodec
 from claude_proxy.signin.throttle import IpWindow
 from claude_proxy.store.columns import money_text
 from claude_proxy.store.keys import KeySpec, create_key, list_keys
@@ -83,7 +83,7 @@ PROTOCOL_VERSION = 1
 MAX_FORM_BYTES = 16 * 1024
 MAX_JSON_BYTES = 16 * 1024
 MAX_OTLP_BYTES = 16 * 1024 * 1024
-MAX_REFRESH_TOKEN_CHARS = 8192
+MAX_REFRESH_TOKEN_CHARS = 16384  # a sealed IdP refresh token (most are under 2 KiB)
 MAX_BEARER_CHARS = 4096
 MAX_NEXT_CHARS = 512
 MAX_CODE_CHARS = 4096  # the IdP's authorization code
@@ -261,6 +261,7 @@ class _Routes:
         self.limiter = limiter
         self.keys = keys
         self.state = StateCodec(session_secret)
+        self.refresh_tokens = RefreshTokens(session_secret, max_chars=MAX_REFRESH_TOKEN_CHARS)
         self.device = DeviceFlow(engine=engine, secret=session_secret)
         self.grant_window = IpWindow(limit=30, window=600.0)
         self.code_window = IpWindow(limit=10, window=600.0)
@@ -612,12 +613,21 @@ class _Routes:
         return self._token_response(user, poll.refresh_token)
 
     async def _refresh_token(self, refresh: str) -> Response:
-        """Anthropic's design: the client holds the IdP's refresh token; each refresh
-        re-runs the IdP's, re-reads the claims and re-checks the policy."""
-        if len(refresh) > MAX_REFRESH_TOKEN_CHARS:
+        """Anthropic's design: the client holds the IdP's refresh token (sealed with the
+        user and the time it was issued); each refresh re-runs the IdP's, re-reads the
+        claims and re-checks the policy."""
+        opened = self.refresh_tokens.open(refresh)
+        if opened is None:
             return _oauth_error(400, "invalid_grant", "unknown refresh token")
+        idp_refresh, user_id, issued_at = opened
+        holder = await asyncio.to_thread(get_user, self.engine, user_id)
+        if holder is None or not holder.active:
+            return _oauth_error(400, "invalid_grant", "this user is disabled")
+        valid_after = holder.tokens_valid_after
+        if valid_after is not None and issued_at < valid_after.timestamp():
+            return _oauth_error(400, "invalid_grant", "signed out everywhere; sign in again")
         try:
-            tokens = await self.oidc.refresh(refresh)
+            tokens = await self.oidc.refresh(idp_refresh)
             identity = await self.oidc.identity(tokens, nonce=None)
         except IdpInvalidGrant:
             return _oauth_error(400, "invalid_grant", "the sign-in has ended; sign in again")
@@ -632,7 +642,9 @@ class _Routes:
         refused = await self._refuse_developer(identity)
         if isinstance(refused, str):
             return _oauth_error(400, "invalid_grant", refused)
-        return self._token_response(refused, tokens.refresh_token or refresh)
+        if refused.id != user_id:  # the IdP says this is someone else now
+            return _oauth_error(400, "invalid_grant", "the sign-in has ended; sign in again")
+        return self._token_response(refused, tokens.refresh_token or idp_refresh)
 
     def _token_response(self, user: UserRow, refresh: str | None) -> Response:
         token, ttl = self.signer.mint(
@@ -644,7 +656,7 @@ class _Routes:
         )
         body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
         if refresh:
-            body["refresh_token"] = refresh
+            body["refresh_token"] = self.refresh_tokens.seal(refresh, user.id)
         return _json(200, body, extra={"pragma": "no-cache"})
 
     async def revoke(self, request: Request) -> Response:
@@ -664,8 +676,11 @@ class _Routes:
         return _json(200, {})
 
     async def _revoke_at_idp(self, token: str) -> None:
+        opened = self.refresh_tokens.open(token)
+        if opened is None:
+            return  # not a refresh token of ours: nothing to revoke
         try:
-            await self.oidc.revoke(token)
+            await self.oidc.revoke(opened[0])
         except IdpError as exc:
             log.info("revocation at the identity provider skipped (%s)", exc)
 

@@ -81,3 +81,33 @@ class StateCodec:
         if payload["exp"] <= now:
             return None
         return payload
+
+
+class RefreshTokens:
+    """The refresh token a client holds: the IdP's own, sealed together with the user it
+    was issued to and when. So a refresh can be refused for a user signed out everywhere
+    (`users revoke-tokens`) before the IdP is asked, and a token is useless outside the
+    proxy that issued it."""
+
+    def __init__(self, secret: str, *, max_chars: int) -> None:
+        self._sealer = Sealer(secret, "client-refresh-token")
+        self._max = max_chars
+
+    def seal(self, idp_token: str, user_id: str, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        plain = {"rt": idp_token, "uid": user_id, "iat_ms": int(now * 1000)}
+        return self._sealer.seal(orjson.dumps(plain), b"refresh")
+
+    def open(self, token: str) -> tuple[str, str, float] | None:
+        """(the IdP's refresh token, the user id, issued at) of a genuine token; else None."""
+        plain = self._sealer.open(token, b"refresh", max_chars=self._max)
+        if plain is None:
+            return None
+        try:
+            found = orjson.loads(plain)
+        except orjson.JSONDecodeError:
+            return None
+        rt, uid, iat = found.get("rt"), found.get("uid"), found.get("iat_ms")
+        if not isinstance(rt, str) or not isinstance(uid, str) or not isinstance(iat, int):
+            return None
+        return rt, uid, iat / 1000
