@@ -1,5 +1,5 @@
-"""Helpers the tests share: waiting for a condition, the request log's rows, database keys,
-spill files, and the CLI. Plain functions, no fixtures (those are in the conftest files).
+"""Helpers the tests share: waiting for a condition, the request log's rows, database keys
+and spend, spill files, and the CLI. Plain functions, no fixtures (those are in the conftest files).
 
 Waiting is on an event wherever there is one (a line a process prints, a future, the
 emulator's /_emulator/wait). `wait_until` is for what cannot notify anybody, such as a
@@ -167,6 +167,24 @@ def make_key(
         engine, KeySpec(name=name, **spec), actor="test", user_id=user_id, group_id=group_id
     )
     return row.id, register_secret(secret)
+
+
+def add_spend(engine: Engine, level_id: str, period: str, usd: str) -> None:
+    """`usd` spent by a level (a key, user or group id, or "org") in the current `period`
+    (day, week, month or total): one request's row, as the proxy counts it."""
+    from decimal import Decimal
+
+    from sqlalchemy import insert
+
+    from claude_proxy.store.columns import current_period
+    from claude_proxy.store.schema import key_spend
+
+    with engine.begin() as conn:
+        conn.execute(
+            insert(key_spend).values(
+                key_id=level_id, period=current_period(period), cost_usd=Decimal(usd), requests=1
+            )
+        )
 
 
 # -------------------------------------------------------------------------- spill files

@@ -16,17 +16,17 @@ from typing import Any
 import httpx2
 import orjson
 import pytest
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, insert, select
 
 from claude_proxy.admin import build_admin_app
 from claude_proxy.admin.api import LogEntry
 from claude_proxy.gateway.keys import KeyCache
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.engine import make_engine
-from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.rows import record_to_row
 from claude_proxy.store.schema import COLUMNS, api_keys, key_spend, request_logs
-from tests.pg import create_database, drop_database, pg_url
+from tests.admin_helpers import DATABASES, assert_error, bearer, emptied, migrated_database
+from tests.admin_helpers import client_for as admin_client
 from tests.store.conftest import make_record
 
 ADMIN = "admin-token-for-tests-0123456789abcdef"
@@ -37,33 +37,18 @@ BASE = "/admin/api"
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=DATABASES)
 def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
-    name: str | None = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('admin') / 'admin.db'}"
-    else:
-        name = create_database()
-        url = pg_url(name)
-    eng = make_engine(url, pool_size=2, max_overflow=2)
-    try:
-        upgrade(eng)
+    with migrated_database(request.param, tmp_path_factory) as eng:
         yield eng
-    finally:
-        eng.dispose()
-        if name is not None:
-            drop_database(name)
 
 
 @pytest.fixture
 def db(engine: Engine) -> Engine:
     """The module's database, emptied."""
-    with engine.begin() as conn:
-        for table in (api_keys, key_spend, request_logs):
-            conn.execute(delete(table))
-    return engine
+    return emptied(engine, api_keys, key_spend, request_logs)
 
 
 @pytest.fixture
@@ -72,10 +57,7 @@ def keys(db: Engine) -> KeyCache:
 
 
 def client_for(app: Any, token: str | None = ADMIN) -> httpx2.AsyncClient:
-    headers = {"authorization": f"Bearer {token}"} if token is not None else {}
-    return httpx2.AsyncClient(
-        transport=httpx2.ASGITransport(app=app), base_url="http://proxy.test", headers=headers
-    )
+    return admin_client(app, bearer(token) if token is not None else None)
 
 
 @pytest.fixture
@@ -85,22 +67,6 @@ async def client(db: Engine, keys: KeyCache) -> AsyncIterator[httpx2.AsyncClient
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def assert_error(r: httpx2.Response, status: int, error_type: str) -> str:
-    """An Anthropic-shaped error with a request id in the body and the header; its message."""
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert set(body) == {"type", "error", "request_id"}, body
-    assert body["type"] == "error"
-    assert body["error"]["type"] == error_type, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert body["request_id"].startswith("cpr_")
-    assert r.headers["request-id"] == body["request_id"]
-    assert r.headers["cache-control"] == "no-store"
-    message: str = body["error"]["message"]
-    return message
 
 
 def stored(engine: Engine, key_id: str) -> dict[str, Any]:
@@ -202,10 +168,11 @@ async def test_create_shows_the_secret_once_and_the_cache_knows_it_at_once(
 
     info = keys.cached(secret.encode())  # no refresh, no lookup: apply() did it
     assert info is not None
-    assert info.key_id == body["id"] and info.name == "ci" and not info.revoked
-    assert (info.rpm, info.tpm, info.budget_usd, info.budget_period) == (60, 100000, 12.5, "month")
-    assert info.models == ("claude-sonnet-4-6", "claude-haiku-*")
-    assert info.allows_model("claude-haiku-4-5") and not info.allows_model("claude-opus-4-1")
+    assert info.key_id == body["id"] and info.level.name == "ci" and not info.revoked
+    lv = info.level
+    assert (lv.rpm, lv.tpm, lv.budget_usd, lv.budget_period) == (60, 100000, 12.5, "month")
+    assert lv.models == ("claude-sonnet-4-6", "claude-haiku-*")
+    assert lv.allows_model("claude-haiku-4-5") and not lv.allows_model("claude-opus-4-1")
 
     # Shown once: neither GET nor the list has the secret or the hash.
     for path in (f"{BASE}/keys/{body['id']}", f"{BASE}/keys", f"{BASE}/keys?include_revoked=true"):
@@ -261,7 +228,7 @@ async def test_rotate_swaps_the_secret_at_once(
     assert new["prefix"] == new["key"][: len(new["prefix"])]
     assert keys.cached(old["key"].encode()) is None
     info = keys.cached(new["key"].encode())
-    assert info is not None and info.key_id == old["id"] and info.rpm == 5
+    assert info is not None and info.key_id == old["id"] and info.level.rpm == 5
     assert stored(db, old["id"])["key_hash"] == sha(new["key"])
 
     # A revoked key cannot be rotated back to life.
@@ -298,7 +265,8 @@ async def test_patch_changes_limits_and_null_clears_them(
     assert abs(datetime.fromisoformat(body["expires_at"]) - expires) < timedelta(seconds=1)
     info = keys.cached(key["key"].encode())
     assert info is not None
-    assert (info.name, info.rpm, info.tpm, info.budget_usd) == ("renamed", 100, 5000, 3.0)
+    lv = info.level
+    assert (lv.name, lv.rpm, lv.tpm, lv.budget_usd) == ("renamed", 100, 5000, 3.0)
     assert info.expires_at is not None and abs(info.expires_at - expires.timestamp()) < 1
 
     # Only the fields sent change; null removes a limit (and a null budget its period).
@@ -313,7 +281,8 @@ async def test_patch_changes_limits_and_null_clears_them(
     assert body["expires_at"] is None
     info = keys.cached(key["key"].encode())
     assert info is not None
-    assert (info.rpm, info.tpm, info.budget_usd, info.models, info.expires_at) == (
+    lv = info.level
+    assert (lv.rpm, lv.tpm, lv.budget_usd, lv.models, info.expires_at) == (
         None,
         5000,
         None,

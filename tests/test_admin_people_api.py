@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, insert, select
 
 from claude_proxy.admin import build_admin_app
 from claude_proxy.gateway.keys import KeyCache
@@ -21,8 +21,6 @@ from claude_proxy.gateway.people import People
 from claude_proxy.gateway.tokens import ADMIN_COOKIE, TokenSigner
 from claude_proxy.store.audit import list_audit
 from claude_proxy.store.columns import current_period
-from claude_proxy.store.engine import make_engine
-from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.people import upsert_oidc_user
 from claude_proxy.store.rows import record_to_row
 from claude_proxy.store.schema import (
@@ -35,13 +33,22 @@ from claude_proxy.store.schema import (
     user_groups,
     users,
 )
-from tests.pg import create_database, drop_database, pg_url
+from tests.admin_helpers import (
+    BASE_URL,
+    DATABASES,
+    assert_error,
+    client_for,
+    emptied,
+    migrated_database,
+    minted,
+    ok,
+)
+from tests.helpers import add_spend
 from tests.store.conftest import make_record
-from tests.test_admin_api import assert_error
 
 ADMIN = "admin-key-for-people-tests-0123456789"
 SECRET = "session-secret-for-people-tests-0123456789abcdef"
-ISSUER = "http://proxy.test"
+ISSUER = BASE_URL
 BASE = "/admin/api"
 ADMIN_GROUP = "platform-admins"
 
@@ -49,42 +56,28 @@ ADMIN_GROUP = "platform-admins"
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=DATABASES)
 def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
-    name: str | None = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('people') / 'people.db'}"
-    else:
-        name = create_database()
-        url = pg_url(name)
-    eng = make_engine(url, pool_size=2, max_overflow=2)
-    try:
-        upgrade(eng)
+    with migrated_database(request.param, tmp_path_factory) as eng:
         yield eng
-    finally:
-        eng.dispose()
-        if name is not None:
-            drop_database(name)
 
 
 @pytest.fixture
 def db(engine: Engine) -> Engine:
     """The module's database, emptied."""
-    with engine.begin() as conn:
-        for table in (
-            api_keys,
-            key_spend,
-            request_logs,
-            user_groups,
-            users,
-            groups,
-            org_policy,
-            audit_log,
-        ):
-            conn.execute(delete(table))
-    return engine
+    return emptied(
+        engine,
+        api_keys,
+        key_spend,
+        request_logs,
+        user_groups,
+        users,
+        groups,
+        org_policy,
+        audit_log,
+    )
 
 
 @pytest.fixture
@@ -107,24 +100,10 @@ def app(db: Engine, people: People, signer: TokenSigner) -> Any:
     )
 
 
-def client_for(app: Any, headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(
-        transport=httpx2.ASGITransport(app=app), base_url=ISSUER, headers=headers or {}
-    )
-
-
 @pytest.fixture
 async def client(app: Any) -> AsyncIterator[httpx2.AsyncClient]:
     async with client_for(app, {"authorization": f"Bearer {ADMIN}"}) as c:
         yield c
-
-
-async def ok(r: Any, status: int = 200) -> Any:
-    response = await r
-    assert response.status_code == status, response.text
-    assert response.headers["cache-control"] == "no-store"
-    assert response.headers["request-id"].startswith("cpr_")
-    return response.json()
 
 
 def signed_in(engine: Engine, email: str, groups_: list[str], subject: str | None = None) -> Any:
@@ -136,18 +115,6 @@ def signed_in(engine: Engine, email: str, groups_: list[str], subject: str | Non
         name=email.split("@")[0].title(),
         idp_groups=groups_,
     )
-
-
-def add_spend(engine: Engine, level_id: str, period: str, usd: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            insert(key_spend).values(
-                key_id=level_id,
-                period=current_period(period),
-                cost_usd=Decimal(usd),
-                requests=1,
-            )
-        )
 
 
 # ---------------------------------------------------------------------- users
@@ -588,10 +555,7 @@ async def test_admin_session_cookie_and_admin_group_bearer(
     entry = list_audit(db, limit=1, action="group.create")[0]
     assert entry.actor == "oidc:00u-root root@x.io"
 
-    token, _ = signer.mint(
-        user_id=admin.id, subject="00u-root", email="root@x.io", name="Root", groups=[ADMIN_GROUP]
-    )
-    async with client_for(app, {"authorization": f"Bearer {token}"}) as bearer:
+    async with client_for(app, minted(signer, admin, [ADMIN_GROUP])) as bearer:
         await ok(bearer.post(f"{BASE}/users/dev@x.io/disable", json={"reason": "test"}))
     entry = list_audit(db, limit=1, action="user.disable")[0]
     assert entry.actor == "oidc:00u-root root@x.io"
@@ -599,10 +563,7 @@ async def test_admin_session_cookie_and_admin_group_bearer(
     # A member of no admin group is signed in, but may not administer.
     await ok(_enable(app, dev.id))
     later = time.time() + 2  # iat has whole seconds: clear of the disable's revocation
-    dev_token, _ = signer.mint(
-        user_id=dev.id, subject="sub-dev", email="dev@x.io", name=None, groups=["eng"], now=later
-    )
-    async with client_for(app, {"authorization": f"Bearer {dev_token}"}) as c:
+    async with client_for(app, minted(signer, dev, ["eng"], now=later)) as c:
         assert "admin group" in assert_error(await c.get(f"{BASE}/users"), 403, "permission_error")
     dev_session = signer.mint_admin_session(
         user_id=dev.id, subject="sub-dev", email="dev@x.io", ttl=600, now=later
@@ -622,14 +583,11 @@ async def test_disabled_or_revoked_admins_are_refused_at_once(
 ) -> None:
     admin = signed_in(db, "root@x.io", [ADMIN_GROUP], subject="00u-root")
     people.refresh()
-    token, _ = signer.mint(
-        user_id=admin.id, subject="00u-root", email="root@x.io", name=None, groups=[ADMIN_GROUP]
-    )
     session = signer.mint_admin_session(
         user_id=admin.id, subject="00u-root", email="root@x.io", ttl=600
     )
     async with client_for(app, {"authorization": f"Bearer {ADMIN}"}) as key_admin:
-        async with client_for(app, {"authorization": f"Bearer {token}"}) as bearer:
+        async with client_for(app, minted(signer, admin, [ADMIN_GROUP])) as bearer:
             await ok(bearer.get(f"{BASE}/users"))
             await ok(key_admin.post(f"{BASE}/users/root@x.io/disable"))
             # The people cache was re-read by the change: refused on the very next request.
@@ -644,28 +602,15 @@ async def test_disabled_or_revoked_admins_are_refused_at_once(
             assert "revoked" in assert_error(
                 await bearer.get(f"{BASE}/users"), 401, "authentication_error"
             )
-        fresh, _ = signer.mint(
-            user_id=admin.id,
-            subject="00u-root",
-            email="root@x.io",
-            name=None,
-            groups=[ADMIN_GROUP],
-            now=time.time() + 2,  # iat has whole seconds: clear of the revocation's
-        )
-        async with client_for(app, {"authorization": f"Bearer {fresh}"}) as bearer:
+        # iat has whole seconds: a token 2 s on is clear of the revocation's.
+        fresh = minted(signer, admin, [ADMIN_GROUP], now=time.time() + 2)
+        async with client_for(app, fresh) as bearer:
             await ok(bearer.get(f"{BASE}/users"))  # a new sign-in works
         # Signed out everywhere: an admin's token from before is refused at once.
         ops = signed_in(db, "ops@x.io", [ADMIN_GROUP])
         people.refresh()
-        earlier, _ = signer.mint(
-            user_id=ops.id,
-            subject="sub-ops",
-            email="ops@x.io",
-            name=None,
-            groups=[ADMIN_GROUP],
-            now=time.time() - 60,
-        )
-        async with client_for(app, {"authorization": f"Bearer {earlier}"}) as bearer:
+        earlier = minted(signer, ops, [ADMIN_GROUP], now=time.time() - 60)
+        async with client_for(app, earlier) as bearer:
             await ok(bearer.get(f"{BASE}/users"))
             await ok(key_admin.post(f"{BASE}/users/ops@x.io/revoke-tokens"))
             assert "revoked" in assert_error(
@@ -674,15 +619,8 @@ async def test_disabled_or_revoked_admins_are_refused_at_once(
         # Out of the admin group at the IdP: out of the admin API.
         signed_in(db, "root@x.io", ["eng"], subject="00u-root")
         people.refresh()
-        later, _ = signer.mint(
-            user_id=admin.id,
-            subject="00u-root",
-            email="root@x.io",
-            name=None,
-            groups=["eng"],
-            now=time.time() + 3,
-        )
-        async with client_for(app, {"authorization": f"Bearer {later}"}) as bearer:
+        later = minted(signer, admin, ["eng"], now=time.time() + 3)
+        async with client_for(app, later) as bearer:
             assert_error(await bearer.get(f"{BASE}/users"), 403, "permission_error")
 
 
@@ -736,10 +674,7 @@ async def test_sign_in_without_an_admin_key(
     )
     admin = signed_in(db, "root@x.io", [ADMIN_GROUP])
     people.refresh()
-    token, _ = signer.mint(
-        user_id=admin.id, subject="sub-root", email="root@x.io", name=None, groups=[]
-    )
-    async with client_for(app, {"authorization": f"Bearer {token}"}) as c:
+    async with client_for(app, minted(signer, admin, [])) as c:
         await ok(c.get(f"{BASE}/users"))
     async with client_for(app, {"authorization": f"Bearer {ADMIN}"}) as c:
         assert_error(await c.get(f"{BASE}/users"), 401, "authentication_error")

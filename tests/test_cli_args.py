@@ -23,3 +23,30 @@ def test_huge_durations_are_usage_errors(
     assert exit_.value.code == 2  # argparse's usage error
     err = capsys.readouterr().err
     assert "longer than 100 years" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        (
+            {"CLAUDE_PROXY_OIDC_ISSUER": "https://idp.example.com"},
+            "also set CLAUDE_PROXY_OIDC_CLIENT_ID, CLAUDE_PROXY_OIDC_CLIENT_SECRET, "
+            "CLAUDE_PROXY_PUBLIC_URL, CLAUDE_PROXY_SESSION_SECRET",
+        ),
+        ({"CLAUDE_PROXY_SESSION_SECRET": "too-short"}, "at least 32 characters"),
+    ],
+)
+def test_half_configured_sign_in_stops_the_start_with_what_is_missing(
+    env: dict[str, str],
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--port", "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert "too-short" not in err  # the secret itself is never echoed

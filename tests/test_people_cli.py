@@ -25,8 +25,8 @@ from claude_proxy.cli.main import build_parser, main
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.engine import make_engine
 from claude_proxy.store.migrate import upgrade
-from claude_proxy.store.schema import api_keys, audit_log, key_spend, request_logs
-from tests.helpers import cli_env, register_secret
+from claude_proxy.store.schema import api_keys, audit_log, request_logs
+from tests.helpers import add_spend, cli_env, register_secret
 from tests.pg import create_database, drop_database, pg_url
 
 
@@ -69,17 +69,22 @@ class Cli:
             return len(conn.execute(select(audit_log.c.id)).all())
 
 
+def cli_on(url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """The CLI against `url` (migrated), seeing no setting of the developer's."""
+    for name in list(os.environ):
+        if name.startswith(("ANTHROPIC_", "CLAUDE_PROXY_", "DATABASE_URL")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABASE_URL", url)
+    c = Cli(url, capsys)
+    upgrade(c.engine)
+    return c
+
+
 @pytest.fixture
 def cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Iterator[Cli]:
-    for name in list(os.environ):
-        if name.startswith(("ANTHROPIC_", "CLAUDE_PROXY_", "DATABASE_URL")):
-            monkeypatch.delenv(name)
-    url = f"sqlite:///{tmp_path / 'people.db'}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    c = Cli(url, capsys)
-    upgrade(c.engine)
+    c = cli_on(f"sqlite:///{tmp_path / 'people.db'}", monkeypatch, capsys)
     yield c
     c.engine.dispose()
 
@@ -126,12 +131,7 @@ def test_groups_create_list_show_update_delete(cli: Cli) -> None:
     assert "$500.00/week" in table and "$50.00/week" in table
 
     # Pool spend in the current period.
-    with cli.engine.begin() as conn:
-        conn.execute(
-            insert(key_spend).values(
-                key_id=eng["id"], period=current_period("week"), cost_usd=Decimal("12.5")
-            )
-        )
+    add_spend(cli.engine, eng["id"], "week", "12.5")
     shown = cli.json("groups", "show", "eng")
     assert shown["spend_usd"] == "12.50000000"
     assert "$12.50 (week:" in cli.ok("groups", "show", eng["id"])
@@ -569,13 +569,7 @@ def test_the_entry_point(tmp_path: Path) -> None:
 @pytest.fixture
 def pg_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
     name = create_database()
-    url = pg_url(name)
-    for var in list(os.environ):
-        if var.startswith(("ANTHROPIC_", "CLAUDE_PROXY_", "DATABASE_URL")):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("DATABASE_URL", url)
-    c = Cli(url, capsys)
-    upgrade(c.engine)
+    c = cli_on(pg_url(name), monkeypatch, capsys)
     try:
         yield c
     finally:

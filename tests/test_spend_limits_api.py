@@ -11,15 +11,12 @@ from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Engine
 
 from claude_proxy.admin import build_spend_limits_app
 from claude_proxy.gateway.people import People
 from claude_proxy.gateway.tokens import ADMIN_COOKIE, TokenSigner
 from claude_proxy.store.audit import list_audit
-from claude_proxy.store.columns import current_period
-from claude_proxy.store.engine import make_engine
-from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.people import (
     Limits,
     create_group,
@@ -39,44 +36,39 @@ from claude_proxy.store.schema import (
     user_groups,
     users,
 )
-from tests.pg import create_database, drop_database, pg_url
-from tests.test_admin_api import assert_error
+from tests.admin_helpers import (
+    BASE_URL,
+    DATABASES,
+    assert_error,
+    client_for,
+    emptied,
+    migrated_database,
+    minted,
+    ok,
+)
+from tests.helpers import add_spend
 
 ADMIN = "admin-key-for-spend-limit-tests-0123456789"
 SECRET = "session-secret-for-spend-limit-tests-0123456789"
-ISSUER = "http://proxy.test"
+ISSUER = BASE_URL
 BASE = "/v1/organizations/spend_limits"
 ADMIN_GROUP = "finops"
 REFUSED = "missing or invalid admin credentials"
 CLI = "cli:test@host"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=DATABASES)
 def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
-    name: str | None = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('spend') / 'spend.db'}"
-    else:
-        name = create_database()
-        url = pg_url(name)
-    eng = make_engine(url, pool_size=2, max_overflow=2)
-    try:
-        upgrade(eng)
+    with migrated_database(request.param, tmp_path_factory) as eng:
         yield eng
-    finally:
-        eng.dispose()
-        if name is not None:
-            drop_database(name)
 
 
 @pytest.fixture
 def db(engine: Engine) -> Engine:
-    with engine.begin() as conn:
-        for table in (api_keys, key_spend, user_groups, users, groups, org_policy, audit_log):
-            conn.execute(delete(table))
-    return engine
+    """The module's database, emptied."""
+    return emptied(engine, api_keys, key_spend, user_groups, users, groups, org_policy, audit_log)
 
 
 @pytest.fixture
@@ -98,32 +90,32 @@ def app(db: Engine, people: People, signer: TokenSigner) -> Any:
     )
 
 
-def client_for(app: Any, headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(
-        transport=httpx2.ASGITransport(app=app), base_url=ISSUER, headers=headers or {}
-    )
-
-
 @pytest.fixture
 async def client(app: Any) -> AsyncIterator[httpx2.AsyncClient]:
     async with client_for(app, {"x-api-key": ADMIN}) as c:
         yield c
 
 
-async def ok(r: Any, status: int = 200) -> Any:
-    response = await r
-    assert response.status_code == status, response.text
-    assert response.headers["request-id"].startswith("cpr_")
-    return response.json()
+ORG: dict[str, str] = {"type": "organization"}
 
 
-def spend(engine: Engine, level_id: str, period: str, usd: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            insert(key_spend).values(
-                key_id=level_id, period=current_period(period), cost_usd=Decimal(usd), requests=1
-            )
-        )
+def rbac_group(name: str) -> dict[str, str]:
+    return {"type": "rbac_group", "rbac_group_id": name}
+
+
+def user_scope(user_id: str) -> dict[str, str]:
+    return {"type": "user", "user_id": user_id}
+
+
+async def upsert(
+    client: httpx2.AsyncClient, scope: dict[str, str], amount: str | None, period: str | None = None
+) -> Any:
+    """The spend limit of `scope` set to `amount` (None: removed) per `period` (left out:
+    the default); the answer's body."""
+    body: dict[str, Any] = {"scope": scope, "amount": amount}
+    if period is not None:
+        body["period"] = period
+    return await ok(client.post(BASE, json=body))
 
 
 def is_spend_limit(body: dict[str, Any]) -> None:
@@ -151,12 +143,7 @@ async def test_credentials(app: Any, db: Engine, people: People, signer: TokenSi
     )
     dev = upsert_oidc_user(db, subject="00u-dev", email="dev@x.io", name="Dev", idp_groups=["eng"])
     people.refresh()
-    admin_token, _ = signer.mint(
-        user_id=admin.id, subject="00u-fin", email="fin@x.io", name=None, groups=[ADMIN_GROUP]
-    )
-    dev_token, _ = signer.mint(
-        user_id=dev.id, subject="00u-dev", email="dev@x.io", name=None, groups=["eng"]
-    )
+    as_admin = minted(signer, admin, [ADMIN_GROUP])
     session = signer.mint_admin_session(
         user_id=admin.id, subject="00u-fin", email="fin@x.io", ttl=600
     )
@@ -164,7 +151,7 @@ async def test_credentials(app: Any, db: Engine, people: People, signer: TokenSi
         {},
         {"x-api-key": "wrong"},
         {"x-api-key": ADMIN + "x"},
-        {"authorization": f"Bearer {dev_token}"},  # signed in, but not an admin
+        minted(signer, dev, ["eng"]),  # signed in, but not an admin
         {"authorization": "Bearer eyJforged"},
         {"authorization": f"Basic {ADMIN}"},
         {"cookie": f"{ADMIN_COOKIE}={session}"},  # the console's session is not for these
@@ -177,7 +164,7 @@ async def test_credentials(app: Any, db: Engine, people: People, signer: TokenSi
         for headers in (
             {"x-api-key": ADMIN},
             {"authorization": f"Bearer {ADMIN}"},
-            {"authorization": f"Bearer {admin_token}"},
+            as_admin,
         ):
             body = await ok(anon.get(BASE, headers=headers))
             assert body == {"data": [], "has_more": False, "first_id": None, "last_id": None}
@@ -185,7 +172,7 @@ async def test_credentials(app: Any, db: Engine, people: People, signer: TokenSi
         await ok(
             anon.post(
                 BASE,
-                headers={"authorization": f"Bearer {admin_token}"},
+                headers=as_admin,
                 json={"scope": {"type": "organization"}, "amount": "100"},
             )
         )
@@ -198,7 +185,7 @@ async def test_credentials(app: Any, db: Engine, people: People, signer: TokenSi
 async def test_organization_scope_upserts_one_period(
     client: httpx2.AsyncClient, db: Engine
 ) -> None:
-    body = await ok(client.post(BASE, json={"scope": {"type": "organization"}, "amount": "50000"}))
+    body = await upsert(client, ORG, "50000")
     is_spend_limit(body)
     assert body["id"] == "spl_org" and body["scope"] == {"type": "organization"}
     assert (body["amount"], body["period"]) == ("50000", "monthly")  # the default period
@@ -225,11 +212,9 @@ async def test_organization_scope_upserts_one_period(
     assert shown == listed["data"][0]
 
     # "0" blocks every request; it is a cap, not the absence of one.
-    assert (await ok(client.post(BASE, json={"scope": {"type": "organization"}, "amount": "0"})))[
-        "amount"
-    ] == "0"
+    assert (await upsert(client, ORG, "0"))["amount"] == "0"
     # null removes the cap.
-    body = await ok(client.post(BASE, json={"scope": {"type": "organization"}, "amount": None}))
+    body = await upsert(client, ORG, None)
     assert (body["id"], body["amount"]) == ("spl_org", None)
     assert get_org(db).member_budget_usd is None and get_org(db).limits.budget_period is None
     r = await client.get(f"{BASE}/spl_org")
@@ -238,16 +223,7 @@ async def test_organization_scope_upserts_one_period(
 
 async def test_group_scope(client: httpx2.AsyncClient, db: Engine) -> None:
     # An IdP group the proxy has no group for yet: one is made, with the cap.
-    body = await ok(
-        client.post(
-            BASE,
-            json={
-                "scope": {"type": "rbac_group", "rbac_group_id": "Data Science"},
-                "amount": "1999",
-                "period": "daily",
-            },
-        )
-    )
+    body = await upsert(client, rbac_group("Data Science"), "1999", "daily")
     is_spend_limit(body)
     group = get_group(db, "Data Science")
     assert group is not None
@@ -271,12 +247,7 @@ async def test_group_scope(client: httpx2.AsyncClient, db: Engine) -> None:
         },
     )
     assert "month" in assert_error(r, 400, "invalid_request_error")
-    body = await ok(
-        client.post(
-            BASE,
-            json={"scope": {"type": "rbac_group", "rbac_group_id": "eng"}, "amount": "4000"},
-        )
-    )
+    body = await upsert(client, rbac_group("eng"), "4000")
     assert body["id"] == f"spl_{pooled.id}" and body["amount"] == "4000"
     # Removing the cap keeps the pool and its period.
     gone = await ok(client.delete(f"{BASE}/spl_{pooled.id}"))
@@ -296,29 +267,20 @@ async def test_user_scope(client: httpx2.AsyncClient, db: Engine) -> None:
     signed = upsert_oidc_user(db, subject="00u-ann", email="ann@x.io", name="Ann", idp_groups=[])
     local = create_user(db, email="lee@x.io", actor=CLI)
     # The gateway names a user by their IdP subject; a local user by the proxy's id.
-    body = await ok(
-        client.post(BASE, json={"scope": {"type": "user", "user_id": "00u-ann"}, "amount": "700"})
-    )
+    body = await upsert(client, user_scope("00u-ann"), "700")
     is_spend_limit(body)
     assert body["id"] == f"spl_{signed.id}"
     assert body["scope"] == {"type": "user", "user_id": "00u-ann"}
     ann = get_user(db, signed.id)
     assert ann is not None
     assert (ann.limits.budget_usd, ann.limits.budget_period) == (Decimal(7), "month")
-    body = await ok(
-        client.post(
-            BASE,
-            json={"scope": {"type": "user", "user_id": local.id}, "amount": "1", "period": "daily"},
-        )
-    )
+    body = await upsert(client, user_scope(local.id), "1", "daily")
     assert body["scope"] == {"type": "user", "user_id": local.id}
     r = await client.post(
         BASE, json={"scope": {"type": "user", "user_id": "00u-nobody"}, "amount": "1"}
     )
     assert_error(r, 404, "not_found_error")
-    await ok(
-        client.post(BASE, json={"scope": {"type": "user", "user_id": "00u-ann"}, "amount": None})
-    )
+    await upsert(client, user_scope("00u-ann"), None)
     ann = get_user(db, signed.id)
     assert ann is not None and ann.limits.budget_usd is None and ann.limits.budget_period is None
 
@@ -356,18 +318,12 @@ async def test_invalid_bodies_and_ids(client: httpx2.AsyncClient, db: Engine) ->
 
 
 async def test_list_pages(client: httpx2.AsyncClient, db: Engine) -> None:
-    await ok(client.post(BASE, json={"scope": {"type": "organization"}, "amount": "100"}))
+    await upsert(client, ORG, "100")
     for name in ("a", "b", "c"):
-        await ok(
-            client.post(
-                BASE, json={"scope": {"type": "rbac_group", "rbac_group_id": name}, "amount": "200"}
-            )
-        )
+        await upsert(client, rbac_group(name), "200")
     for subject in ("s1", "s2"):
         upsert_oidc_user(db, subject=subject, email=f"{subject}@x.io", name=None, idp_groups=[])
-        await ok(
-            client.post(BASE, json={"scope": {"type": "user", "user_id": subject}, "amount": "300"})
-        )
+        await upsert(client, user_scope(subject), "300")
     everything = await ok(client.get(BASE, params={"limit": 1000}))
     ids = [d["id"] for d in everything["data"]]
     assert len(ids) == 6 and ids == sorted(ids) and not everything["has_more"]
@@ -402,21 +358,9 @@ async def test_list_pages(client: httpx2.AsyncClient, db: Engine) -> None:
 
 
 async def test_effective_caps_per_user(client: httpx2.AsyncClient, db: Engine) -> None:
-    await ok(
-        client.post(
-            BASE, json={"scope": {"type": "organization"}, "amount": "500", "period": "weekly"}
-        )
-    )
-    await ok(
-        client.post(
-            BASE, json={"scope": {"type": "rbac_group", "rbac_group_id": "eng"}, "amount": "4000"}
-        )
-    )
-    await ok(
-        client.post(
-            BASE, json={"scope": {"type": "rbac_group", "rbac_group_id": "ml"}, "amount": "3000"}
-        )
-    )
+    await upsert(client, ORG, "500", "weekly")
+    await upsert(client, rbac_group("eng"), "4000")
+    await upsert(client, rbac_group("ml"), "3000")
     eng = get_group(db, "eng")
     assert eng is not None
     # Alice is in both through the IdP: the tightest per-member cap wins (ml's $30).
@@ -425,19 +369,10 @@ async def test_effective_caps_per_user(client: httpx2.AsyncClient, db: Engine) -
     )
     bob = upsert_oidc_user(db, subject="00u-bob", email="bob@x.io", name="Bob", idp_groups=["eng"])
     carol = create_user(db, email="carol@x.io", actor=CLI)  # no group, no sign-in yet
-    await ok(
-        client.post(
-            BASE,
-            json={
-                "scope": {"type": "user", "user_id": "00u-bob"},
-                "amount": "1000",
-                "period": "daily",
-            },
-        )
-    )
-    spend(db, alice.id, "month", "12.3456")
-    spend(db, bob.id, "day", "2")
-    spend(db, carol.id, "week", "0.0001")
+    await upsert(client, user_scope("00u-bob"), "1000", "daily")
+    add_spend(db, alice.id, "month", "12.3456")
+    add_spend(db, bob.id, "day", "2")
+    add_spend(db, carol.id, "week", "0.0001")
 
     body = await ok(client.get(f"{BASE}/effective"))
     assert body["next_page"] is None
@@ -522,19 +457,11 @@ async def test_effective_caps_per_user(client: httpx2.AsyncClient, db: Engine) -
 
 
 async def test_audit_events(client: httpx2.AsyncClient, db: Engine) -> None:
-    await ok(client.post(BASE, json={"scope": {"type": "organization"}, "amount": "100"}))
-    await ok(
-        client.post(
-            BASE, json={"scope": {"type": "organization"}, "amount": "250", "period": "daily"}
-        )
-    )
+    await upsert(client, ORG, "100")
+    await upsert(client, ORG, "250", "daily")
     group = create_group(db, name="eng", actor=CLI)
     update_group(db, group.id, actor=CLI, rpm=10)  # not a spend limit: not an event
-    await ok(
-        client.post(
-            BASE, json={"scope": {"type": "rbac_group", "rbac_group_id": "eng"}, "amount": "900"}
-        )
-    )
+    await upsert(client, rbac_group("eng"), "900")
     await ok(client.delete(f"{BASE}/spl_org"))
 
     body = await ok(client.get(f"{BASE}/audit"))
@@ -587,5 +514,5 @@ async def test_a_change_holds_for_this_process_at_once(
     user = upsert_oidc_user(db, subject="00u-z", email="z@x.io", name=None, idp_groups=[])
     people.refresh()
     assert people.budgets().get(user.id) is None
-    await ok(client.post(BASE, json={"scope": {"type": "user", "user_id": "00u-z"}, "amount": "5"}))
+    await upsert(client, user_scope("00u-z"), "5")
     assert people.budgets()[user.id] == "month"  # no wait for the background refresh

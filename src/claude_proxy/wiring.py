@@ -27,7 +27,7 @@ from claude_proxy.gateway.breaker import BreakerConfig, CircuitBreaker
 from claude_proxy.gateway.dispatch import Dispatcher
 from claude_proxy.gateway.keys import BadKeyThrottle, KeyCache
 from claude_proxy.gateway.limits import Limiter
-from claude_proxy.gateway.people import Level, People
+from claude_proxy.gateway.people import People
 from claude_proxy.gateway.retry import RetryConfig, RetryPolicy
 from claude_proxy.gateway.tokens import TokenSigner
 from claude_proxy.http.asgi import ASGIApp
@@ -259,7 +259,7 @@ async def build_components(
     alerts = BudgetAlerts(
         engine=engine,
         limiter=limiter,
-        levels=lambda: [*map(Level.of_key, keys.budgeted()), *people.budget_levels()],
+        levels=lambda: [*keys.budgeted(), *people.budget_levels()],
         webhook_url=(
             st.alert_webhook_url.get_secret_value() if st.alert_webhook_url is not None else None
         ),

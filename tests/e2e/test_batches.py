@@ -78,7 +78,7 @@ def test_a_batch_cannot_spend_past_the_budget_and_settles_to_its_real_cost(
     with cluster(emulator) as c:
         px = c.start()
         # The report: $0.001 in total, and 500 requests that cost about 200 times that.
-        _, tiny = c.key("tiny", budget_usd=0.001, budget_period="total")
+        _, tiny = c.key("tiny", budget_usd=Decimal("0.001"), budget_period="total")
         upstream_before = len(emulator.requests())
         with pytest.raises(anthropic.RateLimitError) as refused:
             sdk(px, tiny).messages.batches.create(requests=batch_requests(500, 1024))
@@ -87,7 +87,7 @@ def test_a_batch_cannot_spend_past_the_budget_and_settles_to_its_real_cost(
         assert c.row(request_id(refused.value))["refusal"] == "budget"
         assert len(emulator.requests()) == upstream_before  # never reached the upstream
 
-        key_id, key = c.key("batches", budget_usd=0.05, budget_period="total")
+        key_id, key = c.key("batches", budget_usd=Decimal("0.05"), budget_period="total")
         client = sdk(px, key)
         batch = client.messages.batches.create(requests=batch_requests(3))
         (submission,) = wait_until(
@@ -128,7 +128,7 @@ def test_a_batch_cannot_spend_past_the_budget_and_settles_to_its_real_cost(
 def test_a_batch_nobody_reads_is_settled_by_polling(emulator: Emulator) -> None:
     with cluster(emulator) as c:
         px = c.start(CLAUDE_PROXY_BATCH_POLL_SECONDS="0.2")
-        key_id, key = c.key("polled", budget_usd=1.0, budget_period="month")
+        key_id, key = c.key("polled", budget_usd=Decimal(1), budget_period="month")
         client = sdk(px, key, default_headers={"x-emulator-fault": "batch-ms=1500"})
         batch = client.messages.batches.create(requests=batch_requests(4))
         assert batch.processing_status == "in_progress" and batch.results_url is None

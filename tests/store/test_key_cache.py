@@ -25,13 +25,13 @@ async def test_refresh_sees_changes_made_elsewhere(engine: Engine) -> None:
     assert cache.cached(secret.encode()) is None  # not loaded yet
     cache.refresh()
     info = cache.cached(secret.encode())
-    assert info is not None and info.key_id == row.id and info.rpm == 5
+    assert info is not None and info.key_id == row.id and info.level.rpm == 5
     assert cache.cached(b"static-secret") is not None
 
     update_key(engine, row.id, rpm=None, models=("claude-haiku-*",), actor="test")
     cache.refresh()
     info = cache.cached(secret.encode())
-    assert info is not None and info.rpm is None and info.models == ("claude-haiku-*",)
+    assert info is not None and info.level.rpm is None and info.level.models == ("claude-haiku-*",)
 
     rotated = rotate_key(engine, row.id, actor="test")
     assert rotated is not None

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import func, select
 
 from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.gateway.levels import Level
 from claude_proxy.gateway.limits import Limiter
-from claude_proxy.gateway.people import Caller, Level
+from claude_proxy.gateway.people import Caller
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.records import RequestRecord, Usage
 from claude_proxy.store.schema import key_spend, proxy_instances, rate_usage

@@ -27,6 +27,7 @@ from claude_proxy.gateway.errors import STATUS_FOR_TYPE
 from claude_proxy.http.asgi import Scope
 from claude_proxy.store.columns import money_text
 from claude_proxy.store.keys import BUDGET_MAX
+from claude_proxy.store.people import Conflict
 from claude_proxy.store.queries import parse_duration
 from claude_proxy.store.records import bounded, new_request_id
 
@@ -198,9 +199,31 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+def changes_of(body: BaseModel) -> dict[str, Any]:
+    """A PATCH's changes: the fields its body sent (null included), a model list as a
+    tuple; an empty body is a 400."""
+    changes: dict[str, Any] = {f: getattr(body, f) for f in body.model_fields_set}
+    if not changes:
+        raise bad_request("nothing to change: the body is empty")
+    if changes.get("models") is not None:
+        changes["models"] = tuple(changes["models"])
+    return changes
+
+
 async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """A blocking store call, off the event loop."""
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def store_change(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A store change, off the event loop: its ValueError is the admin's mistake (a 400),
+    a Conflict (a name or email already taken) a 409."""
+    try:
+        return await db(fn, *args, **kwargs)
+    except Conflict as exc:
+        raise conflict(str(exc)) from None
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def utc(at: datetime) -> datetime:

@@ -24,8 +24,10 @@ from claude_proxy.admin.common import (
     Text,
     actor,
     bad_request,
+    changes_of,
     db,
     not_found,
+    store_change,
     utc,
 )
 from claude_proxy.gateway.keys import KeyCache
@@ -36,6 +38,7 @@ from claude_proxy.store.keys import (
     KeyRow,
     KeySpec,
     create_key,
+    drop_orphan_period,
     get_key,
     list_keys,
     revoke_key,
@@ -226,12 +229,10 @@ def keys_router(engine: Engine, keys: KeyCache) -> APIRouter:
         fields = body.model_dump(exclude={"user", "group"})
         spec = _spec(fields)
         user_id, group_id = await owner_ids(engine, body.user, body.group)
-        try:
-            row, secret = await db(
-                create_key, engine, spec, actor=who, user_id=user_id, group_id=group_id
-            )
-        except ValueError as exc:  # the owner went away or was disabled meanwhile
-            raise bad_request(str(exc)) from None
+        # A ValueError: the owner went away or was disabled meanwhile.
+        row, secret = await store_change(
+            create_key, engine, spec, actor=who, user_id=user_id, group_id=group_id
+        )
         return created_out(await changed(row), secret)
 
     @router.get("/keys", response_model=KeyList)
@@ -269,19 +270,12 @@ def keys_router(engine: Engine, keys: KeyCache) -> APIRouter:
     @router.patch("/keys/{key_id}", response_model=KeyOut)
     async def update(key_id: str, body: KeyUpdate, who: Annotated[str, Depends(actor)]) -> KeyOut:
         """Change a key's name or limits: only the fields sent change; null removes a limit."""
-        changes = {f: getattr(body, f) for f in body.model_fields_set}
-        if not changes:
-            raise bad_request("nothing to change: the body is empty")
+        changes = changes_of(body)
         if "name" in changes and changes["name"] is None:
             raise bad_request("name: a key needs a name")
-        if "budget_usd" in changes and changes["budget_usd"] is None:
-            changes.setdefault("budget_period", None)  # null budget: no budget at all
-        if "models" in changes and changes["models"] is not None:
-            changes["models"] = tuple(changes["models"])
-        try:
-            row = await db(update_key, engine, key_id, actor=who, **changes)
-        except ValueError as exc:  # KeySpec: the new combination is checked before writing
-            raise bad_request(str(exc)) from None
+        drop_orphan_period(changes)  # null budget: no budget at all
+        # KeySpec checks the new combination (a ValueError) before anything is written.
+        row = await store_change(update_key, engine, key_id, actor=who, **changes)
         if row is None:
             raise _key_not_found(key_id)
         return key_out(await changed(row))

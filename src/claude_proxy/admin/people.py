@@ -29,14 +29,16 @@ from claude_proxy.admin.common import (
     Text,
     actor,
     bad_request,
-    conflict,
+    changes_of,
     db,
     not_found,
+    store_change,
 )
 from claude_proxy.admin.keys import LimitFields
 from claude_proxy.gateway.people import People
 from claude_proxy.store.audit import AUDIT_PAGE_MAX, REASON_MAX, AuditRow, list_audit
 from claude_proxy.store.columns import ORG_LEVEL, current_period
+from claude_proxy.store.keys import drop_orphan_period
 from claude_proxy.store.people import (
     DESCRIPTION_MAX,
     EMAIL_MAX,
@@ -44,7 +46,6 @@ from claude_proxy.store.people import (
     GROUPS_PER_USER_MAX,
     PRIORITY_MAX,
     USER_NAME_MAX,
-    Conflict,
     GroupRow,
     Limits,
     OrgPolicy,
@@ -429,38 +430,6 @@ def org_out(engine: Engine, org: OrgPolicy) -> OrgOut:
     return OrgOut(**fields, spend=_spend(engine, ORG_LEVEL))
 
 
-def _changes(body: BaseModel) -> dict[str, Any]:
-    changes: dict[str, Any] = {f: getattr(body, f) for f in body.model_fields_set}
-    if not changes:
-        raise bad_request("nothing to change: the body is empty")
-    if changes.get("models") is not None:
-        changes["models"] = tuple(changes["models"])
-    return changes
-
-
-def _without_orphan_period(
-    changes: dict[str, Any], pool: Decimal | None, member: Decimal | None
-) -> None:
-    """Removing the last budget of a level removes its period too (as for a key), unless
-    the period was sent as well."""
-    removing = any(f in changes and changes[f] is None for f in ("budget_usd", "member_budget_usd"))
-    if removing and "budget_period" not in changes:
-        pool = changes.get("budget_usd", pool)
-        member = changes.get("member_budget_usd", member)
-        if pool is None and member is None:
-            changes["budget_period"] = None
-
-
-async def _store(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """A store change: its ValueError is the admin's mistake (400), Conflict a 409."""
-    try:
-        return await db(fn, *args, **kwargs)
-    except Conflict as exc:
-        raise conflict(str(exc)) from None
-    except ValueError as exc:
-        raise bad_request(str(exc)) from None
-
-
 def _no_user(ref: str) -> ApiError:
     return not_found(f"no user with id or email {ref!r}")
 
@@ -506,7 +475,7 @@ def people_router(engine: Engine, refresh: Refresh) -> APIRouter:
     async def users_create(body: UserCreate, who: Who) -> UserDetail:
         """Create a local user (before their first sign-in, or for keys only)."""
         limits = _limits(body)
-        row = await _store(
+        row = await store_change(
             create_user,
             engine,
             email=body.email,
@@ -529,14 +498,13 @@ def people_router(engine: Engine, refresh: Refresh) -> APIRouter:
     @router.patch("/users/{user}", response_model=UserDetail, tags=["users"])
     async def users_update(user: Ref, body: UserUpdate, who: Who) -> UserDetail:
         """Change a user: only the fields sent change; null removes a limit."""
-        changes = _changes(body)
+        changes = changes_of(body)
         if "email" in changes and changes["email"] is None:
             raise bad_request("email: a user needs an email address")
         if "groups" in changes and changes["groups"] is None:
             changes["groups"] = []
-        if "budget_usd" in changes and changes["budget_usd"] is None:
-            changes.setdefault("budget_period", None)
-        row = await _store(update_user, engine, user, actor=who, **changes)
+        drop_orphan_period(changes)
+        row = await store_change(update_user, engine, user, actor=who, **changes)
         return await changed_user(row, user)
 
     @router.post("/users/{user}/disable", response_model=UserDetail, tags=["users"])
@@ -546,20 +514,20 @@ def people_router(engine: Engine, refresh: Refresh) -> APIRouter:
         """Disable a user: their tokens and personal keys stop working at once (on other
         replicas within their next refresh); their keys are not revoked."""
         reason = body.reason if body is not None else None
-        row = await _store(disable_user, engine, user, actor=who, reason=reason)
+        row = await store_change(disable_user, engine, user, actor=who, reason=reason)
         return await changed_user(row, user)
 
     @router.post("/users/{user}/enable", response_model=UserDetail, tags=["users"])
     async def users_enable(user: Ref, who: Who) -> UserDetail:
         """Enable a user again; tokens from before the disable stay invalid."""
-        row = await _store(enable_user, engine, user, actor=who)
+        row = await store_change(enable_user, engine, user, actor=who)
         return await changed_user(row, user)
 
     @router.post("/users/{user}/revoke-tokens", response_model=UserDetail, tags=["users"])
     async def users_revoke_tokens(user: Ref, who: Who) -> UserDetail:
         """Sign a user out everywhere: every token and admin session minted before now is
         refused. Their keys are untouched."""
-        row = await _store(revoke_user_tokens, engine, user, actor=who)
+        row = await store_change(revoke_user_tokens, engine, user, actor=who)
         return await changed_user(row, user)
 
     # ------------------------------------------------------------------- groups
@@ -579,7 +547,7 @@ def people_router(engine: Engine, refresh: Refresh) -> APIRouter:
     @router.post("/groups", status_code=201, response_model=GroupDetail, tags=["groups"])
     async def groups_create(body: GroupCreate, who: Who) -> GroupDetail:
         """Create a group. Its name is matched exactly to IdP group names."""
-        row = await _store(
+        row = await store_change(
             create_group,
             engine,
             name=body.name,
@@ -602,21 +570,21 @@ def people_router(engine: Engine, refresh: Refresh) -> APIRouter:
     @router.patch("/groups/{group}", response_model=GroupDetail, tags=["groups"])
     async def groups_update(group: Ref, body: GroupUpdate, who: Who) -> GroupDetail:
         """Change a group: only the fields sent change; null removes a limit."""
-        changes = _changes(body)
+        changes = changes_of(body)
         for required in ("name", "priority"):
             if required in changes and changes[required] is None:
                 raise bad_request(f"{required}: cannot be null")
         current = await db(get_group, engine, group)
         if current is None:
             raise _no_group(group)
-        _without_orphan_period(changes, current.limits.budget_usd, current.member_budget_usd)
-        row = await _store(update_group, engine, current.id, actor=who, **changes)
+        drop_orphan_period(changes, current.limits.budget_usd, current.member_budget_usd)
+        row = await store_change(update_group, engine, current.id, actor=who, **changes)
         return await changed_group(row, group)
 
     @router.delete("/groups/{group}", response_model=GroupDeleted, tags=["groups"])
     async def groups_delete(group: Ref, who: Who) -> GroupDeleted:
         """Delete a group: its local memberships go and its service keys are revoked."""
-        row = await _store(delete_group, engine, group, actor=who)
+        row = await store_change(delete_group, engine, group, actor=who)
         if row is None:
             raise _no_group(group)
         await refresh()
@@ -633,10 +601,10 @@ def people_router(engine: Engine, refresh: Refresh) -> APIRouter:
     @router.patch("/org", response_model=OrgOut, tags=["org"])
     async def org_update(body: OrgUpdate, who: Who) -> OrgOut:
         """Change the organisation's policy: only the fields sent change."""
-        changes = _changes(body)
+        changes = changes_of(body)
         current = await db(get_org, engine)
-        _without_orphan_period(changes, current.limits.budget_usd, current.member_budget_usd)
-        org = await _store(update_org, engine, actor=who, **changes)
+        drop_orphan_period(changes, current.limits.budget_usd, current.member_budget_usd)
+        org = await store_change(update_org, engine, actor=who, **changes)
         await refresh()
         return await db(org_out, engine, org)
 

@@ -36,23 +36,22 @@ from claude_proxy.admin.asgi import AdminApp
 from claude_proxy.admin.auth import AdminAuth
 from claude_proxy.admin.common import (
     ERROR_RESPONSES,
-    ApiError,
     Text,
     actor,
     bad_request,
     db,
     install_error_handlers,
     not_found,
+    store_change,
 )
 from claude_proxy.admin.people import Refresh, budget_source, people_refresher
 from claude_proxy.gateway.people import People
 from claude_proxy.gateway.tokens import TokenSigner
 from claude_proxy.store.audit import AUDIT_PAGE_MAX, AuditRow, list_audit
-from claude_proxy.store.keys import BUDGET_MAX
+from claude_proxy.store.keys import BUDGET_MAX, drop_orphan_period
 from claude_proxy.store.people import (
     GROUP_NAME_MAX,
     SUBJECT_MAX,
-    Conflict,
     GroupRow,
     Limits,
     OrgPolicy,
@@ -274,15 +273,22 @@ def _pool_clash(what: str, pool: Decimal | None, pool_period: str | None, period
         )
 
 
+def _cap_removal(pool: Decimal | None, member: Decimal | None) -> dict[str, Any] | None:
+    """The change that removes a level's per-person cap (and the period, unless its pool
+    budget keeps it); None when it has no cap."""
+    if member is None:
+        return None
+    changes: dict[str, Any] = {"member_budget_usd": None}
+    drop_orphan_period(changes, pool, member)
+    return changes
+
+
 def _set_org(engine: Engine, who: str, usd: Decimal | None, period: str) -> _Cap | None:
     org = get_org(engine)
     if usd is None:
-        if org.member_budget_usd is None:
-            return None
-        changes: dict[str, Any] = {"member_budget_usd": None}
-        if org.limits.budget_usd is None:
-            changes["budget_period"] = None
-        update_org(engine, actor=who, **changes)
+        removal = _cap_removal(org.limits.budget_usd, org.member_budget_usd)
+        if removal is not None:
+            update_org(engine, actor=who, **removal)
         return None
     _pool_clash("the organisation", org.limits.budget_usd, org.limits.budget_period, period)
     return _org_cap(update_org(engine, actor=who, member_budget_usd=usd, budget_period=period))
@@ -306,12 +312,9 @@ def _set_group(
         )
         return _group_cap(created)
     if usd is None:
-        if group.member_budget_usd is None:
-            return None
-        changes: dict[str, Any] = {"member_budget_usd": None}
-        if group.limits.budget_usd is None:
-            changes["budget_period"] = None
-        update_group(engine, group.id, actor=who, **changes)
+        removal = _cap_removal(group.limits.budget_usd, group.member_budget_usd)
+        if removal is not None:
+            update_group(engine, group.id, actor=who, **removal)
         return None
     _pool_clash(f"group {name!r}", group.limits.budget_usd, group.limits.budget_period, period)
     row = update_group(engine, group.id, actor=who, member_budget_usd=usd, budget_period=period)
@@ -545,18 +548,10 @@ def _page(
 def _router(engine: Engine, refresh: Refresh) -> APIRouter:
     router = APIRouter(prefix=PREFIX, responses=ERROR_RESPONSES)
 
-    async def store(fn: Any, *args: Any) -> Any:
-        try:
-            return await db(fn, *args)
-        except Conflict as exc:
-            raise ApiError("invalid_request_error", str(exc), 409) from None
-        except ValueError as exc:
-            raise bad_request(str(exc)) from None
-
     @router.post("")
     async def upsert(body: SpendLimitIn, who: Annotated[str, Depends(actor)]) -> Any:
         """Set (or with `amount: null` remove) the cap of a scope."""
-        limit_id, cap = await store(_upsert, engine, who, body)
+        limit_id, cap = await store_change(_upsert, engine, who, body)
         await refresh()
         if cap is None:  # removed: the gateway's "unlimited" at that scope
             return {
@@ -637,7 +632,7 @@ def _router(engine: Engine, refresh: Refresh) -> APIRouter:
 
     @router.delete("/{limit_id}")
     async def delete(limit_id: str, who: Annotated[str, Depends(actor)]) -> Any:
-        if not await store(_remove, engine, who, _bounded_id(limit_id, "id") or ""):
+        if not await store_change(_remove, engine, who, _bounded_id(limit_id, "id") or ""):
             raise not_found(NOT_FOUND)
         await refresh()
         return {"type": "spend_limit_deleted", "id": limit_id}

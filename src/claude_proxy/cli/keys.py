@@ -20,7 +20,7 @@ import getpass
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
@@ -39,6 +39,7 @@ from claude_proxy.store.keys import (
     KeyRow,
     KeySpec,
     create_key,
+    drop_orphan_period,
     get_key,
     list_keys,
     revoke_key,
@@ -46,7 +47,14 @@ from claude_proxy.store.keys import (
     update_key,
     with_spend,
 )
-from claude_proxy.store.people import get_group, get_user, list_groups, list_users
+from claude_proxy.store.people import (
+    GroupRow,
+    UserRow,
+    get_group,
+    get_user,
+    list_groups,
+    list_users,
+)
 
 _UNSET: Any = object()  # `keys update`: an option that was not given
 
@@ -125,6 +133,24 @@ def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         return None if text.strip().lower() == "none" else parse(text)
 
     return wrapped
+
+
+def changes_given(
+    args: argparse.Namespace, options: Sequence[str], fields: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """An `update` command's changes: the `options` (argparse dests, each the flag's name)
+    that were given, by the store's field name (`fields` maps the dests that differ).
+    None given: exit 2, naming every flag that would do."""
+    renamed = fields or {}
+    changes = {
+        renamed.get(o, o): getattr(args, o)
+        for o in options
+        if getattr(args, o, _UNSET) is not _UNSET
+    }
+    if not changes:
+        flags = ["--" + o.replace("_", "-") for o in options]
+        raise _Failed(f"nothing to change: give {', '.join(flags[:-1])} or {flags[-1]}", 2)
+    return changes
 
 
 # ------------------------------------------------------------------------ output
@@ -261,6 +287,13 @@ def budget_cell(amount: Decimal | None, period: str | None) -> str:
     return "-" if amount is None else f"${money(amount)}/{period}"
 
 
+def print_table(columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[str]]) -> None:
+    """A header of `columns` (name, width) and a line per row, each cell padded to its width."""
+    print("  ".join(c.ljust(w) for c, w in columns).rstrip())
+    for cells in rows:
+        print("  ".join(v.ljust(w) for v, (_, w) in zip(cells, columns, strict=True)).rstrip())
+
+
 def _list_cells(row: KeyRow, owner: dict[str, Any] | None) -> tuple[str, ...]:
     budget = budget_cell(row.budget_usd, row.budget_period)
     spend = "-" if row.spend_usd is None else f"${money(row.spend_usd)}"
@@ -335,18 +368,29 @@ def _resolve_owner(
 ) -> tuple[str | None, str | None]:
     """(user id, group id) for `--user EMAIL_OR_ID` / `--group NAME`; exit 1 if unknown."""
     if user is not None:
-        found = get_user(engine, user)
-        if found is None:
-            raise _Failed(f"no user {user!r} (see `claude-proxy users list`)", 1)
+        found = need_user(engine, user)
         if for_new_key and not found.active:
             raise _Failed(f"user {found.email} is disabled: a disabled user gets no new key", 1)
         return found.id, None
     if group is not None:
-        group_row = get_group(engine, group)
-        if group_row is None:
-            raise _Failed(f"no group {group!r} (see `claude-proxy groups list`)", 1)
-        return None, group_row.id
+        return None, need_group(engine, group).id
     return None, None
+
+
+def need_user(engine: Engine, ident: str) -> UserRow:
+    """The user with this email or id; exit 1 if there is none."""
+    found = get_user(engine, ident)
+    if found is None:
+        raise _Failed(f"no user {ident!r} (see `claude-proxy users list`)", 1)
+    return found
+
+
+def need_group(engine: Engine, name: str) -> GroupRow:
+    """The group with this name or id; exit 1 if there is none."""
+    found = get_group(engine, name)
+    if found is None:
+        raise _Failed(f"no group {name!r} (see `claude-proxy groups list`)", 1)
+    return found
 
 
 def _found(row: KeyRow | None, key_id: str) -> KeyRow:
@@ -384,12 +428,7 @@ def cmd_list(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> 
     if args.json:
         _print_json({"data": [key_json(r, owner=owned.get(r.id)) for r in rows]})
         return
-    print("  ".join(c.ljust(w) for c, w in _LIST_COLUMNS).rstrip())
-    for row in rows:
-        cells = _list_cells(row, owned.get(row.id))
-        print(
-            "  ".join(v.ljust(w) for v, (_, w) in zip(cells, _LIST_COLUMNS, strict=True)).rstrip()
-        )
+    print_table(_LIST_COLUMNS, (_list_cells(row, owned.get(row.id)) for row in rows))
     if not rows:
         print("(no keys" + ("" if args.all else " that are not revoked; --all shows those") + ")")
 
@@ -405,27 +444,12 @@ def cmd_show(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> 
 
 
 def cmd_update(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
-    changes = {
-        field: getattr(args, attr)
-        for field, attr in (
-            ("name", "name"),
-            ("models", "models"),
-            ("rpm", "rpm"),
-            ("tpm", "tpm"),
-            ("budget_usd", "budget_usd"),
-            ("budget_period", "budget_period"),
-            ("expires_at", "expires"),
-        )
-        if getattr(args, attr) is not _UNSET
-    }
-    if not changes:
-        raise _Failed(
-            "nothing to change: give --name, --models, --rpm, --tpm, --budget-usd, "
-            "--budget-period or --expires",
-            2,
-        )
-    if changes.get("budget_usd", 0) is None and "budget_period" not in changes:
-        changes["budget_period"] = None  # `--budget-usd none` removes the budget
+    changes = changes_given(
+        args,
+        ("name", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires"),
+        {"expires": "expires_at"},
+    )
+    drop_orphan_period(changes)  # `--budget-usd none` removes the budget
     engine = engine_factory()
     try:
         updated = update_key(engine, args.id, actor=cli_actor(), **changes)

@@ -28,6 +28,26 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _config_errors(exc: ValidationError) -> str:
+    """What is wrong with the settings, one line each, never the values given: pydantic's
+    own text quotes the input, and the input holds the secrets."""
+    from pydantic import AliasChoices
+
+    from claude_proxy.settings import Settings
+
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in err["loc"])
+        field = Settings.model_fields.get(where.lower())
+        alias = field.validation_alias if field is not None else None
+        if isinstance(alias, AliasChoices):
+            name = str(alias.choices[0])
+        else:
+            name = f"CLAUDE_PROXY_{where.upper()}" if where else "settings"
+        lines.append(f"  {name}: {err['msg']}")
+    return "\n".join(lines)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """Bind and listen before workers start, so the real port is known even for --port 0."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -105,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        _fail(f"invalid configuration:\n{exc}")
+        _fail(f"invalid configuration:\n{_config_errors(exc)}")
         raise  # unreachable; keeps type checkers sure `settings` is bound
     if not has_key:
         settings, stop_demo = _start_demo(settings)

@@ -32,15 +32,25 @@ from claude_proxy.cli.keys import (
     budget_cell,
     budget_text,
     cell,
+    changes_given,
     cli_actor,
     money,
+    need_group,
+    need_user,
     parse_limit,
     parse_models,
     parse_money,
+    print_table,
 )
 from claude_proxy.store.audit import AUDIT_PAGE_MAX, AuditRow, list_audit
 from claude_proxy.store.columns import current_period
-from claude_proxy.store.keys import BUDGET_PERIODS, RPM_MAX, TPM_MAX, list_keys
+from claude_proxy.store.keys import (
+    BUDGET_PERIODS,
+    RPM_MAX,
+    TPM_MAX,
+    drop_orphan_period,
+    list_keys,
+)
 from claude_proxy.store.people import (
     ORG_ID,
     PRIORITY_MAX,
@@ -56,9 +66,7 @@ from claude_proxy.store.people import (
     disable_user,
     effective_groups,
     enable_user,
-    get_group,
     get_org,
-    get_user,
     list_groups,
     list_users,
     personal_budget,
@@ -152,24 +160,6 @@ def _limits_from_args(args: argparse.Namespace) -> Limits:
         raise _Failed(str(exc), 2) from None
 
 
-def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n, _UNSET) is not _UNSET}
-
-
-def _clear_lone_period(
-    changes: dict[str, Any], amount: Decimal | None, member: Decimal | None
-) -> None:
-    """`--budget-usd none` (or `--member-budget-usd none`) with no budget left: the period
-    goes too, as `keys update` does."""
-    if "budget_period" in changes:
-        return
-    removing = changes.get("budget_usd", 0) is None or changes.get("member_budget_usd", 0) is None
-    left_amount = changes.get("budget_usd", amount)
-    left_member = changes.get("member_budget_usd", member)
-    if removing and left_amount is None and left_member is None:
-        changes["budget_period"] = None
-
-
 def _store(call: Callable[[], Any]) -> Any:
     """A store call: a taken name is exit 1, any other refusal (validation) exit 2."""
     try:
@@ -180,23 +170,9 @@ def _store(call: Callable[[], Any]) -> Any:
         raise _Failed(str(exc), 2) from None
 
 
-def _need_group(engine: Engine, name: str) -> GroupRow:
-    found = get_group(engine, name)
-    if found is None:
-        raise _Failed(f"no group {name!r} (see `claude-proxy groups list`)", 1)
-    return found
-
-
-def _need_user(engine: Engine, ident: str) -> UserRow:
-    found = get_user(engine, ident)
-    if found is None:
-        raise _Failed(f"no user {ident!r} (see `claude-proxy users list`)", 1)
-    return found
-
-
 def _check_groups_exist(engine: Engine, names: Sequence[str]) -> None:
     for name in names:
-        _need_group(engine, name)
+        need_group(engine, name)
 
 
 # ------------------------------------------------------------------- output
@@ -332,12 +308,6 @@ def _user_details(
     ]
 
 
-def _table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]]) -> None:
-    print("  ".join(c.ljust(w) for c, w in columns).rstrip())
-    for cells in rows:
-        print("  ".join(v.ljust(w) for v, (_, w) in zip(cells, columns, strict=True)).rstrip())
-
-
 # ------------------------------------------------------------------- groups
 
 
@@ -406,7 +376,7 @@ def cmd_groups_list(args: argparse.Namespace, engine_factory: Callable[[], Engin
         ("member budget", 20),
         ("spend", 12),
     )
-    _table(
+    print_table(
         columns,
         [
             (
@@ -429,32 +399,25 @@ def cmd_groups_list(args: argparse.Namespace, engine_factory: Callable[[], Engin
 
 def cmd_groups_show(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     engine = engine_factory()
-    _show_group(engine, _need_group(engine, args.name), args.json)
+    _show_group(engine, need_group(engine, args.name), args.json)
 
 
 def cmd_groups_update(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
-    changes = _given(args, ("new_name", "description", "priority", *_LIMIT_ARGS))
-    changes.update(_given(args, ("member_budget_usd",)))
-    if "new_name" in changes:
-        changes["name"] = changes.pop("new_name")
-    if not changes:
-        raise _Failed(
-            "nothing to change: give --name, --description, --priority, --models, --rpm, "
-            "--tpm, --budget-usd, --budget-period or --member-budget-usd",
-            2,
-        )
+    changes = changes_given(
+        args, ("name", "description", "priority", *_LIMIT_ARGS, "member_budget_usd")
+    )
     engine = engine_factory()
-    current = _need_group(engine, args.name)
-    _clear_lone_period(changes, current.limits.budget_usd, current.member_budget_usd)
+    current = need_group(engine, args.group)
+    drop_orphan_period(changes, current.limits.budget_usd, current.member_budget_usd)
     updated = _store(lambda: update_group(engine, current.id, actor=cli_actor(), **changes))
     if updated is None:  # deleted a moment ago
-        raise _Failed(f"no group {args.name!r}", 1)
+        raise _Failed(f"no group {args.group!r}", 1)
     _show_group(engine, updated, args.json, "Updated")
 
 
 def cmd_groups_delete(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     engine = engine_factory()
-    current = _need_group(engine, args.name)
+    current = need_group(engine, args.name)
     members = [
         u.id for u in list_users(engine, group=current.id) if current.id in u.local_group_ids
     ]
@@ -513,7 +476,7 @@ def cmd_users_create(args: argparse.Namespace, engine_factory: Callable[[], Engi
 
 def cmd_users_list(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     engine = engine_factory()
-    group = _need_group(engine, args.group).id if args.group else None
+    group = need_group(engine, args.group).id if args.group else None
     rows = list_users(engine, group=group, status=args.status)
     all_groups = list_groups(engine)
     if args.json:
@@ -536,7 +499,7 @@ def cmd_users_list(args: argparse.Namespace, engine_factory: Callable[[], Engine
         ("budget", 20),
         ("last sign-in", 16),
     )
-    _table(
+    print_table(
         columns,
         [
             (
@@ -558,22 +521,16 @@ def cmd_users_list(args: argparse.Namespace, engine_factory: Callable[[], Engine
 
 def cmd_users_show(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
     engine = engine_factory()
-    _show_user(engine, _need_user(engine, args.user), args.json)
+    _show_user(engine, need_user(engine, args.user), args.json)
 
 
 def cmd_users_update(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
-    changes = _given(args, ("name", "email", "groups", *_LIMIT_ARGS))
-    if not changes:
-        raise _Failed(
-            "nothing to change: give --name, --email, --groups, --models, --rpm, --tpm, "
-            "--budget-usd or --budget-period",
-            2,
-        )
+    changes = changes_given(args, ("name", "email", "groups", *_LIMIT_ARGS))
     engine = engine_factory()
-    current = _need_user(engine, args.user)
+    current = need_user(engine, args.user)
     if "groups" in changes:
         _check_groups_exist(engine, changes["groups"])
-    _clear_lone_period(changes, current.limits.budget_usd, None)
+    drop_orphan_period(changes, current.limits.budget_usd)
     updated = _store(lambda: update_user(engine, current.id, actor=cli_actor(), **changes))
     if updated is None:
         raise _Failed(f"no user {args.user!r}", 1)
@@ -587,7 +544,7 @@ def _status_command(
 
     def command(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
         engine = engine_factory()
-        current = _need_user(engine, args.user)
+        current = need_user(engine, args.user)
         extra = {"reason": args.reason} if with_reason else {}
         row = _store(lambda: change(engine, current.id, actor=cli_actor(), **extra))
         if row is None:  # deleted a moment ago
@@ -654,16 +611,10 @@ def cmd_org_show(args: argparse.Namespace, engine_factory: Callable[[], Engine])
 
 
 def cmd_org_update(args: argparse.Namespace, engine_factory: Callable[[], Engine]) -> None:
-    changes = _given(args, (*_LIMIT_ARGS, "member_budget_usd"))
-    if not changes:
-        raise _Failed(
-            "nothing to change: give --models, --rpm, --tpm, --budget-usd, --budget-period "
-            "or --member-budget-usd",
-            2,
-        )
+    changes = changes_given(args, (*_LIMIT_ARGS, "member_budget_usd"))
     engine = engine_factory()
     current = get_org(engine)
-    _clear_lone_period(changes, current.limits.budget_usd, current.member_budget_usd)
+    drop_orphan_period(changes, current.limits.budget_usd, current.member_budget_usd)
     org = _store(lambda: update_org(engine, actor=cli_actor(), **changes))
     _show_org(engine, org, args.json, "Updated")
 
@@ -703,9 +654,9 @@ def cmd_audit(args: argparse.Namespace, engine_factory: Callable[[], Engine]) ->
     engine = engine_factory()
     target_type, target_id = args.target or (None, None)
     if target_type == "user" and target_id and "@" in target_id:
-        target_id = _need_user(engine, target_id).id  # an email
+        target_id = need_user(engine, target_id).id  # an email
     if target_type == "group" and target_id and not target_id.startswith("grp_"):
-        target_id = _need_group(engine, target_id).id  # a name
+        target_id = need_group(engine, target_id).id  # a name
     rows = list_audit(
         engine,
         limit=args.limit,
@@ -759,8 +710,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     upd = _command(
         gsub, "update", cmd_groups_update, help="change a group ('none' removes a limit)"
     )
-    upd.add_argument("name", help="name or id")
-    upd.add_argument("--name", dest="new_name", default=_UNSET, help="rename")
+    upd.add_argument("group", metavar="name", help="name or id")
+    upd.add_argument("--name", metavar="NEW_NAME", default=_UNSET, help="rename")
     upd.add_argument("--description", type=_or_none(str), default=_UNSET)
     upd.add_argument("--priority", type=parse_priority, default=_UNSET)
     _add_limit_flags(upd, update=True, member=True)

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy import Engine
 
+from claude_proxy.gateway.levels import Level
 from claude_proxy.gateway.limits import Limiter
-from claude_proxy.gateway.people import Level
 from claude_proxy.store.alerts import Alert, claim, claimed, mark_sent, reclaim
 from claude_proxy.store.columns import current_period
 

@@ -18,7 +18,6 @@ for its turn instead of calling a key that may well exist unknown.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
 import logging
 import time
@@ -29,6 +28,7 @@ from functools import partial
 
 from sqlalchemy import Engine
 
+from claude_proxy.gateway.levels import Level
 from claude_proxy.store.keys import KeyRow, key_by_hash, keys_changed_since
 
 log = logging.getLogger("claude_proxy.auth")
@@ -55,45 +55,40 @@ def key_id_for(digest: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
-    """What the request path needs to know about a key; None limits mean unlimited."""
+    """What the request path needs to know about a key: who it is, whether it may be used,
+    its owner, and its own level of policy (None limits there mean unlimited)."""
 
     key_id: str
-    name: str = ""
-    models: tuple[str, ...] | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    budget_usd: float | None = None
-    budget_period: str | None = None
+    level: Level
     expires_at: float | None = None  # unix time
     revoked: bool = False
     # The owner: a user's personal key, or a group's service key (both None: unowned).
     user_id: str | None = None
     group_id: str | None = None
 
-    @property
-    def limited(self) -> bool:
-        """True when requests must be counted (RPM, TPM or budget)."""
-        return self.rpm is not None or self.tpm is not None or self.budget_usd is not None
-
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def allows_model(self, model: str) -> bool:
-        """Exact ids or shell-style patterns (`claude-haiku-*`), case-sensitive like the API."""
-        if self.models is None:
-            return True
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+    @classmethod
+    def unlimited(cls, key_id: str) -> KeyInfo:
+        """A static key: no limits of its own."""
+        return cls(key_id=key_id, level=Level(id=key_id, kind="key", name=key_id))
 
     @classmethod
     def from_row(cls, row: KeyRow) -> KeyInfo:
-        return cls(
-            key_id=row.id,
-            name=row.name,
+        level = Level(
+            id=row.id,
+            kind="key",
+            name=row.name or row.id,
             models=row.models,
             rpm=row.rpm,
             tpm=row.tpm,
             budget_usd=float(row.budget_usd) if row.budget_usd is not None else None,
             budget_period=row.budget_period,
+        )
+        return cls(
+            key_id=row.id,
+            level=level,
             expires_at=row.expires_at.timestamp() if row.expires_at is not None else None,
             revoked=row.revoked_at is not None,
             user_id=row.user_id,
@@ -122,7 +117,7 @@ class KeyCache:
         self._static = len(set(static_keys))
         for k in static_keys:
             d = key_digest(k)
-            self._by_digest[d] = KeyInfo(key_id=key_id_for(d))
+            self._by_digest[d] = KeyInfo.unlimited(key_id_for(d))
         self._engine = engine
         self._refresh_interval = refresh_interval
         self._digest_of: dict[str, bytes] = {}  # key id -> digest, to drop a rotated secret
@@ -213,18 +208,18 @@ class KeyCache:
         self._digest_of[row.id] = digest
         info = self._by_digest[digest] = KeyInfo.from_row(row)
         self._unknown.pop(digest, None)
-        if info.budget_usd is not None and not info.revoked:
+        if info.level.budget_usd is not None and not info.revoked:
             self._budgets[row.id] = info
         else:
             self._budgets.pop(row.id, None)
 
     def budgets(self) -> dict[str, str]:
         """{key id: budget period} of the usable keys with a budget: whose spend to read."""
-        return {k: info.budget_period or "total" for k, info in self._budgets.items()}
+        return {k: info.level.budget_period or "total" for k, info in self._budgets.items()}
 
-    def budgeted(self) -> list[KeyInfo]:
-        """The usable keys with a budget (for budget alerts)."""
-        return list(self._budgets.values())
+    def budgeted(self) -> list[Level]:
+        """The levels of the usable keys with a budget (for budget alerts)."""
+        return [info.level for info in self._budgets.values()]
 
     def refresh(self) -> int:
         """Read the keys changed since the last refresh (all, the first time); blocking."""

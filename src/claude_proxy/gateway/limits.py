@@ -40,7 +40,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from claude_proxy.gateway.errors import ProxyError, refusal
-from claude_proxy.gateway.people import Caller, Level
+from claude_proxy.gateway.levels import Level
+from claude_proxy.gateway.people import Caller
 from claude_proxy.gateway.window import SlidingCounts
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.limits import leave, sync_counts

@@ -16,7 +16,6 @@ per-person default.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import time
 from collections.abc import Iterable
@@ -28,6 +27,7 @@ from sqlalchemy import Engine
 
 from claude_proxy.gateway.errors import ProxyError, refusal
 from claude_proxy.gateway.keys import KeyInfo
+from claude_proxy.gateway.levels import Level
 from claude_proxy.gateway.tokens import TokenClaims
 from claude_proxy.store.columns import ORG_LEVEL
 from claude_proxy.store.people import (
@@ -43,49 +43,6 @@ from claude_proxy.store.people import (
 log = logging.getLogger("claude_proxy.auth")
 
 _CATCH_UP_EVERY = 0.5  # seconds between two reads for owners not known here
-
-
-@dataclass(frozen=True, slots=True)
-class Level:
-    """One level of policy a request must pass; None limits mean unlimited."""
-
-    id: str  # what its counts and spend are kept under: key_..., usr_..., grp_..., "org"
-    kind: str  # key | user | group | org
-    name: str
-    models: tuple[str, ...] | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    budget_usd: float | None = None
-    budget_period: str | None = None
-
-    @property
-    def limited(self) -> bool:
-        """True when requests must be counted (RPM, TPM or budget)."""
-        return self.rpm is not None or self.tpm is not None or self.budget_usd is not None
-
-    @property
-    def active(self) -> bool:
-        """True when the level limits anything at all."""
-        return self.limited or self.models is not None
-
-    def allows_model(self, model: str) -> bool:
-        """Exact ids or shell-style patterns (`claude-haiku-*`), case-sensitive like the API."""
-        if self.models is None:
-            return True
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
-
-    @classmethod
-    def of_key(cls, key: KeyInfo) -> Level:
-        return cls(
-            id=key.key_id,
-            kind="key",
-            name=key.name or key.key_id,
-            models=key.models,
-            rpm=key.rpm,
-            tpm=key.tpm,
-            budget_usd=key.budget_usd,
-            budget_period=key.budget_period,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +193,7 @@ class People:
 
     def _resolve_key(self, key: KeyInfo) -> Caller | ProxyError | None:
         view = self._view
-        own = Level.of_key(key)
+        own = key.level
         own_levels = (own,) if own.active else ()
         if key.user_id is not None:
             user = view.users.get(key.user_id)

@@ -24,7 +24,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -146,6 +146,29 @@ class SigninApp:
             await close()
 
 
+# Every route: its path, the `_Routes` method that answers it, and its HTTP methods.
+_ENDPOINTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("/.well-known/oauth-authorization-server", "discovery", ("GET",)),
+    ("/oauth/device_authorization", "device_authorization", ("POST",)),
+    ("/device", "device_page", ("GET",)),
+    ("/device", "device_submit", ("POST",)),
+    ("/oauth/callback", "callback", ("GET",)),
+    ("/oauth/token", "token", ("POST",)),
+    ("/oauth/revoke", "revoke", ("POST",)),
+    ("/oauth/login", "admin_login", ("GET",)),
+    ("/oauth/logout", "admin_logout", ("GET", "POST")),
+    ("/managed/settings", "managed_settings", ("GET",)),
+    ("/v1/metrics", "otlp", ("POST",)),
+    ("/v1/logs", "otlp", ("POST",)),
+    ("/v1/traces", "otlp", ("POST",)),
+    ("/me", "me", ("GET",)),
+    ("/me/keys", "my_keys", ("GET",)),
+    ("/me/keys", "create_my_key", ("POST",)),
+)
+# The paths the app serves.
+PATHS = tuple(dict.fromkeys(path for path, _, _ in _ENDPOINTS))
+
+
 def build_signin_app(
     *,
     public_url: str,
@@ -190,79 +213,39 @@ def build_signin_app(
     )
     router = Starlette(
         routes=[
-            Route("/.well-known/oauth-authorization-server", routes.discovery, methods=["GET"]),
-            Route("/oauth/device_authorization", routes.device_authorization, methods=["POST"]),
-            Route("/device", routes.device_page, methods=["GET"]),
-            Route("/device", routes.device_submit, methods=["POST"]),
-            Route("/oauth/callback", routes.callback, methods=["GET"]),
-            Route("/oauth/token", routes.token, methods=["POST"]),
-            Route("/oauth/revoke", routes.revoke, methods=["POST"]),
-            Route("/oauth/login", routes.admin_login, methods=["GET"]),
-            Route("/oauth/logout", routes.admin_logout, methods=["GET", "POST"]),
-            Route("/managed/settings", routes.managed_settings, methods=["GET"]),
-            Route("/v1/metrics", routes.otlp, methods=["POST"]),
-            Route("/v1/logs", routes.otlp, methods=["POST"]),
-            Route("/v1/traces", routes.otlp, methods=["POST"]),
-            Route("/me", routes.me, methods=["GET"]),
-            Route("/me/keys", routes.my_keys, methods=["GET"]),
-            Route("/me/keys", routes.create_my_key, methods=["POST"]),
+            Route(path, getattr(routes, answer), methods=list(methods))
+            for path, answer, methods in _ENDPOINTS
         ],
         exception_handlers={404: _not_found, 405: _not_allowed, Exception: _failed},
     )
     return SigninApp(router, [client.close])
 
 
-# The paths the app serves (app.py routes them here).
-PATHS = (
-    "/.well-known/oauth-authorization-server",
-    "/oauth/device_authorization",
-    "/device",
-    "/oauth/callback",
-    "/oauth/token",
-    "/oauth/revoke",
-    "/oauth/login",
-    "/oauth/logout",
-    "/managed/settings",
-    "/v1/metrics",
-    "/v1/logs",
-    "/v1/traces",
-    "/me",
-    "/me/keys",
-)
-
-
+@dataclass(kw_only=True, eq=False, repr=False)
 class _Routes:
-    def __init__(
-        self,
-        *,
-        public: str,
-        oidc: OidcClient,
-        allowed_groups: frozenset[str],
-        admin_groups: frozenset[str],
-        session_secret: str,
-        engine: Engine,
-        signer: TokenSigner,
-        people: People,
-        limiter: Limiter,
-        keys: KeyCache,
-    ) -> None:
-        self.public = public
-        parts = urlsplit(public)
+    """The endpoints: what `build_signin_app` was given, and the state they keep (derived
+    from the session secret, which is not kept itself)."""
+
+    public: str
+    oidc: OidcClient
+    allowed_groups: frozenset[str]
+    admin_groups: frozenset[str]
+    session_secret: InitVar[str]
+    engine: Engine
+    signer: TokenSigner
+    people: People
+    limiter: Limiter
+    keys: KeyCache
+
+    def __post_init__(self, session_secret: str) -> None:
+        parts = urlsplit(self.public)
         self.origin = f"{parts.scheme}://{parts.netloc}".lower()
         self.secure = parts.scheme == "https"
         # A __Host- cookie is bound to this exact origin; browsers take it only over HTTPS.
         self.binding_cookie = ("__Host-" if self.secure else "") + "claude_proxy_signin"
-        self.oidc = oidc
-        self.allowed_groups = allowed_groups
-        self.admin_groups = admin_groups
-        self.engine = engine
-        self.signer = signer
-        self.people = people
-        self.limiter = limiter
-        self.keys = keys
         self.state = StateCodec(session_secret)
         self.refresh_tokens = RefreshTokens(session_secret, max_chars=MAX_REFRESH_TOKEN_CHARS)
-        self.device = DeviceFlow(engine=engine, secret=session_secret)
+        self.device = DeviceFlow(engine=self.engine, secret=session_secret)
         self.grant_window = IpWindow(limit=30, window=600.0)
         self.code_window = IpWindow(limit=10, window=600.0)
         self.login_window = IpWindow(limit=30, window=600.0)
@@ -396,16 +379,21 @@ class _Routes:
                 ),
             )
         response = RedirectResponse(url, status_code=302)
+        self._set_cookie(response, self.binding_cookie, binding, BINDING_SECONDS)
+        return response
+
+    def _set_cookie(self, response: Response, name: str, value: str, max_age: int) -> None:
+        """A cookie for the whole origin, kept from scripts, and sent on the IdP's
+        redirect back (a top-level navigation: samesite lax)."""
         response.set_cookie(
-            self.binding_cookie,
-            binding,
-            max_age=BINDING_SECONDS,
+            name,
+            value,
+            max_age=max_age,
             path="/",
             secure=self.secure,
             httponly=True,
             samesite="lax",
         )
-        return response
 
     async def callback(self, request: Request) -> Response:
         q = request.query_params
@@ -514,15 +502,7 @@ class _Routes:
         )
         log.info("admin sign-in for %s", user.id)
         response = RedirectResponse(target, status_code=302)
-        response.set_cookie(
-            ADMIN_COOKIE,
-            session,
-            max_age=ADMIN_SESSION_SECONDS,
-            path="/",
-            secure=self.secure,
-            httponly=True,
-            samesite="lax",
-        )
+        self._set_cookie(response, ADMIN_COOKIE, session, ADMIN_SESSION_SECONDS)
         return response
 
     async def _exchange(

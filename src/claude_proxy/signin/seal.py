@@ -54,6 +54,20 @@ class Sealer:
         except (binascii.Error, ValueError, InvalidTag):
             return None
 
+    def open_object(
+        self, sealed: str, aad: bytes = b"", *, max_chars: int = MAX_SEALED_CHARS
+    ) -> dict[str, Any] | None:
+        """The sealed JSON object, or None where `open` gives None or the plain bytes are
+        not one."""
+        plain = self.open(sealed, aad, max_chars=max_chars)
+        if plain is None:
+            return None
+        try:
+            found = orjson.loads(plain)
+        except orjson.JSONDecodeError:
+            return None
+        return found if isinstance(found, dict) else None
+
 
 class StateCodec:
     """The OAuth `state`: a sealed JSON object with an expiry (5 minutes by default)."""
@@ -68,15 +82,9 @@ class StateCodec:
 
     def decode(self, state: str, now: float | None = None) -> dict[str, Any] | None:
         """The payload of a genuine, unexpired state; None otherwise."""
-        plain = self._sealer.open(state, b"state")
-        if plain is None:
-            return None
-        try:
-            payload = orjson.loads(plain)
-        except orjson.JSONDecodeError:
-            return None
+        payload = self._sealer.open_object(state, b"state")
         now = time.time() if now is None else now
-        if not isinstance(payload, dict) or not isinstance(payload.get("exp"), int):
+        if payload is None or not isinstance(payload.get("exp"), int):
             return None
         if payload["exp"] <= now:
             return None
@@ -100,12 +108,8 @@ class RefreshTokens:
 
     def open(self, token: str) -> tuple[str, str, float] | None:
         """(the IdP's refresh token, the user id, issued at) of a genuine token; else None."""
-        plain = self._sealer.open(token, b"refresh", max_chars=self._max)
-        if plain is None:
-            return None
-        try:
-            found = orjson.loads(plain)
-        except orjson.JSONDecodeError:
+        found = self._sealer.open_object(token, b"refresh", max_chars=self._max)
+        if found is None:
             return None
         rt, uid, iat = found.get("rt"), found.get("uid"), found.get("iat_ms")
         if not isinstance(rt, str) or not isinstance(uid, str) or not isinstance(iat, int):

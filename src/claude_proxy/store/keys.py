@@ -95,6 +95,25 @@ def check_limits(
             )
 
 
+def drop_orphan_period(
+    changes: dict[str, Any],
+    budget_usd: Decimal | None = None,
+    member_budget_usd: Decimal | None = None,
+) -> None:
+    """A change (`changes`, by field) that removes a level's last budget removes its
+    period too, unless it sets the period itself. `budget_usd` and `member_budget_usd`
+    are the level's budgets before the change (a group's or the organisation's per-member
+    budget shares the period with its pool; a key has the one budget, and removing it
+    takes the period whatever it was)."""
+    if "budget_period" in changes:
+        return
+    removing = any(f in changes and changes[f] is None for f in ("budget_usd", "member_budget_usd"))
+    left_pool = changes.get("budget_usd", budget_usd)
+    left_member = changes.get("member_budget_usd", member_budget_usd)
+    if removing and left_pool is None and left_member is None:
+        changes["budget_period"] = None
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """What a key may do; every limit is optional (None = unlimited)."""
@@ -328,18 +347,10 @@ def revoke_key(
 def revoke_in(conn: Connection, key_id: str, *, actor: str, reason: str | None = None) -> bool:
     """Revoke in the caller's transaction (a group's deletion revokes its service keys);
     True if the key was live and is now revoked."""
-    current = _get(conn, key_id, for_update=True)
-    if current is None or current.revoked_at is not None:
-        return False
-    conn.execute(
-        update(api_keys)
-        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-        .values(revoked_at=DatabaseNow(), updated_at=DatabaseNow())
+    revoked = _change_live(
+        conn, key_id, actor=actor, action="key.revoke", reason=reason, revoked_at=DatabaseNow()
     )
-    row = _get(conn, key_id)
-    assert row is not None
-    record(conn, actor, "key.revoke", key_id, current, row, reason)
-    return True
+    return revoked is not None
 
 
 def rotate_key(engine: Engine, key_id: str, *, actor: str) -> tuple[KeyRow, str] | None:
@@ -347,20 +358,40 @@ def rotate_key(engine: Engine, key_id: str, *, actor: str) -> tuple[KeyRow, str]
     stops working at once. A revoked key cannot be rotated back to life."""
     secret = new_secret()
     with engine.begin() as conn:
-        current = _get(conn, key_id, for_update=True)
-        if current is None or current.revoked_at is not None:
-            return None
-        conn.execute(
-            update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(
-                prefix=display_prefix(secret), key_hash=key_hash(secret), updated_at=DatabaseNow()
-            )
+        row = _change_live(
+            conn,
+            key_id,
+            actor=actor,
+            action="key.rotate",
+            prefix=display_prefix(secret),
+            key_hash=key_hash(secret),
         )
-        row = _get(conn, key_id)
-        assert row is not None
-        record(conn, actor, "key.rotate", key_id, current, row)
-    return row, secret
+    return None if row is None else (row, secret)
+
+
+def _change_live(
+    conn: Connection,
+    key_id: str,
+    *,
+    actor: str,
+    action: str,
+    reason: str | None = None,
+    **values: Any,
+) -> KeyRow | None:
+    """Set `values` on a live (unrevoked) key in the caller's transaction, and audit it as
+    `action`: the key as changed, None if there is no such key or it is revoked."""
+    current = _get(conn, key_id, for_update=True)
+    if current is None or current.revoked_at is not None:
+        return None
+    conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(**values, updated_at=DatabaseNow())
+    )
+    row = _get(conn, key_id)
+    assert row is not None
+    record(conn, actor, action, key_id, current, row, reason)
+    return row
 
 
 def spend_by_period(engine: Engine, periods: list[str]) -> dict[tuple[str, str], Decimal]:

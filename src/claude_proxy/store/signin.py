@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from claude_proxy.store.schema import device_grants
@@ -81,15 +82,28 @@ def grant_by_user_code(engine: Engine, user_code: str) -> DeviceGrant | None:
     )
 
 
+def _pending(device_code_hash: str, now: datetime | None = None) -> list[ColumnElement[bool]]:
+    """The grant, while it is pending (and, given `now`, unexpired)."""
+    where = [
+        device_grants.c.device_code_hash == device_code_hash,
+        device_grants.c.status == PENDING,
+    ]
+    if now is not None:
+        where.append(device_grants.c.expires_at > now)
+    return where
+
+
+def _decide(engine: Engine, where: list[ColumnElement[bool]], **values: Any) -> bool:
+    """Set `values` on the grant if it still matches `where`; False if it did not."""
+    with engine.begin() as conn:
+        return bool(conn.execute(update(device_grants).where(*where).values(**values)).rowcount)
+
+
 def grant_pending(engine: Engine, device_code_hash: str, now: datetime) -> bool:
     """True while the grant waits for the browser (pending and unexpired)."""
     with engine.connect() as conn:
         found = conn.execute(
-            select(device_grants.c.device_code_hash).where(
-                device_grants.c.device_code_hash == device_code_hash,
-                device_grants.c.status == PENDING,
-                device_grants.c.expires_at > now,
-            )
+            select(device_grants.c.device_code_hash).where(*_pending(device_code_hash, now))
         ).first()
     return found is not None
 
@@ -103,31 +117,18 @@ def approve_grant(
     now: datetime,
 ) -> bool:
     """Pending → approved, once; False if the grant is gone, expired or already decided."""
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(device_grants)
-            .where(
-                device_grants.c.device_code_hash == device_code_hash,
-                device_grants.c.status == PENDING,
-                device_grants.c.expires_at > now,
-            )
-            .values(status=APPROVED, user_id=user_id, sealed_refresh=sealed_refresh)
-        ).rowcount
-    return bool(done)
+    return _decide(
+        engine,
+        _pending(device_code_hash, now),
+        status=APPROVED,
+        user_id=user_id,
+        sealed_refresh=sealed_refresh,
+    )
 
 
 def deny_grant(engine: Engine, device_code_hash: str) -> bool:
     """Pending → denied (the poll then answers access_denied); False if not pending."""
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(device_grants)
-            .where(
-                device_grants.c.device_code_hash == device_code_hash,
-                device_grants.c.status == PENDING,
-            )
-            .values(status=DENIED, sealed_refresh=None)
-        ).rowcount
-    return bool(done)
+    return _decide(engine, _pending(device_code_hash), status=DENIED, sealed_refresh=None)
 
 
 def poll_grant(
