@@ -693,7 +693,7 @@ def test_claude_code_with_api_key_helper_after_claude_proxy_login(
     creds = tmp_path / "creds" / "credentials.json"
     env = cli_env({"CLAUDE_PROXY_CREDENTIALS": str(creds), "HOME": str(tmp_path / "home")})
     login = subprocess.Popen(
-        [sys.executable, "-m", "claude_proxy", "login", "--url", gw.url, "--no-browser"],
+        [sys.executable, "-m", "claude_proxy", "login", "--url", gw.url, "--no-browser", "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -716,7 +716,7 @@ def test_claude_code_with_api_key_helper_after_claude_proxy_login(
         if login.poll() is None:
             login.kill()
     assert login.returncode == 0, rest
-    assert "Signed in" in rest
+    assert json.loads(rest.strip().splitlines()[-1])["url"] == gw.url  # the JSON result
     assert creds.stat().st_mode & 0o777 == 0o600
     stored = json.loads(creds.read_text())
     register_secret(stored["access_token"])
@@ -727,6 +727,14 @@ def test_claude_code_with_api_key_helper_after_claude_proxy_login(
         [sys.executable, "-m", "claude_proxy", "token"], env=env, capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.strip() == stored["access_token"], out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "claude_proxy", "token", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    shown = json.loads(out.stdout)
+    assert shown == {"access_token": stored["access_token"], "expires_at": stored["expires_at"]}
     me = subprocess.run(
         [sys.executable, "-m", "claude_proxy", "me", "--json"],
         env=env,

@@ -266,15 +266,24 @@ def cmd_login(args: argparse.Namespace) -> None:
         raise _Failed("which proxy? pass --url https://<your proxy>", 2)
 
     def out(text: str) -> None:
-        print(text, flush=True)
+        # With --json the link and the code are for the person: stdout is the result.
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     open_browser = not args.no_browser and sys.stdout.isatty()
     creds = login(url, path=path, open_browser=open_browser, out=out)
+    if args.json:
+        shown = {"url": creds["url"], "expires_at": creds["expires_at"], "credentials": str(path)}
+        print(json.dumps(shown), flush=True)
+        return
     print(f"Signed in to {creds['url']}. Credentials saved in {path}.", flush=True)
 
 
 def cmd_token(args: argparse.Namespace) -> None:
     creds = valid_token(credentials_path())
+    if args.json:
+        shown = {"access_token": creds["access_token"], "expires_at": creds["expires_at"]}
+        print(json.dumps(shown), flush=True)
+        return
     print(creds["access_token"], flush=True)
 
 
@@ -324,6 +333,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--url", default=None, help="the proxy's URL (default: $CLAUDE_PROXY_URL or the last one)"
     )
     login_p.add_argument("--no-browser", action="store_true", help="only print the sign-in link")
+    login_p.add_argument(
+        "--json", action="store_true", help="the result as JSON (the link and code on stderr)"
+    )
     login_p.set_defaults(func=_run(cmd_login))
 
     token_p = sub.add_parser(
@@ -331,6 +343,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="print a valid access token (Claude Code's apiKeyHelper)",
         description="Print the signed-in access token, refreshed when less than five minutes "
         "remain. Exits 1 when signed out.",
+    )
+    token_p.add_argument(
+        "--json", action="store_true", help="the token and its expiry (unix seconds) as JSON"
     )
     token_p.set_defaults(func=_run(cmd_token))
 
