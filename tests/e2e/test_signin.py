@@ -37,8 +37,8 @@ import pytest
 from sqlalchemy import Engine
 
 from claude_proxy.gateway.tokens import ADMIN_COOKIE, TokenSigner
+from claude_proxy.signin.developer import available_models, settings_checksum, within_models
 from claude_proxy.signin.device import new_user_code, normalise_user_code
-from claude_proxy.signin.routes import available_models, settings_checksum, within_models
 from claude_proxy.signin.seal import StateCodec
 from claude_proxy.store.people import (
     Limits,

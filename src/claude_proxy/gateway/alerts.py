@@ -54,6 +54,7 @@ class BudgetAlerts:
         self._known: set[Alert] = set()  # claimed by someone already: never asked again
         self._loaded_periods: set[str] = set()
         self._details: dict[Alert, str] = {}  # the message of an alert this replica owns
+        self._next_reclaim = 0.0  # unix time of the next look for alerts left unsent
 
     async def run(self) -> None:
         while True:
@@ -111,9 +112,11 @@ class BudgetAlerts:
             if won:
                 self._details[alert] = _message(alert, level, spent)
                 mine.append(alert)
-        mine += await asyncio.to_thread(
-            reclaim, self._engine, instance=instance, reclaim_after=self._reclaim_after
-        )
+        if now >= self._next_reclaim:  # rare: an owner died, or the webhook was down
+            self._next_reclaim = now + self._reclaim_after.total_seconds() / 2
+            mine += await asyncio.to_thread(
+                reclaim, self._engine, instance=instance, reclaim_after=self._reclaim_after
+            )
         sent = 0
         for alert in mine:
             if await self._send(alert):

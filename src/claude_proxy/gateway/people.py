@@ -68,15 +68,26 @@ class Caller:
     user_id: str | None
     group_id: str | None
     levels: tuple[Level, ...]
+    # Worked out once (`of`), since every request asks.
+    models_limited: bool = False
+    metered: bool = False  # its usage must be counted: a TPM limit or a budget somewhere
 
-    @property
-    def models_limited(self) -> bool:
-        return any(level.models is not None for level in self.levels)
-
-    @property
-    def metered(self) -> bool:
-        """True when its usage must be counted (a TPM limit or a budget somewhere)."""
-        return any(lv.tpm is not None or lv.budget_usd is not None for lv in self.levels)
+    @classmethod
+    def of(
+        cls,
+        key_id: str | None,
+        user_id: str | None,
+        group_id: str | None,
+        levels: tuple[Level, ...],
+    ) -> Caller:
+        return cls(
+            key_id,
+            user_id,
+            group_id,
+            levels,
+            models_limited=any(lv.models is not None for lv in levels),
+            metered=any(lv.tpm is not None or lv.budget_usd is not None for lv in levels),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,7 @@ class People:
         self._generation = 0
         # key id -> (the KeyInfo it was resolved for, generation, the Caller or a refusal)
         self._callers: dict[str, tuple[KeyInfo, int, Caller | ProxyError]] = {}
+        self._user_callers: dict[str, Caller] = {}  # user id -> Caller, for tokens
         self._healthy_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._catching_up: asyncio.Future[bool] | None = None
@@ -135,7 +147,7 @@ class People:
             return _token_refused("This user is disabled; sign in again once re-enabled.")
         if user.tokens_valid_after is not None and claims.issued_at < user.tokens_valid_after:
             return _token_refused("This token was revoked; sign in again.")
-        return Caller(None, user.id, user.policy_group_id, view.user_levels.get(user.id, ()))
+        return self._token_callers(user, view)
 
     # --------------------------------------------------------- for sign-in, admin
 
@@ -191,6 +203,16 @@ class People:
                 self._catching_up = None
                 self._caught_up_at = time.monotonic()
 
+    def _token_callers(self, user: UserInfo, view: _View) -> Caller:
+        """A signed-in user's Caller, made once per picture of the people."""
+        found = self._user_callers.get(user.id)
+        if found is None:
+            levels = view.user_levels.get(user.id, ())
+            found = self._user_callers[user.id] = Caller.of(
+                None, user.id, user.policy_group_id, levels
+            )
+        return found
+
     def _resolve_key(self, key: KeyInfo) -> Caller | ProxyError | None:
         view = self._view
         own = key.level
@@ -206,19 +228,20 @@ class People:
                     "This API key belongs to a user who is disabled.",
                 )
             levels = view.user_levels.get(user.id, ()) + own_levels
-            return Caller(key.key_id, user.id, user.policy_group_id, levels)
+            return Caller.of(key.key_id, user.id, user.policy_group_id, levels)
         if key.group_id is not None:
             if key.group_id not in view.group_levels:
                 return None
             levels = view.group_levels[key.group_id] + own_levels
-            return Caller(key.key_id, None, key.group_id, levels)
-        return Caller(key.key_id, None, None, view.org_levels + own_levels)
+            return Caller.of(key.key_id, None, key.group_id, levels)
+        return Caller.of(key.key_id, None, None, view.org_levels + own_levels)
 
     def load(self, snapshot: PeopleSnapshot) -> None:
         """Take a new picture of the people (from a refresh, or at once from a change)."""
         self._view = _build_view(snapshot)
         self._generation += 1
         self._callers.clear()
+        self._user_callers.clear()
 
     def refresh(self) -> bool:
         """Re-read everything if anything changed since the last read; blocking."""

@@ -972,21 +972,19 @@ def people_version(engine: Engine) -> tuple[Any, ...]:
     the transaction's start, so its stamp may be older than the newest): max alone would
     miss it, the sum moves whenever any row's stamp does.
     """
-    parts: list[Any] = []
-    with engine.connect() as conn:
-        epoch = _stamp_sum if conn.dialect.name == "postgresql" else _stamp_sum_sqlite
-        for table, column in (
-            (users, "updated_at"),
-            (groups, "updated_at"),
-            (user_groups, "created_at"),
-            (org_policy, "updated_at"),
-        ):
-            stamp = table.c[column]
-            found = conn.execute(
-                select(func.count(), func.max(stamp), epoch(stamp)).select_from(table)
-            ).one()
-            parts.extend(found)
-    return tuple(parts)
+    epoch = _stamp_sum if engine.dialect.name == "postgresql" else _stamp_sum_sqlite
+    columns: list[Any] = []
+    for table, column in (
+        (users, "updated_at"),
+        (groups, "updated_at"),
+        (user_groups, "created_at"),
+        (org_policy, "updated_at"),
+    ):
+        stamp = table.c[column]
+        for aggregate in (func.count(), func.max(stamp), epoch(stamp)):
+            columns.append(select(aggregate).select_from(table).scalar_subquery())
+    with engine.connect() as conn:  # one statement, one round trip
+        return tuple(conn.execute(select(*columns)).one())
 
 
 def spend_of(

@@ -367,7 +367,10 @@ class Relay:
                 for cred in creds:
                     claims = signer.verify(cred)  # a token of ours: no I/O either
                     if claims is not None:
-                        return await self._person(self.people.caller_for_token, claims)
+                        person = self.people.caller_for_token(claims)
+                        if person is None:
+                            person = await self._catch_up(self.people.caller_for_token, claims)
+                        return person
             found = await self._lookup(creds, record)
             if isinstance(found, ProxyError):
                 return found
@@ -376,17 +379,18 @@ class Relay:
             return self._denied(record, "revoked_key", "This API key has been revoked.")
         if info.expired(time.time()):
             return self._denied(record, "expired_key", "This API key has expired.")
-        return await self._person(self.people.caller_for_key, info)
+        caller = self.people.caller_for_key(info)  # from memory, like the key
+        if caller is None:
+            return await self._catch_up(self.people.caller_for_key, info)
+        return caller
 
-    async def _person(
+    async def _catch_up(
         self, resolve: Callable[[_T], Caller | ProxyError | None], credential: _T
     ) -> Caller | ProxyError:
-        """The caller behind a key or token; an owner not known here yet (made a moment ago
-        on another replica) costs one shared re-read of the people."""
+        """The caller behind a key or token whose owner is not known here yet (made a
+        moment ago on another replica): one shared re-read of the people, then again."""
+        await self.people.catch_up()
         found = resolve(credential)
-        if found is None:
-            await self.people.catch_up()
-            found = resolve(credential)
         return found if found is not None else unknown_owner()
 
     async def _lookup(self, creds: list[bytes], record: RequestRecord) -> KeyInfo | ProxyError:
