@@ -46,6 +46,12 @@ SPILL_DIR = "/var/lib/claude-proxy/spill"
 METRICS_DIR = "/tmp/claude-proxy-metrics"
 # Secrets come from Secrets Manager through the task definition, never from the image.
 TASK_SECRETS = ("ANTHROPIC_API_KEY", "DATABASE_URL", "CLAUDE_PROXY_ADMIN_KEY")
+# ... and those of sign-in and budget alerts, when the deployment turns them on.
+OPTIONAL_TASK_SECRETS = (
+    "CLAUDE_PROXY_OIDC_CLIENT_SECRET",
+    "CLAUDE_PROXY_SESSION_SECRET",
+    "CLAUDE_PROXY_ALERT_WEBHOOK_URL",
+)
 
 
 # --- a small Dockerfile parser -----------------------------------------------------------
@@ -299,7 +305,8 @@ def test_env_settings_fit_the_alb_and_the_ecs_stop_timeout() -> None:
     known |= {"CLAUDE_PROXY_HOST", "CLAUDE_PROXY_PORT", "CLAUDE_PROXY_WORKERS"}  # the CLI's
     unknown = {k for k in env if k.startswith("CLAUDE_PROXY_")} - known
     assert not unknown, f"not settings: {unknown}"
-    for secret in (*TASK_SECRETS, "CLAUDE_PROXY_API_KEYS", "CLAUDE_PROXY_METRICS_TOKEN"):
+    for secret in (*TASK_SECRETS, *OPTIONAL_TASK_SECRETS, "CLAUDE_PROXY_API_KEYS",
+                   "CLAUDE_PROXY_METRICS_TOKEN"):  # fmt: skip
         assert secret not in env, f"{secret} is a secret: the task definition sets it"
     assert "ANTHROPIC_BASE_URL" not in env  # the real API; set it only with the key
     assert not re.search(r"sk-ant-|sk-proxy-", DOCKERFILE.read_text())

@@ -376,6 +376,10 @@ def route_ok(path: str, method: str | None = None) -> str | None:
     normal = re.sub(r"\{[^}]+\}|\bID\b|key_[0-9a-f]{16}", "{}", path)
     if path in app_paths() or path.rstrip("/") in app_paths():
         return None
+    from claude_proxy.signin.routes import PATHS as SIGNIN_PATHS
+
+    if path in SIGNIN_PATHS:
+        return None
     if path.startswith("/v1/"):
         from claude_proxy.telemetry.tally import KNOWN_ROUTES
 

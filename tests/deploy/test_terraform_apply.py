@@ -19,6 +19,10 @@ operator creates them before the first apply. Then, in a scratch copy of deploy/
   revision runs, and the previous one is still ACTIVE (the runbook's rollback target);
 - `terraform plan` with `fargate_spot_weight` 0 -> 1 against that state, with the real
   provider: an in-place update of the service, never a replacement;
+- `terraform plan` with sign-in and budget alerts turned on (their three secrets created in
+  moto first): the task definition gets the three secrets and the sign-in settings, the
+  execution role exactly the six secret ARNs; and with `oidc_issuer` but no session secret
+  the plan fails, naming what is missing;
 - `terraform destroy -auto-approve` succeeds and leaves an empty state.
 
 Nothing of the root is excluded or targeted. moto 5 lacks a few API actions the AWS
@@ -775,6 +779,117 @@ def test_turning_fargate_spot_on_updates_the_service_in_place(deployment: Deploy
     ], strategy
     replaced = sorted(a for a, c in changes.items() if "delete" in c["actions"])
     assert not replaced, f"the plan deletes or replaces {replaced}"
+
+
+# ============================================================ sign-in and alerts
+
+# The optional secrets (environment variable -> the root's variable) and plain settings.
+SIGNIN_SECRET_VARIABLES = {
+    "CLAUDE_PROXY_OIDC_CLIENT_SECRET": "oidc_client_secret_secret_arn",
+    "CLAUDE_PROXY_SESSION_SECRET": "session_secret_secret_arn",
+    "CLAUDE_PROXY_ALERT_WEBHOOK_URL": "alert_webhook_url_secret_arn",
+}
+SIGNIN_SETTINGS: dict[str, Any] = {
+    "oidc_issuer": "https://example.okta.com/oauth2/default",
+    "oidc_client_id": "0oa1b2c3d4e5f6g7h8i9",
+    "oidc_admin_groups": ["platform-admins"],
+    "oidc_allowed_groups": ["engineering", "platform-admins"],
+    "public_url": "https://claude-proxy.example.com",
+}
+SIGNIN_ENVIRONMENT = {
+    "CLAUDE_PROXY_OIDC_ISSUER": "https://example.okta.com/oauth2/default",
+    "CLAUDE_PROXY_OIDC_CLIENT_ID": "0oa1b2c3d4e5f6g7h8i9",
+    "CLAUDE_PROXY_OIDC_ADMIN_GROUPS": "platform-admins",
+    "CLAUDE_PROXY_OIDC_ALLOWED_GROUPS": "engineering,platform-admins",
+    "CLAUDE_PROXY_PUBLIC_URL": "https://claude-proxy.example.com",
+}
+
+
+@pytest.fixture(scope="module")
+def signin_secret_arns(deployment: Deployment) -> dict[str, str]:
+    """The secrets an operator creates to turn sign-in and alerts on: env var -> ARN."""
+    secrets = deployment.client("secretsmanager")
+    return {
+        name: secrets.create_secret(Name=f"claude-proxy/{name}", SecretString=f"{name}-x")["ARN"]
+        for name in SIGNIN_SECRET_VARIABLES
+    }
+
+
+def _plan_with(deployment: Deployment, name: str, variables: dict[str, Any]) -> list[str]:
+    """The arguments of a `terraform plan` against the applied state, with the deployment's
+    variables and `variables` on top (written to <name>.tfvars.json; nothing is applied)."""
+    (deployment.scratch / PRODUCTION / f"{name}.tfvars.json").write_text(json.dumps(variables))
+    return ["plan", "-input=false", "-no-color", "-lock=false", "-refresh=false",
+            "-var-file=moto.tfvars.json", f"-var-file={name}.tfvars.json"]  # fmt: skip
+
+
+def test_turning_sign_in_on_adds_its_secrets_and_settings(
+    deployment: Deployment, signin_secret_arns: dict[str, str]
+) -> None:
+    """oidc_issuer and the rest, planned against the applied state with the real provider:
+    the new task definition revision has the three new secrets (valueFrom their ARNs, never
+    in the plain environment) and the sign-in settings; the execution role may read exactly
+    the six secrets; nothing but the task definition, the role's policy and the service
+    changes."""
+    variables = {
+        **SIGNIN_SETTINGS,
+        **{SIGNIN_SECRET_VARIABLES[n]: arn for n, arn in signin_secret_arns.items()},
+    }
+    deployment.run(*_plan_with(deployment, "signin", variables), "-out=signin.tfplan")
+    plan = json.loads(deployment.run("show", "-json", "-no-color", "signin.tfplan"))
+    changes = {
+        c["address"]: c["change"]
+        for c in plan.get("resource_changes", [])
+        if c["change"]["actions"] != ["no-op"]
+    }
+    assert sorted(changes) == [
+        "module.ecs.aws_ecs_service.this",
+        "module.ecs.aws_ecs_task_definition.this",
+        "module.iam.aws_iam_role_policy.execution",
+    ], {a: c["actions"] for a, c in changes.items()}
+
+    task = changes["module.ecs.aws_ecs_task_definition.this"]["after"]
+    (app,) = [c for c in json.loads(task["container_definitions"]) if c["name"] == "claude-proxy"]
+    secrets = {s["name"]: s["valueFrom"] for s in app["secrets"]}
+    assert secrets == {**deployment.secret_arns, **signin_secret_arns}, secrets
+    environment = {e["name"]: e["value"] for e in app["environment"]}
+    assert {k: environment.get(k) for k in SIGNIN_ENVIRONMENT} == SIGNIN_ENVIRONMENT
+    assert "CLAUDE_PROXY_OIDC_SCOPES" not in environment, "unset: the app's default"
+    assert not set(environment) & {*SECRET_NAMES, *SIGNIN_SECRET_VARIABLES}, (
+        "a secret is in the plain environment"
+    )
+
+    policy = json.loads(changes["module.iam.aws_iam_role_policy.execution"]["after"]["policy"])
+    secret_statements = [
+        s
+        for s in policy["Statement"]
+        if any(a.startswith("secretsmanager:") for a in _list(s["Action"]))
+    ]
+    assert len(secret_statements) == 1, policy
+    assert _list(secret_statements[0]["Action"]) == ["secretsmanager:GetSecretValue"]
+    assert sorted(_list(secret_statements[0]["Resource"])) == sorted(
+        [*deployment.secret_arns.values(), *signin_secret_arns.values()]
+    )
+    redirect = plan["output_changes"]["oidc_redirect_uri"]["after"]
+    assert redirect == "https://claude-proxy.example.com/oauth/callback", redirect
+
+
+def test_sign_in_without_the_session_secret_fails_the_plan(
+    deployment: Deployment, signin_secret_arns: dict[str, str]
+) -> None:
+    """The proxy would refuse to start (settings.py): the plan refuses first, and says
+    what is missing."""
+    variables = {
+        **SIGNIN_SETTINGS,
+        "oidc_client_secret_secret_arn": signin_secret_arns["CLAUDE_PROXY_OIDC_CLIENT_SECRET"],
+    }
+    proc = deployment.terraform(*_plan_with(deployment, "signin-partial", variables))
+    output = " ".join((proc.stdout + proc.stderr).split())  # Terraform wraps long messages
+    assert proc.returncode != 0, output[-3000:]
+    assert (
+        "oidc_issuer is set, so sign-in is on: also set session_secret_secret_arn. "
+        "The proxy refuses to start without them"
+    ) in output, output[-3000:]
 
 
 # ====================================================================== destroy

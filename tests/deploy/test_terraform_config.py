@@ -41,6 +41,12 @@ CONDITIONAL = re.compile(
     rf"\$\{{({OPERAND})(?:\s*(==|!=)\s*null)?\s*\?\s*({OPERAND})\s*:\s*({OPERAND})\}}"
 )
 SECRETS = ("ANTHROPIC_API_KEY", "DATABASE_URL", "CLAUDE_PROXY_ADMIN_KEY")
+# Sign-in and budget alerts (docs/people.md): in the container only when their ARN is set.
+OPTIONAL_SECRETS = (
+    "CLAUDE_PROXY_OIDC_CLIENT_SECRET",
+    "CLAUDE_PROXY_SESSION_SECRET",
+    "CLAUDE_PROXY_ALERT_WEBHOOK_URL",
+)
 
 
 # ================================================================== the configuration
@@ -535,19 +541,35 @@ def test_container_stop_timeout_and_init_process(tree: Tree) -> None:
 
 
 def test_container_secrets(tree: Tree) -> None:
-    """The three secrets: names the root maps to required secret-ARN variables, handed
-    to the container as valueFrom and to the execution role, nothing else."""
-    secrets = tree.root.locals.get("secrets")
-    assert isinstance(secrets, dict), "environments/production: local.secrets is the map of secrets"
-    assert sorted(secrets) == sorted(SECRETS), f"local.secrets: {sorted(secrets)}"
-    for name, expr in secrets.items():
-        ref = re.fullmatch(r"\$\{var\.(\w+)\}", expr)
-        assert ref, f"local.secrets.{name} = {expr}: expected a variable"
-        spec = tree.root.variables[ref[1]]
-        assert "default" not in spec, f"var.{ref[1]} ({name}) must be required"
-        assert "secretsmanager" in str(spec.get("validation")), (
-            f"var.{ref[1]} ({name}) must be validated as a Secrets Manager ARN"
-        )
+    """The three required secrets and the three optional ones (sign-in, budget alerts):
+    names the root maps to secret-ARN variables (required, or null by default), the
+    optional ones kept only when set, handed to the container as valueFrom and to the
+    execution role, nothing else."""
+    for local, names, required in (
+        ("required_secrets", SECRETS, True),
+        ("optional_secrets", OPTIONAL_SECRETS, False),
+    ):
+        secrets = tree.root.locals.get(local)
+        assert isinstance(secrets, dict), f"environments/production: local.{local} is a map"
+        assert sorted(secrets) == sorted(names), f"local.{local}: {sorted(secrets)}"
+        for name, expr in secrets.items():
+            ref = re.fullmatch(r"\$\{var\.(\w+)\}", expr)
+            assert ref, f"local.{local}.{name} = {expr}: expected a variable"
+            spec = tree.root.variables[ref[1]]
+            if required:
+                assert "default" not in spec, f"var.{ref[1]} ({name}) must be required"
+            else:
+                assert "default" in spec and spec["default"] is None, (
+                    f"var.{ref[1]} ({name}) must be optional, null by default"
+                )
+            assert "secretsmanager" in str(spec.get("validation")), (
+                f"var.{ref[1]} ({name}) must be validated as a Secrets Manager ARN"
+            )
+    merged = tree.root.locals.get("secrets", "")
+    assert re.sub(r"\s+", "", merged) == (
+        "${merge(local.required_secrets,{forname,arninlocal.optional_secrets:"
+        "name=>arnifarn!=null})}"
+    ), f"local.secrets: the required secrets and the optional ones that are set: {merged}"
 
     where, text = _app_container(tree)
     assert where is not None, "the ECS service is in a module"
@@ -568,8 +590,24 @@ def test_container_secrets(tree: Tree) -> None:
     ]
     assert granted == ["module.iam.secret_arns"], (
         "the execution role (module.iam) must get secret_arns = values(local.secrets), the "
-        f"three secrets and no others; module arguments given values(local.secrets): {granted}"
+        f"secrets and no others; module arguments given values(local.secrets): {granted}"
     )
+
+
+def test_no_secret_in_the_plain_environment(tree: Tree) -> None:
+    """Neither extra_environment nor the sign-in settings (app_environment) may carry a
+    secret's name: a secret in the plain environment would be in the plan, the state and
+    the task definition for anyone to read."""
+    where, _ = _app_container(tree)
+    assert where is not None
+    ecs = tree.config(where)
+    for variable in ("extra_environment", "app_environment"):
+        condition = ecs.variables[variable]["validation"][0]["condition"]
+        for name in (*SECRETS, *OPTIONAL_SECRETS):
+            assert f'"{name}"' in condition, f"{where}: var.{variable} may name {name}"
+    app_environment = tree.root.locals["app_environment"]
+    for name in (*SECRETS, *OPTIONAL_SECRETS):
+        assert name not in app_environment, f"local.app_environment sets {name}"
 
 
 def test_log_group_is_the_containers(tree: Tree) -> None:

@@ -17,11 +17,43 @@ locals {
   efs_kms_key_arn = var.efs_kms_key_arn != null ? var.efs_kms_key_arn : local.kms_key_arn
 
   # Read from Secrets Manager by ECS at task start; the execution role may read these only.
-  secrets = {
+  # The optional ones (sign-in, budget alerts) only when their ARN is set.
+  required_secrets = {
     ANTHROPIC_API_KEY      = var.anthropic_api_key_secret_arn
     DATABASE_URL           = var.database_url_secret_arn
     CLAUDE_PROXY_ADMIN_KEY = var.admin_key_secret_arn
   }
+  optional_secrets = {
+    CLAUDE_PROXY_OIDC_CLIENT_SECRET = var.oidc_client_secret_secret_arn
+    CLAUDE_PROXY_SESSION_SECRET     = var.session_secret_secret_arn
+    CLAUDE_PROXY_ALERT_WEBHOOK_URL  = var.alert_webhook_url_secret_arn
+  }
+  secrets = merge(local.required_secrets, { for name, arn in local.optional_secrets : name => arn if arn != null })
+
+  # Sign-in (docs/people.md): plain settings, in the container only when set. The public
+  # URL is public_url, or else the CLAUDE_PROXY_PUBLIC_URL an existing configuration may
+  # carry in extra_environment (which then reaches the container as before).
+  public_url = var.public_url != null ? var.public_url : lookup(var.extra_environment, "CLAUDE_PROXY_PUBLIC_URL", null)
+  app_environment = { for name, value in {
+    CLAUDE_PROXY_PUBLIC_URL          = var.public_url
+    CLAUDE_PROXY_OIDC_ISSUER         = var.oidc_issuer
+    CLAUDE_PROXY_OIDC_CLIENT_ID      = var.oidc_client_id
+    CLAUDE_PROXY_OIDC_SCOPES         = var.oidc_scopes
+    CLAUDE_PROXY_OIDC_GROUPS_CLAIM   = var.oidc_groups_claim
+    CLAUDE_PROXY_OIDC_ADMIN_GROUPS   = length(var.oidc_admin_groups) > 0 ? join(",", var.oidc_admin_groups) : null
+    CLAUDE_PROXY_OIDC_ALLOWED_GROUPS = length(var.oidc_allowed_groups) > 0 ? join(",", var.oidc_allowed_groups) : null
+  } : name => value if value != null }
+
+  # With oidc_issuer set, the proxy refuses to start without these (settings.py): the
+  # oidc_redirect_uri output's precondition stops the plan instead.
+  signin_missing = var.oidc_issuer == null ? [] : [
+    for name, value in {
+      oidc_client_id                = var.oidc_client_id
+      oidc_client_secret_secret_arn = var.oidc_client_secret_secret_arn
+      session_secret_secret_arn     = var.session_secret_secret_arn
+      public_url                    = local.public_url
+    } : name if value == null
+  ]
 }
 
 ################################################################################
@@ -163,6 +195,7 @@ module "ecs" {
   # Only the ALB reaches the tasks, from inside the VPC: trust its X-Forwarded-* headers.
   forwarded_allow_ips = var.vpc_cidr
   extra_environment   = var.extra_environment
+  app_environment     = local.app_environment
 
   enable_adot                   = var.enable_adot
   adot_image                    = var.adot_image

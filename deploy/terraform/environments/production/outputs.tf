@@ -152,3 +152,23 @@ output "spill_file_system_id" {
   description = "ID of the spill directory's EFS file system (enable_spill_efs), or null."
   value       = var.enable_spill_efs ? module.spill_efs[0].file_system_id : null
 }
+
+################################################################################
+# Sign-in
+################################################################################
+
+output "oidc_redirect_uri" {
+  description = "The redirect URI to register at the identity provider, <public_url>/oauth/callback; null while sign-in is off (no oidc_issuer)."
+  value       = var.oidc_issuer != null && length(local.signin_missing) == 0 ? "${local.public_url}/oauth/callback" : null
+
+  # Checked by every plan: a half-configured sign-in fails here, not at the tasks' start.
+  precondition {
+    condition     = length(local.signin_missing) == 0
+    error_message = "oidc_issuer is set, so sign-in is on: also set ${join(", ", local.signin_missing)}. The proxy refuses to start without them (docs/deploy.md, step 3)."
+  }
+
+  precondition {
+    condition     = var.public_url == null || lookup(var.extra_environment, "CLAUDE_PROXY_PUBLIC_URL", var.public_url) == var.public_url
+    error_message = "public_url and extra_environment's CLAUDE_PROXY_PUBLIC_URL differ: set the public URL once, in public_url."
+  }
+}

@@ -247,7 +247,7 @@ variable "cpu_architecture" {
 }
 
 variable "extra_environment" {
-  description = "More environment variables for the app (e.g. { CLAUDE_PROXY_LOG_LEVEL = \"DEBUG\" }); not the ones the deployment sets."
+  description = "More environment variables for the app (e.g. { CLAUDE_PROXY_LOG_LEVEL = \"DEBUG\" }); not the ones the deployment sets, nor the sign-in settings and secrets, which have variables of their own (CLAUDE_PROXY_PUBLIC_URL may stay here instead of public_url)."
   type        = map(string)
   default     = {}
   nullable    = false
@@ -354,13 +354,130 @@ variable "admin_key_secret_arn" {
 }
 
 variable "secrets_kms_key_arn" {
-  description = "Customer-managed KMS key the three secrets are encrypted with (the execution role gets kms:Decrypt on it). null: the AWS-managed key."
+  description = "Customer-managed KMS key the secrets are encrypted with, all of them (the execution role gets kms:Decrypt on it, through Secrets Manager only). null: the AWS-managed key."
   type        = string
   default     = null
 
   validation {
     condition     = var.secrets_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.secrets_kms_key_arn))
     error_message = "secrets_kms_key_arn must be a KMS key ARN."
+  }
+}
+
+################################################################################
+# Sign-in (OpenID Connect) and budget alerts: docs/people.md. All optional; without
+# oidc_issuer sign-in stays off, and nothing is added to the task definition.
+################################################################################
+
+variable "oidc_issuer" {
+  description = "The identity provider's issuer URL (CLAUDE_PROXY_OIDC_ISSUER), exactly as its /.well-known/openid-configuration names it. Setting it turns sign-in on, and then oidc_client_id, oidc_client_secret_secret_arn, session_secret_secret_arn and public_url are required. null: sign-in off."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.oidc_issuer == null || can(regex("^https://[^\\s]+$", var.oidc_issuer))
+    error_message = "oidc_issuer is the IdP's https:// issuer URL, e.g. https://example.okta.com/oauth2/default."
+  }
+}
+
+variable "oidc_client_id" {
+  description = "Client (application) id of the proxy at the identity provider (CLAUDE_PROXY_OIDC_CLIENT_ID)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.oidc_client_id == null || try(length(trimspace(var.oidc_client_id)) > 0, false)
+    error_message = "oidc_client_id must not be empty (null: unset)."
+  }
+}
+
+variable "oidc_scopes" {
+  description = "Scopes the proxy asks for, space-separated (CLAUDE_PROXY_OIDC_SCOPES). null: the app's default, openid profile email offline_access."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.oidc_scopes == null || try(contains(split(" ", var.oidc_scopes), "openid"), false)
+    error_message = "oidc_scopes is a space-separated list that includes openid."
+  }
+}
+
+variable "oidc_groups_claim" {
+  description = "Where the ID token lists the user's groups: a claim name or a JSON pointer (CLAUDE_PROXY_OIDC_GROUPS_CLAIM). null: the app's default, groups."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.oidc_groups_claim == null || try(length(trimspace(var.oidc_groups_claim)) > 0, false)
+    error_message = "oidc_groups_claim must not be empty (null: the app's default)."
+  }
+}
+
+variable "oidc_admin_groups" {
+  description = "IdP groups whose members may administer the proxy (CLAUDE_PROXY_OIDC_ADMIN_GROUPS, joined with commas). Names are exact and case-sensitive. Empty: none."
+  type        = list(string)
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for g in var.oidc_admin_groups : length(g) > 0 && g == trimspace(g) && !strcontains(g, ",")])
+    error_message = "oidc_admin_groups are group names: not empty, no comma, no leading or trailing space."
+  }
+}
+
+variable "oidc_allowed_groups" {
+  description = "IdP groups whose members alone may sign in (CLAUDE_PROXY_OIDC_ALLOWED_GROUPS, joined with commas). Empty: everyone the IdP signs in."
+  type        = list(string)
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for g in var.oidc_allowed_groups : length(g) > 0 && g == trimspace(g) && !strcontains(g, ",")])
+    error_message = "oidc_allowed_groups are group names: not empty, no comma, no leading or trailing space."
+  }
+}
+
+variable "public_url" {
+  description = "The origin clients use, https://<the certificate's host name> (CLAUDE_PROXY_PUBLIC_URL): the IdP's redirect URI is <public_url>/oauth/callback, and Claude Code's forceLoginGatewayUrl. Required with oidc_issuer. null: unset, or the CLAUDE_PROXY_PUBLIC_URL of extra_environment, where an older configuration may have put it (set one of the two, not both)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.public_url == null || can(regex("^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", var.public_url))
+    error_message = "public_url is an https:// origin without path or trailing slash, e.g. https://claude-proxy.example.com."
+  }
+}
+
+variable "oidc_client_secret_secret_arn" {
+  description = "Secret holding the OpenID Connect client secret (CLAUDE_PROXY_OIDC_CLIENT_SECRET). Required with oidc_issuer. null: none."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.oidc_client_secret_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+-[A-Za-z0-9]{6}$", var.oidc_client_secret_secret_arn))
+    error_message = "oidc_client_secret_secret_arn must be a full Secrets Manager ARN, with the 6-character suffix."
+  }
+}
+
+variable "session_secret_secret_arn" {
+  description = "Secret holding the session secret, at least 32 random characters (CLAUDE_PROXY_SESSION_SECRET): it signs the proxy's tokens and admin sessions, the same value for every task. Required with oidc_issuer. null: none."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.session_secret_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+-[A-Za-z0-9]{6}$", var.session_secret_secret_arn))
+    error_message = "session_secret_secret_arn must be a full Secrets Manager ARN, with the 6-character suffix."
+  }
+}
+
+variable "alert_webhook_url_secret_arn" {
+  description = "Secret holding the Slack incoming webhook URL for budget alerts at 50, 80 and 100 % (CLAUDE_PROXY_ALERT_WEBHOOK_URL; the URL carries the webhook's token). Independent of sign-in. null: no alerts."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.alert_webhook_url_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+-[A-Za-z0-9]{6}$", var.alert_webhook_url_secret_arn))
+    error_message = "alert_webhook_url_secret_arn must be a full Secrets Manager ARN, with the 6-character suffix."
   }
 }
 

@@ -30,8 +30,10 @@ locals {
   # what a deployment gives a stream before SIGTERM. After SIGTERM: pre-stop 10 s + drain
   # 90 s + log flush 10 s = 110 s < stopTimeout 120 s (Fargate's maximum). The three are
   # set here, not left to the image, so that extra_environment cannot stretch the sum.
+  # app_environment (the caller's sign-in settings) comes after extra_environment.
   environment = merge(
     var.extra_environment,
+    var.app_environment,
     {
       CLAUDE_PROXY_HOST                      = "0.0.0.0"
       CLAUDE_PROXY_PORT                      = tostring(var.container_port)

@@ -170,9 +170,30 @@ variable "extra_environment" {
         "CLAUDE_PROXY_SPILL_DIR", "CLAUDE_PROXY_METRICS_DIR",
         "CLAUDE_PROXY_TRACING", "OTEL_EXPORTER_OTLP_ENDPOINT",
         "ANTHROPIC_API_KEY", "DATABASE_URL", "CLAUDE_PROXY_ADMIN_KEY",
+        "CLAUDE_PROXY_OIDC_CLIENT_SECRET", "CLAUDE_PROXY_SESSION_SECRET", "CLAUDE_PROXY_ALERT_WEBHOOK_URL",
+        "CLAUDE_PROXY_OIDC_ISSUER", "CLAUDE_PROXY_OIDC_CLIENT_ID", "CLAUDE_PROXY_OIDC_SCOPES",
+        "CLAUDE_PROXY_OIDC_GROUPS_CLAIM", "CLAUDE_PROXY_OIDC_ADMIN_GROUPS", "CLAUDE_PROXY_OIDC_ALLOWED_GROUPS",
       ], k)
     ])
-    error_message = "extra_environment keys are environment variable names, other than the ones the module manages (host, port, EMF, service name, forwarded IPs, keep-alive, pre-stop, drain, log flush, idle timeout, spill and metrics dirs, tracing) and the secrets."
+    error_message = "extra_environment keys are environment variable names, other than the ones the module manages (host, port, EMF, service name, forwarded IPs, keep-alive, pre-stop, drain, log flush, idle timeout, spill and metrics dirs, tracing), the secrets (which go in secrets: the OIDC client secret, the session secret and the alert webhook URL among them) and the sign-in settings (app_environment)."
+  }
+}
+
+variable "app_environment" {
+  description = "Settings of the app the caller derives from its own variables (the production root: sign-in, CLAUDE_PROXY_OIDC_* and CLAUDE_PROXY_PUBLIC_URL), only the ones set. They override extra_environment; the ones this module manages override them. Never a secret: those go in secrets."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+
+  validation {
+    condition = alltrue([
+      for k in keys(var.app_environment) :
+      can(regex("^[A-Za-z_][A-Za-z0-9_]*$", k)) && !contains([
+        "ANTHROPIC_API_KEY", "DATABASE_URL", "CLAUDE_PROXY_ADMIN_KEY",
+        "CLAUDE_PROXY_OIDC_CLIENT_SECRET", "CLAUDE_PROXY_SESSION_SECRET", "CLAUDE_PROXY_ALERT_WEBHOOK_URL",
+      ], k)
+    ])
+    error_message = "app_environment keys are environment variable names, and never a secret's (the secrets go in secrets)."
   }
 }
 

@@ -211,3 +211,82 @@ run "deregistration_delay_above_the_idle_timeout" {
 
   expect_failures = [aws_lb_target_group.this]
 }
+
+################################################################################
+# Sign-in: all of its parts, or none
+################################################################################
+
+run "sign_in_needs_the_session_secret" {
+  command = plan
+
+  variables {
+    oidc_issuer                   = "https://example.okta.com/oauth2/default"
+    oidc_client_id                = "0oa1b2c3d4e5f6g7h8i9"
+    oidc_client_secret_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/oidc-client-secret-StUvWx"
+    public_url                    = "https://claude-proxy.example.com"
+  }
+
+  expect_failures = [output.oidc_redirect_uri]
+}
+
+run "sign_in_needs_all_of_its_parts" {
+  command = plan
+
+  variables {
+    oidc_issuer = "https://example.okta.com/oauth2/default"
+  }
+
+  expect_failures = [output.oidc_redirect_uri]
+}
+
+run "one_public_url" {
+  command = plan
+
+  variables {
+    public_url        = "https://claude-proxy.example.com"
+    extra_environment = { CLAUDE_PROXY_PUBLIC_URL = "https://proxy.example.org" }
+  }
+
+  expect_failures = [output.oidc_redirect_uri]
+}
+
+run "sign_in_values_are_validated" {
+  command = plan
+
+  variables {
+    oidc_issuer                  = "http://example.okta.com/oauth2/default"
+    public_url                   = "https://claude-proxy.example.com/"
+    oidc_scopes                  = "profile email"
+    oidc_admin_groups            = ["platform,admins"]
+    session_secret_secret_arn    = "arn:aws:ssm:eu-west-1:123456789012:parameter/claude-proxy/session-secret"
+    alert_webhook_url_secret_arn = "https://hooks.slack.com/services/T000/B000/XXXX"
+  }
+
+  expect_failures = [
+    var.oidc_issuer, var.public_url, var.oidc_scopes, var.oidc_admin_groups,
+    var.session_secret_secret_arn, var.alert_webhook_url_secret_arn,
+  ]
+}
+
+run "secrets_never_in_extra_environment" {
+  command = plan
+
+  module {
+    source = "../../modules/ecs"
+  }
+
+  variables {
+    extra_environment  = { CLAUDE_PROXY_SESSION_SECRET = "0123456789abcdef0123456789abcdef" }
+    execution_role_arn = "arn:aws:iam::123456789012:role/claude-proxy-execution"
+    task_role_arn      = "arn:aws:iam::123456789012:role/claude-proxy-task"
+    secrets = {
+      ANTHROPIC_API_KEY = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/anthropic-api-key-AbCdEf"
+    }
+    forwarded_allow_ips = "10.0.0.0/16"
+    subnet_ids          = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+    security_group_ids  = ["sg-0f9e8d7c6b5a4f9e8"]
+    target_group_arn    = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/claude-proxy-tg/73e2d6bc24d8a067"
+  }
+
+  expect_failures = [var.extra_environment]
+}

@@ -477,3 +477,128 @@ run "spill_efs" {
     error_message = "The file system policy refuses clients without TLS and mounts outside the access point."
   }
 }
+
+################################################################################
+# Sign-in (OpenID Connect) and budget alerts
+################################################################################
+
+run "sign_in_and_alerts" {
+  command = plan
+
+  variables {
+    oidc_issuer                   = "https://example.okta.com/oauth2/default"
+    oidc_client_id                = "0oa1b2c3d4e5f6g7h8i9"
+    oidc_scopes                   = "openid profile email offline_access groups"
+    oidc_groups_claim             = "/resource_access/claude-proxy/roles"
+    oidc_admin_groups             = ["platform-admins"]
+    oidc_allowed_groups           = ["engineering", "platform-admins"]
+    public_url                    = "https://claude-proxy.example.com"
+    oidc_client_secret_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/oidc-client-secret-StUvWx"
+    session_secret_secret_arn     = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/session-secret-YzAbCd"
+    alert_webhook_url_secret_arn  = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/alert-webhook-url-EfGhIj"
+  }
+
+  assert {
+    condition = (
+      { for s in jsondecode(module.ecs.container_definitions)[0].secrets : s.name => s.valueFrom } == {
+        ANTHROPIC_API_KEY               = var.anthropic_api_key_secret_arn
+        DATABASE_URL                    = var.database_url_secret_arn
+        CLAUDE_PROXY_ADMIN_KEY          = var.admin_key_secret_arn
+        CLAUDE_PROXY_OIDC_CLIENT_SECRET = var.oidc_client_secret_secret_arn
+        CLAUDE_PROXY_SESSION_SECRET     = var.session_secret_secret_arn
+        CLAUDE_PROXY_ALERT_WEBHOOK_URL  = var.alert_webhook_url_secret_arn
+      }
+    )
+    error_message = "Sign-in and alerts add the client secret, the session secret and the webhook URL to the container's secrets, from their ARNs."
+  }
+
+  assert {
+    condition = (
+      { for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name => e.value if startswith(e.name, "CLAUDE_PROXY_OIDC_") || e.name == "CLAUDE_PROXY_PUBLIC_URL" } == {
+        CLAUDE_PROXY_OIDC_ISSUER         = "https://example.okta.com/oauth2/default"
+        CLAUDE_PROXY_OIDC_CLIENT_ID      = "0oa1b2c3d4e5f6g7h8i9"
+        CLAUDE_PROXY_OIDC_SCOPES         = "openid profile email offline_access groups"
+        CLAUDE_PROXY_OIDC_GROUPS_CLAIM   = "/resource_access/claude-proxy/roles"
+        CLAUDE_PROXY_OIDC_ADMIN_GROUPS   = "platform-admins"
+        CLAUDE_PROXY_OIDC_ALLOWED_GROUPS = "engineering,platform-admins"
+        CLAUDE_PROXY_PUBLIC_URL          = "https://claude-proxy.example.com"
+      }
+    )
+    error_message = "The sign-in settings reach the container's plain environment, the group lists joined with commas."
+  }
+
+  assert {
+    condition = length([
+      for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name
+      if contains(["CLAUDE_PROXY_OIDC_CLIENT_SECRET", "CLAUDE_PROXY_SESSION_SECRET", "CLAUDE_PROXY_ALERT_WEBHOOK_URL"], e.name)
+    ]) == 0
+    error_message = "No secret is in the plain environment."
+  }
+
+  assert {
+    condition = (
+      [for s in jsondecode(module.iam.execution_role_policy).Statement : s.Sid] == ["EcrAuthorization", "EcrPull", "Logs", "Secrets"] &&
+      toset([for s in jsondecode(module.iam.execution_role_policy).Statement : s if s.Sid == "Secrets"][0].Resource) == toset([
+        var.anthropic_api_key_secret_arn, var.database_url_secret_arn, var.admin_key_secret_arn,
+        var.oidc_client_secret_secret_arn, var.session_secret_secret_arn, var.alert_webhook_url_secret_arn,
+      ]) &&
+      length([for s in jsondecode(module.iam.execution_role_policy).Statement : s if s.Sid == "Secrets"][0].Resource) == 6 &&
+      toset([for s in jsondecode(module.iam.execution_role_policy).Statement : s if s.Sid == "Secrets"][0].Action) == toset(["secretsmanager:GetSecretValue"])
+    )
+    error_message = "The execution role may read exactly the six secrets, and nothing else in Secrets Manager."
+  }
+
+  assert {
+    condition     = output.oidc_redirect_uri == "https://claude-proxy.example.com/oauth/callback"
+    error_message = "oidc_redirect_uri is <public_url>/oauth/callback, what the IdP must have registered."
+  }
+}
+
+run "alerts_without_sign_in" {
+  command = plan
+
+  variables {
+    alert_webhook_url_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/alert-webhook-url-EfGhIj"
+  }
+
+  assert {
+    condition = (
+      toset([for s in jsondecode(module.ecs.container_definitions)[0].secrets : s.name]) == toset(["ANTHROPIC_API_KEY", "DATABASE_URL", "CLAUDE_PROXY_ADMIN_KEY", "CLAUDE_PROXY_ALERT_WEBHOOK_URL"]) &&
+      length([for e in jsondecode(module.ecs.container_definitions)[0].environment : e if startswith(e.name, "CLAUDE_PROXY_OIDC_") || e.name == "CLAUDE_PROXY_PUBLIC_URL"]) == 0
+    )
+    error_message = "The alert webhook alone adds its secret, and no sign-in setting."
+  }
+
+  assert {
+    condition = toset([for s in jsondecode(module.iam.execution_role_policy).Statement : s if s.Sid == "Secrets"][0].Resource) == toset([
+      var.anthropic_api_key_secret_arn, var.database_url_secret_arn, var.admin_key_secret_arn, var.alert_webhook_url_secret_arn,
+    ])
+    error_message = "The execution role may read the webhook's secret too, and no other."
+  }
+
+  assert {
+    condition     = output.oidc_redirect_uri == null
+    error_message = "No redirect URI while sign-in is off."
+  }
+}
+
+run "sign_in_with_the_public_url_of_extra_environment" {
+  command = plan
+
+  variables {
+    oidc_issuer                   = "https://example.okta.com/oauth2/default"
+    oidc_client_id                = "0oa1b2c3d4e5f6g7h8i9"
+    oidc_client_secret_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/oidc-client-secret-StUvWx"
+    session_secret_secret_arn     = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:claude-proxy/session-secret-YzAbCd"
+    extra_environment             = { CLAUDE_PROXY_PUBLIC_URL = "https://claude-proxy.example.com" }
+  }
+
+  assert {
+    condition = (
+      output.oidc_redirect_uri == "https://claude-proxy.example.com/oauth/callback" &&
+      { for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name => e.value }["CLAUDE_PROXY_PUBLIC_URL"] == "https://claude-proxy.example.com" &&
+      !contains([for e in jsondecode(module.ecs.container_definitions)[0].environment : e.name], "CLAUDE_PROXY_OIDC_SCOPES")
+    )
+    error_message = "A CLAUDE_PROXY_PUBLIC_URL already in extra_environment is the public URL sign-in uses; unset optional settings stay the app's defaults."
+  }
+}
