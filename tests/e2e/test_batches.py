@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from claude_proxy.formats.anthropic.pricing import PriceTable
+from claude_proxy.store.people import create_group, create_user
 from claude_proxy.store.records import Usage
 from claude_proxy.store.schema import key_spend, request_logs
 from tests.conftest import Emulator
@@ -87,7 +88,12 @@ def test_a_batch_cannot_spend_past_the_budget_and_settles_to_its_real_cost(
         assert c.row(request_id(refused.value))["refusal"] == "budget"
         assert len(emulator.requests()) == upstream_before  # never reached the upstream
 
-        key_id, key = c.key("batches", budget_usd=Decimal("0.05"), budget_period="total")
+        # A personal key of a team member: the batch counts for the person and the team too.
+        create_group(c.engine, name="batchers", actor="test")
+        user = create_user(c.engine, email="bea@example.com", groups=["batchers"], actor="test")
+        key_id, key = c.key(
+            "batches", budget_usd=Decimal("0.05"), budget_period="total", user_id=user.id
+        )
         client = sdk(px, key)
         batch = client.messages.batches.create(requests=batch_requests(3))
         (submission,) = wait_until(
@@ -111,14 +117,17 @@ def test_a_batch_cannot_spend_past_the_budget_and_settles_to_its_real_cost(
         assert settlement["input_tokens"] == tokens.input_tokens
         assert settlement["output_tokens"] == tokens.output_tokens
         assert settlement["model"] == HAIKU and settlement["key_id"] == key_id
+        assert settlement["user_id"] == user.id == submission["user_id"]
+        assert settlement["group_id"] == submission["group_id"] is not None
         # The batch's rows add up to its real cost at the batch discount; so does the budget.
         assert sum(r["cost_usd"] for r in rows if r["cost_usd"] is not None) == real
         assert real < reserved  # max_tokens is an upper bound on output
-        wait_until(
-            lambda: total_spend(c, key_id) == real,
-            timeout=WAIT,
-            what="key_spend to hold the real cost",
-        )
+        for level in (key_id, user.id, submission["group_id"]):
+            wait_until(
+                lambda level=level: total_spend(c, level) == real,
+                timeout=WAIT,
+                what=f"key_spend to hold the real cost for {level}",
+            )
 
         # What is left of the budget bounds the next submission.
         with pytest.raises(anthropic.RateLimitError):

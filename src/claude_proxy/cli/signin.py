@@ -21,10 +21,12 @@ import time
 import webbrowser
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
+
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TIMEOUT = 10.0  # what Claude Code allows each sign-in call
@@ -100,11 +102,25 @@ def _same_origin(url: str, base: str) -> bool:
     return (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
 
 
-def _post_form(client: httpx.Client, url: str, form: dict[str, str]) -> httpx.Response:
+def _client(**options: Any) -> httpx.Client:
+    """An HTTP client; httpx is imported here so that every other command starts faster."""
+    import httpx
+
+    return httpx.Client(timeout=TIMEOUT, **options)
+
+
+def _call(client: httpx.Client, method: str, url: str, **options: Any) -> httpx.Response:
+    """One request; an unreachable proxy is a clear failure, not a traceback."""
+    import httpx
+
     try:
-        return client.post(url, data=form)
+        return client.request(method, url, **options)
     except httpx.HTTPError as exc:
         raise _Failed(f"cannot reach {url}: {type(exc).__name__}") from exc
+
+
+def _post_form(client: httpx.Client, url: str, form: dict[str, str]) -> httpx.Response:
+    return _call(client, "POST", url, data=form)
 
 
 def _json_body(r: httpx.Response) -> dict[str, Any]:
@@ -128,15 +144,12 @@ def login(
 ) -> dict[str, Any]:
     """The device flow against the proxy at `url`; returns the saved credentials."""
     base = normalise_url(url)
-    with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
+    with _client(follow_redirects=False) as client:
         device_endpoint, token_endpoint = (
             f"{base}/oauth/device_authorization",
             f"{base}/oauth/token",
         )
-        try:
-            r = client.get(f"{base}/.well-known/oauth-authorization-server")
-        except httpx.HTTPError as exc:
-            raise _Failed(f"cannot reach {base}: {type(exc).__name__}") from exc
+        r = _call(client, "GET", f"{base}/.well-known/oauth-authorization-server")
         if r.status_code != 200:
             raise _Failed(f"{base} does not offer sign-in (discovery answered {r.status_code})")
         meta = _json_body(r)
@@ -213,7 +226,7 @@ def valid_token(path: Path, *, now: float | None = None) -> dict[str, Any]:
         if not isinstance(refresh, str) or not refresh:
             raise _Failed("the sign-in has expired: run `claude-proxy login` again")
         endpoint = creds.get("token_endpoint") or f"{creds['url']}/oauth/token"
-        with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
+        with _client(follow_redirects=False) as client:
             r = _post_form(
                 client, endpoint, {"grant_type": "refresh_token", "refresh_token": refresh}
             )
@@ -289,13 +302,9 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 def cmd_me(args: argparse.Namespace) -> None:
     creds = valid_token(credentials_path())
-    with httpx.Client(timeout=TIMEOUT) as client:
-        try:
-            r = client.get(
-                f"{creds['url']}/me", headers={"authorization": f"Bearer {creds['access_token']}"}
-            )
-        except httpx.HTTPError as exc:
-            raise _Failed(f"cannot reach {creds['url']}: {type(exc).__name__}") from exc
+    with _client() as client:
+        auth = {"authorization": f"Bearer {creds['access_token']}"}
+        r = _call(client, "GET", f"{creds['url']}/me", headers=auth)
     body = _json_body(r)
     if r.status_code != 200:
         message = (body.get("error") or {}).get("message") if body else None

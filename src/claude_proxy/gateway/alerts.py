@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-import httpx
 from sqlalchemy import Engine
 
 from claude_proxy.gateway.levels import Level
@@ -130,6 +129,8 @@ class BudgetAlerts:
         """Post the message; True once the webhook took it (or there is no webhook)."""
         if not self._url:
             return True
+        import httpx  # only here: most processes never send an alert (~5 MB)
+
         text = self._details.get(alert) or (
             f"claude-proxy: budget of {alert.level_id} reached {alert.threshold}% ({alert.period})"
         )

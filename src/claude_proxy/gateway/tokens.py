@@ -17,8 +17,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import jwt
-
 AUDIENCE = "claude-gateway"
 # Admin sessions (the console's and the admin API's cookie) are tokens for another
 # audience: an access token is never accepted as a session, nor the reverse.
@@ -45,9 +43,15 @@ class TokenClaims:
 
 
 class TokenSigner:
-    """Mints and verifies access tokens; built once, shared by sign-in and the relay."""
+    """Mints and verifies access tokens; built once, shared by sign-in and the relay.
+
+    PyJWT (and with it `cryptography`, ~14 MB) is imported only when a signer is built:
+    a proxy without sign-in never loads it."""
 
     def __init__(self, *, secret: str, issuer: str, ttl: float = 3600.0) -> None:
+        import jwt
+
+        self._jwt = jwt
         if len(secret) < 32:
             raise ValueError("the session secret must be at least 32 characters")
         self._secret = secret
@@ -83,7 +87,9 @@ class TokenSigner:
             "exp": int(now) + ttl,
             "jti": secrets.token_hex(12),
         }
-        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid})
+        token = self._jwt.encode(
+            claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid}
+        )
         return token, ttl
 
     def mint_admin_session(
@@ -102,7 +108,9 @@ class TokenSigner:
             "exp": int(now + ttl),
             "jti": secrets.token_hex(12),
         }
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid})
+        return self._jwt.encode(
+            claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid}
+        )
 
     def verify_admin_session(self, value: str) -> TokenClaims | None:
         """The claims of a valid admin session cookie; None for anything else. The caller
@@ -130,7 +138,7 @@ class TokenSigner:
 
     def _decode(self, token: bytes, audience: str = AUDIENCE) -> TokenClaims | None:
         try:
-            raw = jwt.decode(
+            raw = self._jwt.decode(
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],
@@ -139,7 +147,7 @@ class TokenSigner:
                 leeway=_LEEWAY,
                 options={"require": ["exp", "iat", "sub", "uid"]},
             )
-        except jwt.PyJWTError:
+        except self._jwt.PyJWTError:
             return None
         uid, sub = raw.get("uid"), raw.get("sub")
         if not isinstance(uid, str) or not isinstance(sub, str):

@@ -30,6 +30,9 @@ class Submission:
     created_at: float  # unix seconds: the settlement row counts in the same budget period
     reserved_usd: Decimal
     model: str | None
+    # Who submitted it and the group charged: the settlement counts at the same levels.
+    user_id: str | None = None
+    group_id: str | None = None
 
 
 def unsettled_batches(
@@ -40,7 +43,15 @@ def unsettled_batches(
     t = request_logs.alias("t")
     settled = exists().where(t.c.id == literal(SETTLEMENT_PREFIX) + s.c.message_id)
     stmt = (
-        select(s.c.message_id, s.c.key_id, s.c.created_at, s.c.cost_usd, s.c.model)
+        select(
+            s.c.message_id,
+            s.c.key_id,
+            s.c.created_at,
+            s.c.cost_usd,
+            s.c.model,
+            s.c.user_id,
+            s.c.group_id,
+        )
         .where(
             s.c.endpoint == SUBMISSION_ENDPOINT,
             s.c.method == "POST",
@@ -63,6 +74,8 @@ def unsettled_batches(
             created_at=r.created_at.timestamp(),
             reserved_usd=r.cost_usd if r.cost_usd is not None else Decimal(0),
             model=r.model,
+            user_id=r.user_id,
+            group_id=r.group_id,
         )
         for r in rows
     ]

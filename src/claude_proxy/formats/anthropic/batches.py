@@ -276,6 +276,8 @@ class BatchSettler:
             method="GET",
             endpoint="/v1/messages/batches/{id}/results",
             key_id=sub.key_id,
+            user_id=sub.user_id,
+            group_id=sub.group_id,
             model=tally.model or sub.model,
             status_code=200,
             message_id=batch_id,

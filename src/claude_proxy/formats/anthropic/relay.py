@@ -646,7 +646,13 @@ class Relay:
             record.cost_usd = str(batch.cost_usd)
             if self.settler is not None:
                 sub = Submission(
-                    batch_id, record.key_id, record.created_at, batch.cost_usd, record.model
+                    batch_id,
+                    record.key_id,
+                    record.created_at,
+                    batch.cost_usd,
+                    record.model,
+                    user_id=record.user_id,
+                    group_id=record.group_id,
                 )
                 self.settler.track(sub)
         elif obj.get("processing_status") == "ended" and self.settler is not None:
