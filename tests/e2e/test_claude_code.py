@@ -122,8 +122,8 @@ class Run:
 
 def run_claude(
     claude_bin: Path,
-    base_url: str,
-    api_key: str,
+    base_url: str | None,
+    api_key: str | None,
     workdir: Path,
     session_id: str,
     prompt: str = PROMPT,
@@ -139,11 +139,15 @@ def run_claude(
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "TERM": "dumb",
-        "ANTHROPIC_BASE_URL": base_url,
-        "ANTHROPIC_API_KEY": api_key,
         **QUIET_ENV,
         **(extra_env or {}),
     }
+    # None: Claude Code finds its endpoint and credential itself (a stored sign-in, its
+    # apiKeyHelper, its settings).
+    if base_url is not None:
+        env["ANTHROPIC_BASE_URL"] = base_url
+    if api_key is not None:
+        env["ANTHROPIC_API_KEY"] = api_key
     cmd = [
         str(claude_bin),
         "-p",

@@ -48,7 +48,8 @@ from claude_proxy.store.people import (
     update_user,
 )
 from tests.conftest import UPSTREAM_KEY, Emulator, Process, spawn
-from tests.e2e.test_claude_code import QUIET_ENV, RUN_TIMEOUT, find_claude, pinned_version
+from tests.e2e.test_claude_code import QUIET_ENV, Run, find_claude, pinned_version
+from tests.e2e.test_claude_code import run_claude as claude_p
 from tests.helpers import cli_env, database, log_row, log_rows, register_secret, wait_until
 from tests.pg import create_database, drop_database, free_port, pg_url
 
@@ -599,37 +600,9 @@ def claude() -> Path:
     return path
 
 
-def run_claude(
-    claude: Path, workdir: Path, env: dict[str, str], session_id: str
-) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    home, cwd = workdir / "home", workdir / "cwd"
-    home.mkdir(parents=True, exist_ok=True)
-    cwd.mkdir(parents=True, exist_ok=True)
-    full = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "TERM": "dumb",
-        **QUIET_ENV,
-        **env,
-    }
-    cmd = [
-        str(claude),
-        "-p",
-        "Say hello",
-        "--output-format",
-        "json",
-        "--max-turns",
-        "1",
-        "--session-id",
-        session_id,
-        "--no-session-persistence",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    result = json.loads(lines[-1]) if lines else {}
-    return proc, result
+def run_claude(claude: Path, workdir: Path, env: dict[str, str], session_id: str) -> Run:
+    """`claude -p` with no key of its own: its sign-in comes from `env`'s config dir."""
+    return claude_p(claude, None, None, workdir, session_id, extra_env=env)
 
 
 def write_gateway_credentials(
@@ -666,10 +639,10 @@ def test_claude_code_with_a_stored_gateway_credential(
     config = tmp_path / "config"
     creds = write_gateway_credentials(config, gw, tokens, int(expires_at * 1000))
     session_id = str(uuid.uuid4())
-    proc, result = run_claude(claude, tmp_path, {"CLAUDE_CONFIG_DIR": str(config)}, session_id)
-    context = f"{proc.stdout}\n{proc.stderr}\nproxy:\n{gw.output()[-4000:]}"
-    assert proc.returncode == 0 and result.get("is_error") is False, context
-    assert result["result"].strip(), context
+    run = run_claude(claude, tmp_path, {"CLAUDE_CONFIG_DIR": str(config)}, session_id)
+    context = f"{run.stdout}\n{run.stderr}\nproxy:\n{gw.output()[-4000:]}"
+    assert run.returncode == 0 and run.result.get("is_error") is False, context
+    assert run.result["result"].strip(), context
     rows = wait_until(
         lambda: log_rows(gw.engine, claude_code_session_id=session_id),
         what="Claude Code's row",
@@ -760,7 +733,7 @@ def test_claude_code_with_api_key_helper_after_claude_proxy_login(
     helper = f"{sys.executable} -m claude_proxy token"
     (config / "settings.json").write_text(json.dumps({"apiKeyHelper": helper}))
     session_id = str(uuid.uuid4())
-    proc, result = run_claude(
+    run = run_claude(
         claude,
         tmp_path,
         {
@@ -771,8 +744,8 @@ def test_claude_code_with_api_key_helper_after_claude_proxy_login(
         },
         session_id,
     )
-    context = f"{proc.stdout}\n{proc.stderr}\nproxy:\n{gw.output()[-4000:]}"
-    assert proc.returncode == 0 and result.get("is_error") is False, context
+    context = f"{run.stdout}\n{run.stderr}\nproxy:\n{gw.output()[-4000:]}"
+    assert run.returncode == 0 and run.result.get("is_error") is False, context
     rows = wait_until(
         lambda: log_rows(gw.engine, claude_code_session_id=session_id),
         what="Claude Code's row",
