@@ -1,4 +1,5 @@
-"""`claude-proxy keys ...` as a user runs it: a subprocess against a real database.
+"""`claude-proxy keys ...` as a user runs it, against a real database (in this process:
+a subprocess per command cost a second and a half each).
 
 SQLite for the whole surface; PostgreSQL for the main path once. The secret must
 appear only in what `create` and `rotate` print, and the database must hold only
@@ -7,11 +8,12 @@ its SHA-256.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,12 +24,14 @@ import orjson
 import pytest
 from sqlalchemy import Engine, insert, select
 
+from claude_proxy.cli.main import main
 from claude_proxy.store.columns import current_period
 from claude_proxy.store.engine import make_engine
 from claude_proxy.store.migrate import upgrade
 from claude_proxy.store.schema import api_keys, key_spend
 from tests.pg import create_database, drop_database, pg_url
 
+_SETTINGS = ("ANTHROPIC_", "CLAUDE_PROXY_", "DATABASE_URL")
 SECRET_RE = re.compile(r"sk-proxy-[A-Za-z0-9_-]{43}")
 
 
@@ -51,20 +55,27 @@ class Cli:
             self._engine.dispose()
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("ANTHROPIC_", "CLAUDE_PROXY_", "DATABASE_URL"))
-        }
-        env["DATABASE_URL"] = self.database_url
-        return subprocess.run(
-            [sys.executable, "-m", "claude_proxy", "keys", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=self.cwd,
-            timeout=60,
-        )
+        """`claude-proxy keys ARGS` in this process (the entry point itself is run as a
+        subprocess by tests/test_people_cli.py and tests/e2e/test_cli.py): its exit code
+        and what it printed."""
+        out, err = io.StringIO(), io.StringIO()
+        saved = {k: v for k, v in os.environ.items() if k.startswith(_SETTINGS)}
+        for name in saved:
+            del os.environ[name]
+        os.environ["DATABASE_URL"] = self.database_url
+        here = os.getcwd()
+        os.chdir(self.cwd)
+        code = 0
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main(["keys", *args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os.chdir(here)
+            os.environ.pop("DATABASE_URL", None)
+            os.environ.update(saved)
+        return subprocess.CompletedProcess(["keys", *args], code, out.getvalue(), err.getvalue())
 
     def ok(self, *args: str) -> str:
         run = self.run(*args)
