@@ -126,12 +126,14 @@ def test_a_group_pool_shared_by_two_replicas_holds_within_the_stated_bound(
         assert {r["user_id"] for r in charged()} == {u.id for u in users}
 
 
-def test_a_users_keys_share_the_users_budget_and_a_member_cap_is_per_person(
+def test_a_users_keys_share_the_users_budget_across_replicas_and_a_cap_is_per_person(
     emulator: Emulator,
 ) -> None:
+    """Ann's two keys, each used through another replica, spend one per-member cap; Bob,
+    in the same group, keeps his own."""
     with cluster(emulator) as c:
-        px = c.start()
-        cost = one_request_cost(c, px)
+        a, b = c.start(), c.start()
+        cost = one_request_cost(c, a)
         create_group(
             c.engine,
             name="interns",
@@ -141,28 +143,33 @@ def test_a_users_keys_share_the_users_budget_and_a_member_cap_is_per_person(
         )
         ann = create_user(c.engine, email="ann@example.com", groups=["interns"], actor="test")
         bob = create_user(c.engine, email="bob@example.com", groups=["interns"], actor="test")
-        _, ann1 = make_key(c.engine, "ann-laptop", user_id=ann.id)
-        _, ann2 = make_key(c.engine, "ann-ci", user_id=ann.id)
-        _, bob1 = make_key(c.engine, "bob-laptop", user_id=bob.id)
-        with httpx2.Client(base_url=px.url, timeout=30) as client:
-            first = post(client, ann1)
+        _, laptop = make_key(c.engine, "ann-laptop", user_id=ann.id)
+        _, ci = make_key(c.engine, "ann-ci", user_id=ann.id)
+        _, bobs = make_key(c.engine, "bob-laptop", user_id=bob.id)
+        with (
+            httpx2.Client(base_url=a.url, timeout=30) as on_a,
+            httpx2.Client(base_url=b.url, timeout=30) as on_b,
+        ):
+            first = post(on_a, laptop)
             assert first.status_code == 200
             left = Decimal(first.headers["x-claude-proxy-budget-remaining-usd"])
             assert left == pytest.approx(cost * 3, abs=Decimal("0.0001"))
             assert first.headers["x-claude-proxy-budget-level"] == "user"
-            for key in (ann2, ann1):
-                assert post(client, key).status_code == 200
-            # Ann's three requests crossed her cap, on two keys: both keys are refused.
-
-            def refused(key: str) -> bool:
-                return post(client, key).status_code == 429
-
-            wait_until(lambda: refused(ann2), timeout=20, what="ann's cap to be seen")
-            r = post(client, ann1)
-            assert r.status_code == 429
+            assert post(on_b, ci).status_code == 200
+            assert post(on_a, laptop).status_code == 200
+            # Three requests on two keys through two replicas crossed Ann's cap: each
+            # replica refuses both of her keys once it has seen the other's spend.
+            for client, key in ((on_b, ci), (on_a, laptop), (on_b, laptop), (on_a, ci)):
+                wait_until(
+                    lambda client=client, key=key: post(client, key).status_code == 429,
+                    timeout=20,
+                    what="ann's cap to be seen",
+                )
+            r = post(on_b, ci)
+            assert r.status_code == 429 and r.headers["x-should-retry"] == "false"
             assert f"user '{ann.email}'" in r.json()["error"]["message"]
             assert "this week" in r.json()["error"]["message"]
-            assert post(client, bob1).status_code == 200  # Bob's cap is his own
+            assert post(on_b, bobs).status_code == 200  # Bob's cap is his own
         wait_until(
             lambda: spent(c, ann.id, "week") >= cost * 3, timeout=20, what="ann's week spend"
         )
