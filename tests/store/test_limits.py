@@ -31,7 +31,7 @@ def key(**kw: object) -> Level:
 
 def alone(level: Level) -> Caller:
     """A request made with this key and no other level."""
-    return Caller.of(level.id, None, None, (level,))
+    return Caller(level.id, None, None, (level,))
 
 
 @pytest.fixture

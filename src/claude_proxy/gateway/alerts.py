@@ -85,6 +85,7 @@ class BudgetAlerts:
 
     async def check(self, now: float) -> int:
         """One round: claim what crossed, send what this replica owns; the number sent."""
+        self._forget_past_periods(now)
         found = self.crossings(now)
         periods = {a.period for a, _, _ in found} - self._loaded_periods
         if periods:  # after a restart: what others (or we) claimed already
@@ -124,6 +125,14 @@ class BudgetAlerts:
                 self._counted("sent")
                 sent += 1
         return sent
+
+    def _forget_past_periods(self, now: float) -> None:
+        """What was claimed in a day, week or month that has ended is never asked again."""
+        at = datetime.fromtimestamp(now, tz=UTC)
+        current = {current_period(kind, at) for kind in ("day", "week", "month", "total")}
+        if self._loaded_periods - current:
+            self._known = {a for a in self._known if a.period in current}
+            self._loaded_periods &= current
 
     async def _send(self, alert: Alert) -> bool:
         """Post the message; True once the webhook took it (or there is no webhook)."""

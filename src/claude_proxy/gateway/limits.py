@@ -113,7 +113,7 @@ class Limiter:
         self._allowance: dict[str, tuple[int, int]] = {}  # key -> (generation, admissions left)
         self._synced_at = float("-inf")  # monotonic
         self._spend_db: dict[tuple[str, str], float] = {}
-        self._spend_local: dict[str, deque[tuple[float, float]]] = {}  # (unix time, usd)
+        self._spend_local: dict[str, _RecentSpend] = {}
         self._budget_keys: dict[str, str] = {}  # key id -> budget period, seen here
         self._healthy = True
         self._next_prune = 0.0
@@ -230,7 +230,7 @@ class Limiter:
         tokens against TPM."""
         if level.budget_usd is not None and usd:
             self._budget_keys[level.id] = level.budget_period or "total"
-            self._spend_local.setdefault(level.id, deque()).append((now, usd))
+            self._recent(level.id).add(now, usd)
         if level.tpm is not None and tokens > 0:
             now_s = int(now)
             self._window(level.id, now_s).add(now_s, 0, tokens)
@@ -253,7 +253,7 @@ class Limiter:
         if level.budget_usd is not None and record.model:
             cost = self._prices.cost(record.model, record.usage, batch=False)
             if cost:
-                self._spend_local.setdefault(level.id, deque()).append((now, float(cost)))
+                self._recent(level.id).add(now, float(cost))
 
     # ------------------------------------------------------------- the checks
 
@@ -302,7 +302,13 @@ class Limiter:
         """Spend in the current period: the last snapshot plus this process's recent costs."""
         db = self._spend_db.get((key_id, current_period(period, _utc(now))), 0.0)
         local = self._spend_local.get(key_id)
-        return db + (sum(c for _, c in local) if local else 0.0)
+        return db + (local.total if local is not None else 0.0)
+
+    def _recent(self, level_id: str) -> _RecentSpend:
+        found = self._spend_local.get(level_id)
+        if found is None:
+            found = self._spend_local[level_id] = _RecentSpend()
+        return found
 
     # --------------------------------------------------------------- syncing
 
@@ -384,10 +390,7 @@ class Limiter:
 
     def _prune_local_spend(self, before: float) -> None:
         for key_id in list(self._spend_local):
-            q = self._spend_local[key_id]
-            while q and q[0][0] < before:
-                q.popleft()
-            if not q:
+            if not self._spend_local[key_id].drop_before(before):
                 del self._spend_local[key_id]
 
     def _sync_db(
@@ -422,6 +425,30 @@ class Limiter:
             "healthy": self._healthy,
             "keys_counted": len(self._own),
         }
+
+
+class _RecentSpend:
+    """One level's costs not yet surely in the snapshot, with their running total: the
+    budget check reads the total on every request, so it is kept, not summed."""
+
+    __slots__ = ("costs", "total")
+
+    def __init__(self) -> None:
+        self.costs: deque[tuple[float, float]] = deque()  # (unix time, usd)
+        self.total = 0.0
+
+    def add(self, now: float, usd: float) -> None:
+        self.costs.append((now, usd))
+        self.total += usd
+
+    def drop_before(self, before: float) -> bool:
+        """Forget costs older than `before`; False once none is left."""
+        costs = self.costs
+        while costs and costs[0][0] < before:
+            self.total -= costs.popleft()[1]
+        if not costs:
+            self.total = 0.0  # no float drift carried into the next costs
+        return bool(costs)
 
 
 def _rate_refusal(reason: str, what: str, level: Level, wait: int) -> ProxyError:

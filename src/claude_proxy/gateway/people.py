@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -35,9 +34,10 @@ from claude_proxy.store.people import (
     Limits,
     OrgPolicy,
     PeopleSnapshot,
-    UserRow,
+    effective_groups,
     people_snapshot,
     people_version,
+    personal_budget,
 )
 
 log = logging.getLogger("claude_proxy.auth")
@@ -68,25 +68,15 @@ class Caller:
     user_id: str | None
     group_id: str | None
     levels: tuple[Level, ...]
-    # Worked out once (`of`), since every request asks.
-    models_limited: bool = False
-    metered: bool = False  # its usage must be counted: a TPM limit or a budget somewhere
+    # Worked out once, from the levels, since every request asks.
+    models_limited: bool = field(init=False)
+    metered: bool = field(init=False)  # its usage must be counted: a TPM limit or a budget
 
-    @classmethod
-    def of(
-        cls,
-        key_id: str | None,
-        user_id: str | None,
-        group_id: str | None,
-        levels: tuple[Level, ...],
-    ) -> Caller:
-        return cls(
-            key_id,
-            user_id,
-            group_id,
-            levels,
-            models_limited=any(lv.models is not None for lv in levels),
-            metered=any(lv.tpm is not None or lv.budget_usd is not None for lv in levels),
+    def __post_init__(self) -> None:
+        levels = self.levels
+        object.__setattr__(self, "models_limited", any(lv.models is not None for lv in levels))
+        object.__setattr__(
+            self, "metered", any(lv.tpm is not None or lv.budget_usd is not None for lv in levels)
         )
 
 
@@ -98,11 +88,11 @@ class _View:
     user_levels: dict[str, tuple[Level, ...]]  # org, group, user (only the active ones)
     group_levels: dict[str, tuple[Level, ...]]  # org, group
     org_levels: tuple[Level, ...]
-    budgets: dict[str, str]  # level id -> budget period, for every level with a budget
+    budget_levels: tuple[Level, ...]  # every level with a budget, once each
     group_names: dict[str, str]
 
 
-_EMPTY = _View({}, {}, {}, (), {}, {})
+_EMPTY = _View({}, {}, {}, (), (), {})
 
 
 class People:
@@ -115,8 +105,9 @@ class People:
         self._version: Any = None
         self._generation = 0
         # key id -> (the KeyInfo it was resolved for, generation, the Caller or a refusal)
+        # key id -> (the KeyInfo it was resolved for, generation, the Caller or a refusal)
         self._callers: dict[str, tuple[KeyInfo, int, Caller | ProxyError]] = {}
-        self._user_callers: dict[str, Caller] = {}  # user id -> Caller, for tokens
+        self._user_callers: dict[str, tuple[int, Caller]] = {}  # user id -> for tokens
         self._healthy_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._catching_up: asyncio.Future[bool] | None = None
@@ -128,17 +119,21 @@ class People:
         """The key's levels: its owner's (a user or a group) or the organisation's, then
         its own. A refusal when its owner is disabled; None when its owner is not known
         here yet (made a moment ago elsewhere): `catch_up`, then ask again."""
+        # The generation before the view: a refresh thread that swaps both in between makes
+        # this entry stale at once, never a stale entry that looks current.
+        generation = self._generation
         cached = self._callers.get(key.key_id)
-        if cached is not None and cached[0] is key and cached[1] == self._generation:
+        if cached is not None and cached[0] is key and cached[1] == generation:
             return cached[2]
-        resolved = self._resolve_key(key)
+        resolved = self._resolve_key(key, self._view)
         if resolved is not None:
-            self._callers[key.key_id] = (key, self._generation, resolved)
+            self._callers[key.key_id] = (key, generation, resolved)
         return resolved
 
     def caller_for_token(self, claims: TokenClaims) -> Caller | ProxyError | None:
         """A minted access token's levels, or why it no longer counts; None when its user
         is not known here yet (signed in a moment ago through another replica)."""
+        generation = self._generation  # before the view, as in caller_for_key
         view = self._view
         user = view.users.get(claims.user_id)
         if user is None:
@@ -147,7 +142,12 @@ class People:
             return _token_refused("This user is disabled; sign in again once re-enabled.")
         if user.tokens_valid_after is not None and claims.issued_at < user.tokens_valid_after:
             return _token_refused("This token was revoked; sign in again.")
-        return self._token_callers(user, view)
+        cached = self._user_callers.get(user.id)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        caller = Caller(None, user.id, user.policy_group_id, view.user_levels.get(user.id, ()))
+        self._user_callers[user.id] = (generation, caller)
+        return caller
 
     # --------------------------------------------------------- for sign-in, admin
 
@@ -167,17 +167,11 @@ class People:
 
     def budgets(self) -> dict[str, str]:
         """{level id: budget period} of every user, group and org level with a budget."""
-        return dict(self._view.budgets)
+        return {lv.id: lv.budget_period or "total" for lv in self._view.budget_levels}
 
-    def budget_levels(self) -> list[Level]:
+    def budget_levels(self) -> tuple[Level, ...]:
         """Every distinct user, group and org level with a budget (for budget alerts)."""
-        seen: dict[str, Level] = {}
-        view = self._view
-        for levels in (*view.user_levels.values(), *view.group_levels.values(), view.org_levels):
-            for level in levels:
-                if level.budget_usd is not None:
-                    seen.setdefault(level.id, level)
-        return list(seen.values())
+        return self._view.budget_levels
 
     # -------------------------------------------------------------- updates
 
@@ -203,18 +197,7 @@ class People:
                 self._catching_up = None
                 self._caught_up_at = time.monotonic()
 
-    def _token_callers(self, user: UserInfo, view: _View) -> Caller:
-        """A signed-in user's Caller, made once per picture of the people."""
-        found = self._user_callers.get(user.id)
-        if found is None:
-            levels = view.user_levels.get(user.id, ())
-            found = self._user_callers[user.id] = Caller.of(
-                None, user.id, user.policy_group_id, levels
-            )
-        return found
-
-    def _resolve_key(self, key: KeyInfo) -> Caller | ProxyError | None:
-        view = self._view
+    def _resolve_key(self, key: KeyInfo, view: _View) -> Caller | ProxyError | None:
         own = key.level
         own_levels = (own,) if own.active else ()
         if key.user_id is not None:
@@ -228,18 +211,18 @@ class People:
                     "This API key belongs to a user who is disabled.",
                 )
             levels = view.user_levels.get(user.id, ()) + own_levels
-            return Caller.of(key.key_id, user.id, user.policy_group_id, levels)
+            return Caller(key.key_id, user.id, user.policy_group_id, levels)
         if key.group_id is not None:
             if key.group_id not in view.group_levels:
                 return None
             levels = view.group_levels[key.group_id] + own_levels
-            return Caller.of(key.key_id, None, key.group_id, levels)
-        return Caller.of(key.key_id, None, None, view.org_levels + own_levels)
+            return Caller(key.key_id, None, key.group_id, levels)
+        return Caller(key.key_id, None, None, view.org_levels + own_levels)
 
     def load(self, snapshot: PeopleSnapshot) -> None:
         """Take a new picture of the people (from a refresh, or at once from a change)."""
         self._view = _build_view(snapshot)
-        self._generation += 1
+        self._generation += 1  # after the view: see caller_for_key
         self._callers.clear()
         self._user_callers.clear()
 
@@ -322,48 +305,22 @@ def _group_level(group: GroupRow) -> Level:
     return _level(group.id, "group", group.name, group.limits, group.limits.budget_usd)
 
 
-def _member_budget(
-    user: UserRow, groups: Iterable[GroupRow], org: OrgPolicy
-) -> tuple[Decimal | None, str | None]:
-    """The per-person cap: the user's own, else the tightest of their groups', else the
-    organisation's per-person default."""
-    if user.limits.budget_usd is not None:
-        return user.limits.budget_usd, user.limits.budget_period
-    caps = [
-        (g.member_budget_usd, g.limits.budget_period)
-        for g in groups
-        if g.member_budget_usd is not None
-    ]
-    if caps:
-        return min(caps, key=lambda c: c[0])
-    if org.member_budget_usd is not None:
-        return org.member_budget_usd, org.limits.budget_period
-    return None, None
-
-
 def _build_view(snap: PeopleSnapshot) -> _View:
-    groups_by_id = {g.id: g for g in snap.groups}
-    groups_by_name = {g.name: g for g in snap.groups}
-    local: dict[str, list[str]] = {}
-    for user_id, group_id in snap.memberships:
-        local.setdefault(user_id, []).append(group_id)
     org = _org_level(snap.org)
     org_levels = (org,) if org.active else ()
-    budgets: dict[str, str] = {}
+    budgeted: dict[str, Level] = {}
     if org.budget_usd is not None:
-        budgets[org.id] = org.budget_period or "total"
+        budgeted[org.id] = org
     group_levels: dict[str, tuple[Level, ...]] = {}
     for group in snap.groups:
         level = _group_level(group)
         group_levels[group.id] = org_levels + ((level,) if level.active else ())
         if level.budget_usd is not None:
-            budgets[level.id] = level.budget_period or "total"
+            budgeted[level.id] = level
     users: dict[str, UserInfo] = {}
     user_levels: dict[str, tuple[Level, ...]] = {}
     for user in snap.users:
-        ids = set(local.get(user.id, ()))
-        ids.update(groups_by_name[n].id for n in user.idp_groups or () if n in groups_by_name)
-        mine = sorted((groups_by_id[i] for i in ids if i in groups_by_id), key=_priority)
+        mine = effective_groups(user, snap.groups)  # in policy order
         policy = mine[0] if mine else None
         names = sorted({g.name for g in mine} | set(user.idp_groups or ()))
         users[user.id] = UserInfo(
@@ -378,7 +335,7 @@ def _build_view(snap: PeopleSnapshot) -> _View:
                 user.tokens_valid_after.timestamp() if user.tokens_valid_after else None
             ),
         )
-        budget, period = _member_budget(user, mine, snap.org)
+        budget, period = personal_budget(user, mine, snap.org) or (None, None)
         own = Level(
             id=user.id,
             kind="user",
@@ -392,16 +349,12 @@ def _build_view(snap: PeopleSnapshot) -> _View:
         base = group_levels[policy.id] if policy is not None else org_levels
         user_levels[user.id] = base + ((own,) if own.active else ())
         if own.budget_usd is not None:
-            budgets[own.id] = own.budget_period or "total"
+            budgeted[own.id] = own
     return _View(
         users=users,
         user_levels=user_levels,
         group_levels=group_levels,
         org_levels=org_levels,
-        budgets=budgets,
+        budget_levels=tuple(budgeted.values()),
         group_names={g.id: g.name for g in snap.groups},
     )
-
-
-def _priority(group: GroupRow) -> tuple[int, str]:
-    return (group.priority, group.name)
